@@ -17,6 +17,9 @@ from zope.interface import Attribute, Interface
 
 __all__ = [
     "DirectoryError",
+    "Envelope",
+    "IDeliveryAgent",
+    "Recipient",
     "IDirectory",
     "IDirectoryAdmin",
     "IIMAPAccount",
@@ -64,6 +67,12 @@ class IDirectory(Interface):
     the domain normalised (L{twistedmail.address.Address.key}); a catch-all
     alias has the key ``@domain``.
     """
+
+    def start() -> Deferred[None]:
+        """Open the backend (connect, apply migrations, first read)."""
+
+    def stop() -> Deferred[None]:
+        """Close the backend."""
 
     def is_local_domain(domain: str) -> Deferred[bool]:
         """Whether mail for this (normalised) domain is ours to deliver."""
@@ -120,6 +129,83 @@ class IDirectoryAdmin(IDirectory):
 
     def remove_alias(address: str, targets: tuple[str, ...] = ()) -> Deferred[None]:
         """Remove some targets of an alias, or the whole alias when none."""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One envelope recipient, with its DSN parameters (RFC 3461 §4).
+
+    @ivar address: the mailbox as given in RCPT TO (no angle brackets).
+    @ivar notify: NOTIFY values, upper case (``SUCCESS``, ``FAILURE``,
+        ``DELAY`` or ``NEVER``); empty when not given.
+    @ivar orcpt: the ORCPT parameter as ``addr-type;xtext``, or None.
+    """
+
+    address: str
+    notify: tuple[str, ...] = ()
+    orcpt: str | None = None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What an SMTP transaction knows besides the message bytes.
+
+    @ivar sender: the reverse path without brackets; ``""`` is the null sender.
+    @ivar recipients: the accepted recipients, in RCPT order.
+    @ivar body_type: ``7BIT``, ``8BITMIME`` or ``BINARYMIME`` (RFC 6152, 3030).
+    @ivar smtputf8: the transaction declared SMTPUTF8 (RFC 6531).
+    @ivar ret: DSN RET (``FULL`` or ``HDRS``) or None.
+    @ivar envid: DSN ENVID (xtext-decoded) or None.
+    @ivar client_address: the peer's IP address.
+    @ivar client_name: the name the client gave in EHLO/HELO/LHLO.
+    @ivar auth_user: the authenticated user's address, or None.
+    @ivar tls: e.g. ``"TLSv1.3 TLS_AES_256_GCM_SHA384"``, or None without TLS.
+    @ivar received_at: POSIX time of the MAIL command.
+    @ivar protocol: the RFC 3848 ``with`` keyword (``ESMTPSA`` and so on).
+    """
+
+    sender: str
+    recipients: tuple[Recipient, ...] = ()
+    body_type: str = "7BIT"
+    smtputf8: bool = False
+    ret: str | None = None
+    envid: str | None = None
+    client_address: str = ""
+    client_name: str = ""
+    auth_user: str | None = None
+    tls: str | None = None
+    received_at: float = 0.0
+    protocol: str = "ESMTP"
+
+
+class IDeliveryAgent(Interface):
+    """Takes one message the way an SMTP transaction hands it over.
+
+    The SMTP server makes one agent per transaction (from a factory it is
+    given) and calls L{start}, L{add_recipient} for each accepted recipient,
+    L{body} with the message bytes (CRLF line ends, dot-stuffing removed, the
+    trace header first), then L{commit} or L{abort}.  The spool is one agent
+    (commit = the queue entry fsynced); LMTP delivers straight to Maildir.
+    """
+
+    def start(envelope: Envelope) -> None:
+        """Begin a transaction (sender and session facts known)."""
+
+    def add_recipient(recipient: Recipient) -> None:
+        """Add one accepted recipient."""
+
+    def body(data: bytes) -> None:
+        """Append message bytes; may be called many times."""
+
+    def commit() -> Deferred[str]:
+        """Make the message durable; fires with its queue id.
+
+        Fails with L{twistedmail.replies.MailError} (whose reply goes to the
+        peer) when the message cannot be taken.
+        """
+
+    def abort() -> None:
+        """Drop the transaction and anything written for it."""
 
 
 class IAvatar(Interface):

@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.test_directory -*-
+"""The directory database (the seed's "Database"): domains, users, aliases.
+
+L{MemoryDirectory} keeps everything in dictionaries; tests and embedders use
+it, and it is the reference behaviour the SQLite and file backends match
+(``tests.test_directory`` runs one suite against all of them).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from twistedmail.interfaces import DirectoryError, IDirectoryAdmin, User
+
+__all__ = ["MemoryDirectory", "domain_of"]
+
+
+def domain_of(key: str) -> str:
+    """The domain of an address key or a catch-all key ``@domain``."""
+    return key.rpartition("@")[2]
+
+
+@implementer(IDirectoryAdmin)
+class MemoryDirectory:
+    """A directory held in memory.
+
+    @param domains: initial local domains (normalised).
+    @param users: initial users.
+    @param aliases: initial aliases, key to targets.
+    """
+
+    def __init__(
+        self,
+        domains: tuple[str, ...] = (),
+        users: tuple[User, ...] = (),
+        aliases: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self._domains: set[str] = set(domains)
+        self._users: dict[str, User] = {u.address: u for u in users}
+        self._aliases: dict[str, tuple[str, ...]] = dict(aliases or {})
+
+    def start(self) -> Deferred[None]:
+        """Nothing to open; here for symmetry with the other backends."""
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        """Nothing to close."""
+        return succeed(None)
+
+    # IDirectory
+
+    def is_local_domain(self, domain: str) -> Deferred[bool]:
+        return succeed(domain in self._domains)
+
+    def list_domains(self) -> Deferred[list[str]]:
+        return succeed(sorted(self._domains))
+
+    def get_user(self, address: str) -> Deferred[User | None]:
+        return succeed(self._users.get(address))
+
+    def list_users(self, domain: str | None = None) -> Deferred[list[User]]:
+        users = [
+            u for k, u in sorted(self._users.items()) if domain in (None, u.domain)
+        ]
+        return succeed(users)
+
+    def get_alias(self, address: str) -> Deferred[tuple[str, ...] | None]:
+        return succeed(self._aliases.get(address))
+
+    def list_aliases(
+        self, domain: str | None = None
+    ) -> Deferred[list[tuple[str, tuple[str, ...]]]]:
+        return succeed(
+            [
+                (k, t)
+                for k, t in sorted(self._aliases.items())
+                if domain in (None, domain_of(k))
+            ]
+        )
+
+    # IDirectoryAdmin
+
+    def add_domain(self, domain: str) -> Deferred[None]:
+        if domain in self._domains:
+            return fail(DirectoryError(f"domain {domain} exists already"))
+        self._domains.add(domain)
+        return succeed(None)
+
+    def remove_domain(self, domain: str) -> Deferred[None]:
+        if domain not in self._domains:
+            return fail(DirectoryError(f"no domain {domain}"))
+        if any(u.domain == domain for u in self._users.values()) or any(
+            domain_of(k) == domain for k in self._aliases
+        ):
+            return fail(DirectoryError(f"domain {domain} still has users or aliases"))
+        self._domains.discard(domain)
+        return succeed(None)
+
+    def add_user(self, user: User) -> Deferred[None]:
+        if user.domain not in self._domains:
+            return fail(DirectoryError(f"{user.domain} is not a local domain"))
+        if user.address in self._users:
+            return fail(DirectoryError(f"user {user.address} exists already"))
+        self._users[user.address] = user
+        return succeed(None)
+
+    def _change_user(self, address: str, **changes: object) -> Deferred[None]:
+        from dataclasses import replace
+
+        user = self._users.get(address)
+        if user is None:
+            return fail(DirectoryError(f"no user {address}"))
+        self._users[address] = replace(user, **changes)  # type: ignore[arg-type]
+        return succeed(None)
+
+    def set_password(self, address: str, password_hash: str) -> Deferred[None]:
+        return self._change_user(address, password_hash=password_hash)
+
+    def set_enabled(self, address: str, enabled: bool) -> Deferred[None]:
+        return self._change_user(address, enabled=enabled)
+
+    def remove_user(self, address: str) -> Deferred[None]:
+        if self._users.pop(address, None) is None:
+            return fail(DirectoryError(f"no user {address}"))
+        return succeed(None)
+
+    def add_alias(self, address: str, targets: tuple[str, ...]) -> Deferred[None]:
+        if domain_of(address) not in self._domains:
+            return fail(DirectoryError(f"{domain_of(address)} is not a local domain"))
+        if not targets:
+            return fail(DirectoryError("an alias needs at least one target"))
+        old = self._aliases.get(address, ())
+        self._aliases[address] = old + tuple(t for t in targets if t not in old)
+        return succeed(None)
+
+    def remove_alias(
+        self, address: str, targets: tuple[str, ...] = ()
+    ) -> Deferred[None]:
+        old = self._aliases.get(address)
+        if old is None:
+            return fail(DirectoryError(f"no alias {address}"))
+        if not targets:
+            del self._aliases[address]
+            return succeed(None)
+        missing = [t for t in targets if t not in old]
+        if missing:
+            return fail(DirectoryError(f"alias {address} has no target {missing[0]}"))
+        rest = tuple(t for t in old if t not in targets)
+        if rest:
+            self._aliases[address] = rest
+        else:
+            del self._aliases[address]
+        return succeed(None)
