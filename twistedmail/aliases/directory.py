@@ -152,3 +152,24 @@ class MemoryDirectory:
         else:
             del self._aliases[address]
         return succeed(None)
+
+
+_MAILBOX_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._+-=")
+
+
+def default_mailbox(address: str) -> str:
+    """The Maildir path (relative to the mail root) for a new user.
+
+    ``alice@example.test`` gives ``example.test/alice``.  Characters that are
+    not safe in a file name (``/`` is legal in a local part) become ``%XX``,
+    and a leading dot is escaped, so no local part can name a path outside
+    its domain's folder.
+    """
+    local, _, domain = address.rpartition("@")
+    safe = "".join(
+        c if c in _MAILBOX_SAFE else "".join(f"%{b:02X}" for b in c.encode())
+        for c in local
+    )
+    if safe.startswith("."):
+        safe = "%2E" + safe[1:]
+    return f"{domain}/{safe}"
