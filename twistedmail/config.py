@@ -120,6 +120,7 @@ class ServerSettings:
 
     hostname: str = _setting("localhost", _domain_or_empty)
     data_dir: str = _setting("var")
+    demo_account: bool = _setting(True)
 
 
 @dataclass(frozen=True)
