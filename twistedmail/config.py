@@ -30,7 +30,6 @@ __all__ = [
     "ConfigError",
     "DirectorySettings",
     "ListenerSettings",
-    "LogSettings",
     "ServerSettings",
     "Settings",
     "TLSSettings",
@@ -204,13 +203,6 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
-class LogSettings:
-    """``[log]``: log output."""
-
-    format: Literal["text", "json"] = _setting("text")
-
-
-@dataclass(frozen=True)
 class Settings:
     """The whole configuration; each attribute is one TOML table."""
 
@@ -220,7 +212,6 @@ class Settings:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     aliases: AliasSettings = field(default_factory=AliasSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
-    log: LogSettings = field(default_factory=LogSettings)
     source: str = field(default="<defaults>", compare=False)
 
     def data_path(self, *parts: str) -> str:
