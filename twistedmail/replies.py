@@ -19,6 +19,7 @@ __all__ = [
     "ALIAS_LOOP",
     "ALIAS_TOO_DEEP",
     "INTERNAL_ERROR",
+    "MAILBOX_FULL",
     "MAILBOX_UNAVAILABLE",
     "OK",
     "TARGET_REFUSED",
@@ -88,3 +89,4 @@ ALIAS_LOOP = Reply(550, "5.4.6", "Alias expansion loop")
 ALIAS_TOO_DEEP = Reply(550, "5.4.6", "Alias expansion too deep")
 TARGET_REFUSED = Reply(550, "5.7.1", "Delivery to this destination is not permitted")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error")
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
