@@ -1,0 +1,374 @@
+"""Tests for L{twistedmail.spool.store}."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from tests.spool_helpers import FsyncRecorder, ManualThreads
+from twistedmail.interfaces import Envelope, IDeliveryAgent, Recipient
+from twistedmail.replies import PermanentError, Reply, TemporaryError
+from twistedmail.spool.store import (
+    DEFERRED,
+    FAILED,
+    QueueEntry,
+    RecipientRecord,
+    Spool,
+    make_queue_id,
+    read_entry_file,
+    submit_incoming,
+)
+
+MESSAGE = b"Subject: hi\r\n\r\nHello.\r\n"
+
+ENVELOPE = Envelope(
+    sender="alice@example.org",
+    body_type="8BITMIME",
+    smtputf8=True,
+    ret="HDRS",
+    envid="env-1",
+    client_address="192.0.2.7",
+    client_name="mx.example.org",
+    auth_user="alice@example.org",
+    tls="TLSv1.3 TLS_AES_256_GCM_SHA384",
+    received_at=1700000000.25,
+    protocol="ESMTPSA",
+)
+
+
+def _commit(
+    spool: Spool,
+    recipients: tuple[Recipient, ...] = (Recipient("bob@example.com"),),
+    body: tuple[bytes, ...] = (MESSAGE,),
+    envelope: Envelope = ENVELOPE,
+) -> Deferred[str]:
+    agent = spool.agent()
+    agent.start(envelope)
+    for r in recipients:
+        agent.add_recipient(r)
+    for chunk in body:
+        agent.body(chunk)
+    return agent.commit()
+
+
+class SpoolTestCase(SynchronousTestCase):
+    """Gives each test a spool in a temporary folder with a fake clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1700000000)
+        self.fsync = FsyncRecorder()
+        self.path = self.mktemp()
+        self.spool = Spool(self.path, self.clock, fsync=self.fsync)
+        self.spool.prepare()
+
+    def commit(self, *args: object, **kwargs: object) -> str:
+        """Commit one message and run the reactor turn that makes it durable."""
+        d = _commit(self.spool, *args, **kwargs)  # type: ignore[arg-type]
+        self.clock.advance(0)
+        return self.successResultOf(d)
+
+    def files(self, sub: str) -> list[str]:
+        """The names in one of the spool's folders."""
+        return sorted(os.listdir(os.path.join(self.path, sub)))
+
+
+class FormatTests(SpoolTestCase):
+    """The entry format round trips and is checked when read."""
+
+    def test_round_trip(self) -> None:
+        """Every envelope field and DSN parameter comes back from disk."""
+        recipients = (
+            Recipient(
+                "bob@example.com", ("SUCCESS", "DELAY"), "rfc822;bob@example.com"
+            ),
+            Recipient("carol@example.com"),
+        )
+        queue_id = self.commit(recipients)
+        entry = self.successResultOf(self.spool.load(queue_id))
+        self.assertEqual(entry.envelope, replace(ENVELOPE, recipients=recipients))
+        self.assertEqual([r.status for r in entry.recipients], ["pending", "pending"])
+        self.assertEqual(entry.size, len(MESSAGE))
+        spool2 = Spool(self.path, self.clock)
+        self.assertEqual(self.successResultOf(spool2.read_message(queue_id)), MESSAGE)
+
+    def test_layout(self) -> None:
+        """The file has the magic and version line, one JSON line, the message,
+        and the END line with the message size."""
+        queue_id = self.commit()
+        with open(os.path.join(self.path, "queue", queue_id), "rb") as f:
+            content = f.read()
+        self.assertTrue(content.startswith(b"TWISTEDMAIL-QUEUE 1\n{"))
+        self.assertTrue(content.endswith(MESSAGE + b"END %d\n" % len(MESSAGE)))
+        self.assertEqual(self.files("tmp"), [])
+
+    def test_streamed(self) -> None:
+        """A body over the flush threshold is written in pieces and reads back
+        whole."""
+        spool = Spool(self.path, self.clock, flush_threshold=10)
+        chunks = tuple(b"line %d\r\n" % i for i in range(50))
+        d = _commit(spool, body=chunks)
+        self.clock.advance(0)
+        queue_id = self.successResultOf(d)
+        fresh = Spool(self.path, self.clock)
+        self.assertEqual(
+            self.successResultOf(fresh.read_message(queue_id)), b"".join(chunks)
+        )
+
+    def test_status_round_trip(self) -> None:
+        """update_status rewrites the recipients; load reads them back."""
+        queue_id = self.commit()
+        record = RecipientRecord(
+            "bob@example.com",
+            status=DEFERRED,
+            reason="mailbox full",
+            reply=Reply(452, "4.2.2", "Mailbox full"),
+            attempts=2,
+            last_attempt=1700000001.0,
+            next_attempt=1700000301.0,
+            done=("mailbox:x@example.com",),
+        )
+        d = self.spool.update_status(queue_id, [record], held=True)
+        self.clock.advance(0)
+        updated = self.successResultOf(d)
+        entry = self.successResultOf(Spool(self.path, self.clock).load(queue_id))
+        self.assertEqual(entry, updated)
+        self.assertEqual(entry.recipients, (record,))
+        self.assertTrue(entry.held)
+        with open(os.path.join(self.path, "queue", queue_id + ".status"), "rb") as f:
+            self.assertTrue(f.read().endswith(b"}\nEND\n"))
+
+    @given(
+        address=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"])),
+        reason=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"])),
+        attempts=st.integers(0, 1000),
+        when=st.none() | st.floats(0, 1e10),
+        notify=st.lists(st.sampled_from(["SUCCESS", "FAILURE", "DELAY", "NEVER"])),
+    )
+    def test_record_json(
+        self,
+        address: str,
+        reason: str,
+        attempts: int,
+        when: float | None,
+        notify: list[str],
+    ) -> None:
+        """A recipient record survives its JSON form unchanged."""
+        record = RecipientRecord(
+            address,
+            tuple(notify),
+            status=FAILED,
+            reason=reason,
+            reply=Reply(550, "5.1.1", reason),
+            attempts=attempts,
+            next_attempt=when,
+            parent=address or None,
+        )
+        self.assertEqual(RecipientRecord.from_json(record.to_json()), record)
+
+    def test_ids_sort_by_time(self) -> None:
+        """Queue ids are unique and sort in arrival order."""
+        ids = [make_queue_id(1700000000 + i / 10, i) for i in range(20)]
+        self.assertEqual(sorted(ids), ids)
+        self.assertEqual(len(set(ids)), 20)
+        same = {make_queue_id(1.0, 0) for _ in range(50)}
+        self.assertEqual(len(same), 50)
+
+
+class QuarantineTests(SpoolTestCase):
+    """Files without their END line are moved aside, never deleted."""
+
+    def test_truncated_entry(self) -> None:
+        """A truncated entry file goes to quarantine/ with its bytes intact."""
+        queue_id = self.commit()
+        path = os.path.join(self.path, "queue", queue_id)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) - 3)
+            f.seek(0)
+            truncated = f.read()
+        self.assertEqual(self.successResultOf(self.spool.open_entries()), [])
+        self.assertEqual(self.files("queue"), [])
+        self.assertEqual(self.files("quarantine"), [queue_id])
+        with open(os.path.join(self.path, "quarantine", queue_id), "rb") as f:
+            self.assertEqual(f.read(), truncated)
+
+    def test_wrong_size(self) -> None:
+        """An END line whose size does not match the message is refused."""
+        queue_id = self.commit()
+        path = os.path.join(self.path, "queue", queue_id)
+        with open(path, "rb") as f:
+            content = f.read()
+        with open(path, "wb") as f:
+            f.write(content.replace(MESSAGE, MESSAGE[5:]))
+        self.failureResultOf(self.spool.load(queue_id))
+        self.assertEqual(self.files("quarantine"), [queue_id])
+
+    def test_truncated_status(self) -> None:
+        """A status file without END is quarantined; the entry stays, with the
+        recipients it was first written with."""
+        queue_id = self.commit()
+        status = os.path.join(self.path, "queue", queue_id + ".status")
+        with open(status, "wb") as f:
+            f.write(b'TWISTEDMAIL-STATUS 1\n{"id": "x", "recipients": []}\n')
+        entries = self.successResultOf(self.spool.open_entries())
+        self.assertEqual([e.queue_id for e in entries], [queue_id])
+        self.assertEqual(entries[0].recipients[0].status, "pending")
+        self.assertEqual(self.files("quarantine"), [queue_id + ".status"])
+
+    def test_orphan_status(self) -> None:
+        """A status file whose entry is gone is quarantined."""
+        with open(os.path.join(self.path, "queue", "ABC.status"), "wb") as f:
+            f.write(b"TWISTEDMAIL-STATUS 1\n{}\nEND\n")
+        self.assertEqual(self.successResultOf(self.spool.open_entries()), [])
+        self.assertEqual(self.files("quarantine"), ["ABC.status"])
+
+    def test_newer_version_left_alone(self) -> None:
+        """A file from a newer format version is neither read nor moved."""
+        with open(os.path.join(self.path, "queue", "ABC"), "wb") as f:
+            f.write(b"TWISTEDMAIL-QUEUE 2\n{}\nEND 0\n")
+        self.assertEqual(self.successResultOf(self.spool.open_entries()), [])
+        self.assertEqual(self.files("queue"), ["ABC"])
+        self.assertEqual(self.files("quarantine"), [])
+
+    def test_same_name_twice(self) -> None:
+        """A second broken file of the same name does not overwrite the first."""
+        for _ in range(2):
+            with open(os.path.join(self.path, "queue", "ABC"), "wb") as f:
+                f.write(b"garbage")
+            self.successResultOf(self.spool.open_entries())
+        self.assertEqual(self.files("quarantine"), ["ABC", "ABC.1"])
+
+
+class DurabilityTests(SpoolTestCase):
+    """The commit fires only after the file and folder fsyncs."""
+
+    def test_commit_after_fsyncs(self) -> None:
+        """Order: file fsync, folder fsync, then the commit's callback."""
+        d = _commit(self.spool)
+        d.addCallback(lambda _: self.fsync.events.append("committed"))
+        self.assertEqual(self.fsync.events, ["file"])
+        self.assertNoResult(d)
+        self.clock.advance(0)
+        self.assertEqual(self.fsync.events, ["file", "dir", "committed"])
+
+    def test_no_recipients(self) -> None:
+        """A transaction without recipients is refused and leaves nothing."""
+        d = _commit(self.spool, recipients=())
+        self.clock.advance(0)
+        self.failureResultOf(d, PermanentError)
+        self.assertEqual(self.files("queue"), [])
+
+    def test_fsync_failure(self) -> None:
+        """A full disk gives 452 4.3.1 and removes the temporary file."""
+        self.fsync.fail = OSError(errno.ENOSPC, "full")
+        d = _commit(self.spool)
+        self.clock.advance(0)
+        failure = self.failureResultOf(d, TemporaryError)
+        self.assertEqual(failure.value.reply.status, "4.3.1")
+        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(self.files("queue"), [])
+
+    def test_abort(self) -> None:
+        """Abort after part of the body was written removes the temporary file."""
+        spool = Spool(self.path, self.clock, flush_threshold=4)
+        agent = spool.agent()
+        agent.start(ENVELOPE)
+        agent.add_recipient(Recipient("bob@example.com"))
+        agent.body(b"0123456789")
+        self.assertEqual(len(self.files("tmp")), 1)
+        agent.abort()
+        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(self.files("queue"), [])
+
+    def test_agent_interface(self) -> None:
+        """The agent provides IDeliveryAgent."""
+        self.assertTrue(verifyObject(IDeliveryAgent, self.spool.agent()))
+
+    def test_remove(self) -> None:
+        """remove() deletes the entry and its status file."""
+        queue_id = self.commit()
+        self.spool.update_status(queue_id, [RecipientRecord("x@example.com")])
+        self.clock.advance(0)
+        self.successResultOf(self.spool.remove(queue_id))
+        self.assertEqual(self.files("queue"), [])
+        self.assertEqual(self.successResultOf(self.spool.list()), [])
+
+
+class GroupCommitTests(SpoolTestCase):
+    """Concurrent commits share folder fsyncs."""
+
+    def test_same_turn(self) -> None:
+        """Ten commits ready in one reactor turn cost one folder fsync."""
+        ds = [_commit(self.spool) for _ in range(10)]
+        self.clock.advance(0)
+        ids = [self.successResultOf(d) for d in ds]
+        self.assertEqual(len(set(ids)), 10)
+        self.assertEqual(self.fsync.dirs, 1)
+        self.assertEqual(self.spool.commits, 1)
+        self.assertEqual(self.successResultOf(self.spool.list()), sorted(ids))
+
+    def test_while_fsync_runs(self) -> None:
+        """Commits that become ready while a folder fsync runs share the next
+        one: five commits, two folder fsyncs."""
+        threads = ManualThreads()
+        spool = Spool(self.path, self.clock, threads, fsync=self.fsync)
+        ds = [_commit(spool) for _ in range(5)]
+        threads.run_one()  # the first message's file
+        self.clock.advance(0)  # its batch starts: rename + folder fsync queued
+        threads.run_all()  # the other files, then the first batch
+        self.clock.advance(0)
+        threads.run_all()
+        for d in ds:
+            self.successResultOf(d)
+        self.assertEqual(self.fsync.events.count("file"), 5)
+        self.assertEqual(self.fsync.dirs, 2)
+
+
+class IncomingTests(SpoolTestCase):
+    """The sendmail drop works without the server and is picked up once."""
+
+    def test_submit_and_pickup(self) -> None:
+        """A dropped message becomes a queue entry with the same id; observers
+        hear of it; incoming/ is empty after."""
+        envelope = Envelope("root@localhost", (Recipient("bob@example.com"),))
+        queue_id = submit_incoming(self.path, envelope, MESSAGE, now=1700000000.0)
+        self.assertEqual(self.files("incoming"), [queue_id])
+        seen: list[QueueEntry] = []
+        self.spool.add_observer(seen.append)
+        d = self.spool.pickup_incoming()
+        self.clock.advance(0)
+        self.assertEqual([e.queue_id for e in self.successResultOf(d)], [queue_id])
+        self.assertEqual([e.queue_id for e in seen], [queue_id])
+        self.assertEqual(self.files("incoming"), [])
+        self.assertEqual(self.files("queue"), [queue_id])
+        self.assertEqual(
+            self.successResultOf(self.spool.read_message(queue_id)), MESSAGE
+        )
+
+    def test_without_spool_folders(self) -> None:
+        """submit_incoming makes the folders it needs."""
+        path = self.mktemp()
+        submit_incoming(path, Envelope("a@b.example"), b"x\r\n", now=0.0)
+        entry, offset = read_entry_file(
+            os.path.join(
+                path, "incoming", os.listdir(os.path.join(path, "incoming"))[0]
+            )
+        )
+        self.assertEqual(entry.size, 3)
+
+    def test_broken_incoming(self) -> None:
+        """A broken file in incoming/ is quarantined, not queued."""
+        with open(os.path.join(self.path, "incoming", "XYZ"), "wb") as f:
+            f.write(b"TWISTEDMAIL-QUEUE 1\n{}\n")
+        d = self.spool.pickup_incoming()
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), [])
+        self.assertEqual(self.files("quarantine"), ["XYZ"])

@@ -1,0 +1,1 @@
+"""The queue (the seed's Spool): the store, the runner that delivers from it."""

@@ -1,0 +1,1117 @@
+# -*- test-case-name: tests.test_spool -*-
+"""The queue store (the seed's Spool): the only code that writes queue entries.
+
+Step of the flow: the SMTP server (and ``twistedmail sendmail``) hand a
+message here; once it is durable the server answers ``250``, and the
+L{twistedmail.spool.runner.QueueRunner} takes it on to alias expansion and
+delivery.
+
+On-disk layout (under the spool directory)::
+
+    tmp/          files being written (never read as entries)
+    queue/<id>    one entry file per message
+    queue/<id>.status   the entry's current status record, once it changed
+    incoming/<id> entries dropped by ``sendmail`` while the server may be down
+    quarantine/   broken files, moved here and never deleted
+
+Queue ids are 23 upper-case hex digits: 13 for the arrival time in
+microseconds, 4 for a per-process sequence number, 6 random; sorting them
+sorts the queue by arrival.
+
+Entry file format, version 1 (``queue/<id>`` and ``incoming/<id>``)::
+
+    TWISTEDMAIL-QUEUE 1\\n           magic and format version
+    {envelope record}\\n             one line of JSON (ASCII)
+    <message bytes>                  exactly as received (CRLF line ends)
+    END <n>\\n                       n = the number of message bytes
+
+The envelope record holds ``id``, ``sender`` (``""`` for the null sender),
+``body_type``, ``smtputf8``, ``ret``, ``envid``, ``client_address``,
+``client_name``, ``auth_user``, ``tls``, ``received_at`` (POSIX time),
+``protocol`` and ``recipients``: a list of recipient records, each with
+``address``, ``notify`` (list), ``orcpt``, ``status``, ``reason``, ``reply``
+(``{"code", "status", "text"}`` or null), ``attempts``, ``last_attempt``,
+``next_attempt``, ``done`` (the destinations already delivered to, see the
+runner) and ``parent`` (the envelope recipient a record was expanded from, or
+null for envelope recipients).
+
+Recipient statuses: ``pending`` (not tried yet), ``deferred`` (a temporary
+failure: ``reason``, ``reply`` and ``next_attempt`` say why and when),
+``delivered``, ``expanded`` (an alias whose targets are all recorded as their
+own records), ``remote`` (waiting for the outbound queue manager), ``failed``
+(a permanent failure: ``reply``; kept until the bounce code has reported it
+and marks it ``bounced``).
+
+Status file format, version 1 (``queue/<id>.status``), rewritten as a whole
+through a temporary file, fsync and rename::
+
+    TWISTEDMAIL-STATUS 1\\n
+    {"id": ..., "held": false, "recipients": [...]}\\n
+    END\\n
+
+When it exists its recipient list replaces the one in the entry file, which
+is never rewritten.  A file without its END line (a crash while writing, a
+full disk) is moved to ``quarantine/`` and logged, never deleted.  A file with
+a newer version number is left alone and logged.
+
+Durability: an entry is written to ``tmp/``, fsynced, renamed into
+``queue/``, and ``queue/`` is fsynced before the transaction's commit fires.
+Renames that become ready while a directory fsync is running (or within one
+reactor turn) share the next one (group commit), so many concurrent SMTP
+transactions cost one directory fsync, not one each.  File fsyncs run in the
+thread pool.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import itertools
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import IO, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twistedmail.interfaces import Envelope, IDeliveryAgent, Recipient
+from twistedmail.replies import PermanentError, Reply, TemporaryError
+
+__all__ = [
+    "BOUNCED",
+    "DELIVERED",
+    "DEFERRED",
+    "DONE_STATUSES",
+    "EXPANDED",
+    "FAILED",
+    "FORMAT_VERSION",
+    "BrokenEntry",
+    "NewerVersion",
+    "PENDING",
+    "QueueEntry",
+    "RecipientRecord",
+    "REMOTE",
+    "Spool",
+    "SpoolDeliveryAgent",
+    "ThreadRunner",
+    "make_queue_id",
+    "read_entry_file",
+    "read_status_file",
+    "submit_incoming",
+]
+
+log = Logger()
+
+FORMAT_VERSION = 1
+_ENTRY_MAGIC = b"TWISTEDMAIL-QUEUE"
+_STATUS_MAGIC = b"TWISTEDMAIL-STATUS"
+_MAX_RECORD = 16 * 1024 * 1024
+_TAIL = 64
+
+PENDING = "pending"
+DEFERRED = "deferred"
+DELIVERED = "delivered"
+EXPANDED = "expanded"
+REMOTE = "remote"
+FAILED = "failed"
+BOUNCED = "bounced"
+#: Statuses after which a recipient needs nothing more.
+DONE_STATUSES = frozenset({DELIVERED, EXPANDED, BOUNCED})
+_STATUSES = frozenset({PENDING, DEFERRED, REMOTE, FAILED}) | DONE_STATUSES
+
+QUEUE_WRITE_ERROR = Reply(451, "4.3.0", "Error writing the queue file")
+QUEUE_FULL = Reply(452, "4.3.1", "Insufficient system storage")
+NO_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+
+_T = TypeVar("_T")
+
+
+class ThreadRunner(Protocol):
+    """Runs a blocking call off the reactor thread: ``run(f) -> Deferred``."""
+
+    def __call__(self, f: Callable[[], _T], /) -> Deferred[_T]:
+        """Call C{f} in a worker thread; fire with its result."""
+
+
+class BrokenEntry(Exception):
+    """A queue file that cannot be read (no END line, bad record)."""
+
+
+class NewerVersion(Exception):
+    """A queue file written by a newer twistedmail (left alone)."""
+
+
+@dataclass(frozen=True)
+class RecipientRecord:
+    """One recipient's delivery state in a queue entry.
+
+    @ivar address: the recipient address (RCPT TO, or an alias target).
+    @ivar notify: DSN NOTIFY values (RFC 3461 §4.1).
+    @ivar orcpt: DSN ORCPT (RFC 3461 §4.2) as ``type;xtext``, or None.
+    @ivar status: one of the statuses in the module docstring.
+    @ivar reason: why it is deferred or failed (for the log and queue tools).
+    @ivar reply: the reply that deferred or failed it.
+    @ivar attempts: how many delivery attempts were recorded.
+    @ivar last_attempt: POSIX time of the last recorded attempt.
+    @ivar next_attempt: when a deferred recipient is due again.
+    @ivar done: destination keys already delivered to (the runner skips them
+        on a retry, so programs and files get the message once).
+    @ivar parent: the envelope recipient this record was expanded from.
+    """
+
+    address: str
+    notify: tuple[str, ...] = ()
+    orcpt: str | None = None
+    status: str = PENDING
+    reason: str = ""
+    reply: Reply | None = None
+    attempts: int = 0
+    last_attempt: float | None = None
+    next_attempt: float | None = None
+    done: tuple[str, ...] = ()
+    parent: str | None = None
+
+    @property
+    def is_done(self) -> bool:
+        """Nothing more is needed for this recipient."""
+        return self.status in DONE_STATUSES
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON form used on disk."""
+        reply = self.reply
+        return {
+            "address": self.address,
+            "notify": list(self.notify),
+            "orcpt": self.orcpt,
+            "status": self.status,
+            "reason": self.reason,
+            "reply": None
+            if reply is None
+            else {"code": reply.code, "status": reply.status, "text": reply.text},
+            "attempts": self.attempts,
+            "last_attempt": self.last_attempt,
+            "next_attempt": self.next_attempt,
+            "done": list(self.done),
+            "parent": self.parent,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> RecipientRecord:
+        """Read the JSON form; raise L{BrokenEntry} when it is malformed."""
+        if not isinstance(data, dict):
+            raise BrokenEntry("recipient record is not an object")
+        try:
+            reply = data.get("reply")
+            status = data.get("status", PENDING)
+            if status not in _STATUSES:
+                raise BrokenEntry(f"unknown recipient status {status!r}")
+            return cls(
+                address=_str(data["address"]),
+                notify=tuple(_str(n) for n in data.get("notify", ())),
+                orcpt=_opt_str(data.get("orcpt")),
+                status=status,
+                reason=_str(data.get("reason", "")),
+                reply=None
+                if reply is None
+                else Reply(
+                    _int(reply["code"]), _str(reply["status"]), _str(reply["text"])
+                ),
+                attempts=_int(data.get("attempts", 0)),
+                last_attempt=_opt_float(data.get("last_attempt")),
+                next_attempt=_opt_float(data.get("next_attempt")),
+                done=tuple(_str(d) for d in data.get("done", ())),
+                parent=_opt_str(data.get("parent")),
+            )
+        except (KeyError, TypeError) as e:
+            raise BrokenEntry(f"bad recipient record: {e!r}") from None
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _opt_float(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A queue entry's envelope record and current recipient states.
+
+    @ivar queue_id: the entry's id.
+    @ivar envelope: the envelope as received; its C{recipients} are the
+        envelope recipients (records without a parent).
+    @ivar recipients: every recipient record, expanded ones included.
+    @ivar size: the message size in bytes.
+    @ivar held: held by an operator (the runner leaves it alone).
+    """
+
+    queue_id: str
+    envelope: Envelope
+    recipients: tuple[RecipientRecord, ...]
+    size: int = 0
+    held: bool = False
+
+    @property
+    def is_done(self) -> bool:
+        """Every recipient is done: the entry may be removed."""
+        return all(r.is_done for r in self.recipients)
+
+    def envelope_json(self) -> dict[str, object]:
+        """The envelope record as written in the entry file."""
+        e = self.envelope
+        return {
+            "id": self.queue_id,
+            "sender": e.sender,
+            "body_type": e.body_type,
+            "smtputf8": e.smtputf8,
+            "ret": e.ret,
+            "envid": e.envid,
+            "client_address": e.client_address,
+            "client_name": e.client_name,
+            "auth_user": e.auth_user,
+            "tls": e.tls,
+            "received_at": e.received_at,
+            "protocol": e.protocol,
+            "recipients": [r.to_json() for r in self.recipients],
+        }
+
+    @classmethod
+    def from_json(cls, data: object, size: int) -> QueueEntry:
+        """Read an envelope record; raise L{BrokenEntry} when malformed."""
+        if not isinstance(data, dict):
+            raise BrokenEntry("envelope record is not an object")
+        try:
+            records = tuple(RecipientRecord.from_json(r) for r in data["recipients"])
+            envelope = Envelope(
+                sender=_str(data["sender"]),
+                recipients=tuple(
+                    Recipient(r.address, r.notify, r.orcpt)
+                    for r in records
+                    if r.parent is None
+                ),
+                body_type=_str(data.get("body_type", "7BIT")),
+                smtputf8=bool(data.get("smtputf8", False)),
+                ret=_opt_str(data.get("ret")),
+                envid=_opt_str(data.get("envid")),
+                client_address=_str(data.get("client_address", "")),
+                client_name=_str(data.get("client_name", "")),
+                auth_user=_opt_str(data.get("auth_user")),
+                tls=_opt_str(data.get("tls")),
+                received_at=_opt_float(data.get("received_at")) or 0.0,
+                protocol=_str(data.get("protocol", "ESMTP")),
+            )
+            return cls(_str(data["id"]), envelope, records, size)
+        except (KeyError, TypeError) as e:
+            raise BrokenEntry(f"bad envelope record: {e!r}") from None
+
+    @classmethod
+    def new(cls, queue_id: str, envelope: Envelope) -> QueueEntry:
+        """A fresh entry: every envelope recipient pending."""
+        return cls(
+            queue_id,
+            envelope,
+            tuple(
+                RecipientRecord(r.address, r.notify, r.orcpt)
+                for r in envelope.recipients
+            ),
+        )
+
+
+def make_queue_id(now: float, sequence: int) -> str:
+    """A new queue id: sortable by time, unique across processes.
+
+    @param now: the arrival time (POSIX seconds).
+    @param sequence: a per-process counter (ties within one microsecond).
+    """
+    micros = max(0, int(now * 1_000_000)) & (16**13 - 1)
+    return f"{micros:013X}{sequence & 0xFFFF:04X}{os.urandom(3).hex().upper()}"
+
+
+def _entry_header(entry: QueueEntry) -> bytes:
+    record = json.dumps(entry.envelope_json(), separators=(",", ":"))
+    return b"%s %d\n%s\n" % (_ENTRY_MAGIC, FORMAT_VERSION, record.encode("ascii"))
+
+
+def _trailer(size: int) -> bytes:
+    return b"END %d\n" % size
+
+
+def _status_bytes(entry: QueueEntry) -> bytes:
+    record = json.dumps(
+        {
+            "id": entry.queue_id,
+            "held": entry.held,
+            "recipients": [r.to_json() for r in entry.recipients],
+        },
+        separators=(",", ":"),
+    )
+    return b"%s %d\n%s\nEND\n" % (_STATUS_MAGIC, FORMAT_VERSION, record.encode("ascii"))
+
+
+def _check_magic(line: bytes, magic: bytes) -> None:
+    parts = line.rstrip(b"\n").split(b" ")
+    if not line.endswith(b"\n") or len(parts) != 2 or parts[0] != magic:
+        raise BrokenEntry("bad first line")
+    try:
+        version = int(parts[1])
+    except ValueError:
+        raise BrokenEntry("bad version") from None
+    if version > FORMAT_VERSION:
+        raise NewerVersion(f"format version {version}")
+    if version < 1:
+        raise BrokenEntry("bad version")
+
+
+def _parse_json_line(line: bytes) -> object:
+    if not line.endswith(b"\n"):
+        raise BrokenEntry("record line not terminated")
+    try:
+        return json.loads(line)
+    except ValueError as e:
+        raise BrokenEntry(f"record is not JSON: {e}") from None
+
+
+def read_entry_file(path: str) -> tuple[QueueEntry, int]:
+    """Read and check an entry file (blocking).
+
+    @return: the entry (recipients as first written) and the offset of the
+        message bytes.
+    @raise BrokenEntry: no END line, a wrong size or a bad record.
+    @raise NewerVersion: written by a newer version.
+    @raise OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        _check_magic(f.readline(64), _ENTRY_MAGIC)
+        data = _parse_json_line(f.readline(_MAX_RECORD))
+        offset = f.tell()
+        total = os.fstat(f.fileno()).st_size
+        f.seek(max(offset, total - _TAIL))
+        tail = f.read()
+    if not tail.endswith(b"\n"):
+        raise BrokenEntry("no END line")
+    last = tail[: len(tail) - 1].rpartition(b"\n")[2] + b"\n"
+    if not last.startswith(b"END "):
+        raise BrokenEntry("no END line")
+    try:
+        size = int(last[4:-1])
+    except ValueError:
+        raise BrokenEntry("bad END line") from None
+    if offset + size + len(last) != total:
+        raise BrokenEntry("message size does not match the END line")
+    return QueueEntry.from_json(data, size), offset
+
+
+def read_status_file(path: str) -> tuple[tuple[RecipientRecord, ...], bool]:
+    """Read and check a status file (blocking): (recipients, held)."""
+    with open(path, "rb") as f:
+        content = f.read(_MAX_RECORD + 64)
+    first, _, rest = content.partition(b"\n")
+    _check_magic(first + b"\n", _STATUS_MAGIC)
+    line, _, end = rest.partition(b"\n")
+    if end != b"END\n":
+        raise BrokenEntry("no END line")
+    data = _parse_json_line(line + b"\n")
+    if not isinstance(data, dict) or not isinstance(data.get("recipients"), list):
+        raise BrokenEntry("bad status record")
+    records = tuple(RecipientRecord.from_json(r) for r in data["recipients"])
+    return records, bool(data.get("held", False))
+
+
+def _fsync_dir(path: str, fsync: Callable[[int], None]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(
+    path: str, parts: Sequence[bytes], fsync: Callable[[int], None]
+) -> None:
+    with open(path, "xb") as f:
+        for p in parts:
+            f.write(p)
+        f.flush()
+        fsync(f.fileno())
+
+
+def _error_reply(e: BaseException) -> Reply:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return QUEUE_FULL
+    return QUEUE_WRITE_ERROR
+
+
+def submit_incoming(
+    spool_path: str,
+    envelope: Envelope,
+    message: bytes,
+    *,
+    now: float,
+    fsync: Callable[[int], None] = os.fsync,
+) -> str:
+    """Drop a message into the spool's ``incoming/`` folder (blocking).
+
+    For ``sendmail``: works whether or not the server runs.  The file is
+    written in ``tmp/``, fsynced, renamed into ``incoming/`` and the folder
+    fsynced before this returns; the running server's runner moves it into
+    the queue.
+
+    @param now: the current POSIX time (for the queue id).
+    @return: the queue id the message will keep.
+    @raise OSError: when the spool cannot be written.
+    """
+    for sub in ("tmp", "incoming"):
+        os.makedirs(os.path.join(spool_path, sub), exist_ok=True)
+    queue_id = make_queue_id(now, os.getpid())
+    entry = QueueEntry.new(queue_id, envelope)
+    tmp = os.path.join(spool_path, "tmp", queue_id + ".incoming")
+    try:
+        _write_file(tmp, [_entry_header(entry), message, _trailer(len(message))], fsync)
+        os.rename(tmp, os.path.join(spool_path, "incoming", queue_id))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(os.path.join(spool_path, "incoming"), fsync)
+    return queue_id
+
+
+class _GroupCommit:
+    """Batches renames into one folder so that they share a folder fsync.
+
+    Renames handed over in one reactor turn, or while the previous batch's
+    fsync runs, go into the next batch: one thread job renames them all and
+    fsyncs the folder once, then each caller's Deferred fires.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        clock: IReactorTime,
+        run: ThreadRunner,
+        fsync: Callable[[int], None],
+    ) -> None:
+        self._directory = directory
+        self._clock = clock
+        self._run = run
+        self._fsync = fsync
+        self._waiting: list[tuple[list[tuple[str, str]], Deferred[None]]] = []
+        self._busy = False
+        self._scheduled: IDelayedCall | None = None
+        #: How many folder fsyncs were done (for tests and statistics).
+        self.flushes = 0
+
+    def commit(self, renames: list[tuple[str, str]]) -> Deferred[None]:
+        """Rename (source, target) pairs and fsync the folder; fire after."""
+        d: Deferred[None] = Deferred()
+        self._waiting.append((renames, d))
+        if not self._busy and self._scheduled is None:
+            self._scheduled = self._clock.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._scheduled = None
+        batch, self._waiting = self._waiting, []
+        if not batch:
+            return
+        self._busy = True
+        self.flushes += 1
+        run = self._run(lambda: self._apply([r for r, _ in batch]))
+        run.addCallbacks(
+            lambda errors: self._finished(batch, errors),
+            lambda f: self._finished(batch, [f.value] * len(batch)),
+        )
+
+    def _apply(self, batch: list[list[tuple[str, str]]]) -> list[BaseException | None]:
+        errors: list[BaseException | None] = []
+        for renames in batch:
+            try:
+                for source, target in renames:
+                    os.rename(source, target)
+            except OSError as e:
+                errors.append(e)
+            else:
+                errors.append(None)
+        if any(e is None for e in errors):
+            _fsync_dir(self._directory, self._fsync)
+        return errors
+
+    def _finished(
+        self,
+        batch: list[tuple[list[tuple[str, str]], Deferred[None]]],
+        errors: Sequence[BaseException | None],
+    ) -> None:
+        self._busy = False
+        for (_, d), error in zip(batch, errors, strict=True):
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(Failure(error))
+        if self._waiting:
+            self._flush()
+
+
+class Spool:
+    """The queue folder: commits, reads, status updates and removal.
+
+    @param path: the spool folder (made on L{prepare}).
+    @param clock: for queue ids and for batching commits.
+    @param run_in_thread: runs a blocking call in the thread pool; by default
+        the reactor's pool when C{clock} is a reactor, else inline.
+    @param fsync: the fsync function (tests inject a recorder).
+    @param cache_bytes: how many bytes of recently committed small messages
+        to keep in memory for the runner.
+    @param flush_threshold: body bytes an agent buffers before writing them.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        clock: IReactorTime,
+        run_in_thread: ThreadRunner | None = None,
+        *,
+        fsync: Callable[[int], None] = os.fsync,
+        cache_bytes: int = 16 * 1024 * 1024,
+        flush_threshold: int = 1024 * 1024,
+    ) -> None:
+        self.path = path
+        self.clock = clock
+        self.run: ThreadRunner = run_in_thread or _default_runner(clock)
+        self.fsync = fsync
+        self.flush_threshold = flush_threshold
+        self._cache_bytes = cache_bytes
+        self._cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._cached = 0
+        self._sequence = itertools.count()
+        self._tmp_sequence = itertools.count()
+        self._observers: list[Callable[[QueueEntry], None]] = []
+        self._committer = _GroupCommit(self.queue_dir, clock, self.run, fsync)
+        self._prepared = False
+
+    @property
+    def queue_dir(self) -> str:
+        """The folder holding the entries."""
+        return os.path.join(self.path, "queue")
+
+    @property
+    def commits(self) -> int:
+        """How many folder fsyncs group commit has done."""
+        return self._committer.flushes
+
+    def prepare(self) -> None:
+        """Make the spool's folders (blocking; at start-up)."""
+        for sub in ("tmp", "queue", "incoming", "quarantine"):
+            os.makedirs(os.path.join(self.path, sub), exist_ok=True)
+        self._prepared = True
+
+    def agent(self) -> SpoolDeliveryAgent:
+        """A new delivery agent for one SMTP transaction."""
+        return SpoolDeliveryAgent(self)
+
+    def new_id(self) -> str:
+        """A new, unique queue id."""
+        return make_queue_id(self.clock.seconds(), next(self._sequence))
+
+    def add_observer(self, observer: Callable[[QueueEntry], None]) -> None:
+        """Call C{observer(entry)} for each entry once it is committed."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Callable[[QueueEntry], None]) -> None:
+        """Stop calling an observer."""
+        self._observers.remove(observer)
+
+    def tmp_path(self, name: str) -> str:
+        """A unique path in ``tmp/`` for a file being written."""
+        if not self._prepared:
+            self.prepare()
+        return os.path.join(self.path, "tmp", f"{name}.{next(self._tmp_sequence)}")
+
+    def entry_path(self, queue_id: str) -> str:
+        """The entry file of an id."""
+        return os.path.join(self.queue_dir, queue_id)
+
+    def status_path(self, queue_id: str) -> str:
+        """The status file of an id."""
+        return os.path.join(self.queue_dir, queue_id + ".status")
+
+    # Writing
+
+    def commit_file(
+        self, tmp: str, entry: QueueEntry, message: bytes | None
+    ) -> Deferred[str]:
+        """Rename a written, fsynced entry file into the queue and announce it.
+
+        @param message: the message bytes to cache, when at hand.
+        """
+        d = self._committer.commit([(tmp, self.entry_path(entry.queue_id))])
+
+        def committed(_: None) -> str:
+            if message is not None:
+                self._remember(entry.queue_id, message)
+            self._announce(entry)
+            return entry.queue_id
+
+        return d.addCallback(committed)
+
+    def _announce(self, entry: QueueEntry) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(entry)
+            except Exception:
+                log.failure("queue observer failed for {id}", id=entry.queue_id)
+
+    def update(self, entry: QueueEntry) -> Deferred[None]:
+        """Rewrite an entry's status record atomically (temp, fsync, rename,
+        folder fsync)."""
+        tmp = self.tmp_path(entry.queue_id + ".status")
+        data = _status_bytes(entry)
+        d = self.run(lambda: _write_file(tmp, [data], self.fsync))
+        return d.addCallback(
+            lambda _: self._committer.commit([(tmp, self.status_path(entry.queue_id))])
+        )
+
+    def update_status(
+        self,
+        queue_id: str,
+        recipients: Sequence[RecipientRecord],
+        held: bool | None = None,
+    ) -> Deferred[QueueEntry]:
+        """Replace an entry's recipient records (and hold flag); fire with the
+        new entry."""
+
+        async def go() -> QueueEntry:
+            entry = await self.load(queue_id)
+            new = replace(
+                entry,
+                recipients=tuple(recipients),
+                held=entry.held if held is None else held,
+            )
+            await self.update(new)
+            return new
+
+        return Deferred.fromCoroutine(go())
+
+    def remove(self, queue_id: str) -> Deferred[None]:
+        """Remove an entry (its entry file first, then its status file)."""
+        self._forget(queue_id)
+
+        def unlink() -> None:
+            for path in (self.entry_path(queue_id), self.status_path(queue_id)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+        return self.run(unlink)
+
+    # Reading
+
+    def load(self, queue_id: str) -> Deferred[QueueEntry]:
+        """Read one entry with its current status.
+
+        Fails with L{BrokenEntry} (after quarantining the files) when it is
+        broken, and with L{KeyError} when there is no such entry.
+        """
+        return self.run(lambda: self._load(queue_id))
+
+    def _load(self, queue_id: str) -> QueueEntry:
+        path = self.entry_path(queue_id)
+        try:
+            entry, _ = read_entry_file(path)
+            if entry.queue_id != queue_id:
+                raise BrokenEntry(f"file holds entry {entry.queue_id}")
+        except FileNotFoundError:
+            raise KeyError(queue_id) from None
+        except BrokenEntry as e:
+            self._quarantine(path, str(e))
+            self._quarantine(self.status_path(queue_id), "its entry is broken")
+            raise
+        try:
+            recipients, held = read_status_file(self.status_path(queue_id))
+        except FileNotFoundError:
+            return entry
+        except BrokenEntry as e:
+            # The entry file is sound: keep it with its first recipients
+            # rather than lose the message; the status file goes aside.
+            self._quarantine(self.status_path(queue_id), str(e))
+            return entry
+        return replace(entry, recipients=recipients, held=held)
+
+    def open_entries(self) -> Deferred[list[QueueEntry]]:
+        """Every readable entry, oldest first; broken files are quarantined,
+        status files without an entry too."""
+
+        def scan() -> list[QueueEntry]:
+            try:
+                names = os.listdir(self.queue_dir)
+            except FileNotFoundError:
+                return []
+            ids = {n for n in names if "." not in n}
+            for n in names:
+                if n.endswith(".status") and n[: -len(".status")] not in ids:
+                    self._quarantine(os.path.join(self.queue_dir, n), "no entry file")
+            entries = []
+            for queue_id in sorted(ids):
+                try:
+                    entries.append(self._load(queue_id))
+                except (BrokenEntry, KeyError):
+                    pass
+                except NewerVersion as e:
+                    log.warn("queue entry {id} left alone: {e}", id=queue_id, e=e)
+            return entries
+
+        return self.run(scan)
+
+    def read_message(self, queue_id: str) -> Deferred[bytes]:
+        """The message bytes of an entry."""
+        cached = self._cache.get(queue_id)
+        if cached is not None:
+            self._cache.move_to_end(queue_id)
+            return succeed(cached)
+
+        def read() -> bytes:
+            entry, offset = read_entry_file(self.entry_path(queue_id))
+            with open(self.entry_path(queue_id), "rb") as f:
+                f.seek(offset)
+                data = f.read(entry.size)
+            if len(data) != entry.size:
+                raise BrokenEntry("message shorter than recorded")
+            return data
+
+        return self.run(read)
+
+    def _remember(self, queue_id: str, message: bytes) -> None:
+        if len(message) > self._cache_bytes // 4:
+            return
+        self._cache[queue_id] = message
+        self._cached += len(message)
+        while self._cached > self._cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= len(old)
+
+    def _forget(self, queue_id: str) -> None:
+        old = self._cache.pop(queue_id, None)
+        if old is not None:
+            self._cached -= len(old)
+
+    def _quarantine(self, path: str, reason: str) -> None:
+        """Move a broken file into ``quarantine/`` (blocking); never delete."""
+        if not os.path.exists(path):
+            return
+        folder = os.path.join(self.path, "quarantine")
+        os.makedirs(folder, exist_ok=True)
+        base = os.path.basename(path)
+        target = os.path.join(folder, base)
+        n = 0
+        while os.path.exists(target):
+            n += 1
+            target = os.path.join(folder, f"{base}.{n}")
+        os.rename(path, target)
+        log.error(
+            "quarantined broken queue file {path} as {target}: {reason}",
+            path=path,
+            target=target,
+            reason=reason,
+        )
+
+    # The sendmail drop
+
+    def pickup_incoming(self) -> Deferred[list[QueueEntry]]:
+        """Move complete files from ``incoming/`` into the queue.
+
+        Each file is checked (broken ones are quarantined), renamed into
+        ``queue/`` under its own id (so a crash in the middle never makes two
+        entries), both folders are fsynced, then observers hear of each entry.
+        """
+        incoming = os.path.join(self.path, "incoming")
+
+        def scan() -> list[QueueEntry]:
+            try:
+                names = sorted(os.listdir(incoming))
+            except FileNotFoundError:
+                return []
+            found = []
+            for name in names:
+                path = os.path.join(incoming, name)
+                try:
+                    entry, _ = read_entry_file(path)
+                    if entry.queue_id != name:
+                        raise BrokenEntry(f"file holds entry {entry.queue_id}")
+                except BrokenEntry as e:
+                    self._quarantine(path, str(e))
+                except NewerVersion as e:
+                    log.warn("incoming {name} left alone: {e}", name=name, e=e)
+                except OSError as e:
+                    log.warn("cannot read incoming {name}: {e}", name=name, e=e)
+                else:
+                    found.append(entry)
+            return found
+
+        async def go() -> list[QueueEntry]:
+            entries = await self.run(scan)
+            if not entries:
+                return []
+            await self._committer.commit(
+                [
+                    (os.path.join(incoming, e.queue_id), self.entry_path(e.queue_id))
+                    for e in entries
+                ]
+            )
+            await self.run(lambda: _fsync_dir(incoming, self.fsync))
+            for e in entries:
+                self._announce(e)
+            return entries
+
+        return Deferred.fromCoroutine(go())
+
+    # Defined last: the name shadows the builtin in the class body.
+
+    def list(self) -> Deferred[list[str]]:
+        """The ids in the queue, sorted (oldest first)."""
+
+        def scan() -> list[str]:
+            try:
+                names = os.listdir(self.queue_dir)
+            except FileNotFoundError:
+                return []
+            return sorted(n for n in names if "." not in n)
+
+        return self.run(scan)
+
+
+def _default_runner(clock: IReactorTime) -> ThreadRunner:
+    get_pool = getattr(clock, "getThreadPool", None)
+    if get_pool is None:
+
+        def inline(f: Callable[[], _T]) -> Deferred[_T]:
+            return maybeDeferred(f)
+
+        return inline
+    from twisted.internet.threads import deferToThreadPool
+
+    def threaded(f: Callable[[], _T]) -> Deferred[_T]:
+        return deferToThreadPool(clock, get_pool(), f)  # type: ignore[arg-type]
+
+    return threaded
+
+
+class _Transaction:
+    """One transaction's message file: buffered chunks, the temporary file
+    and the chain of thread jobs writing it (run one after another)."""
+
+    def __init__(self, spool: Spool, queue_id: str, envelope: Envelope) -> None:
+        self.spool = spool
+        self.queue_id = queue_id
+        self.envelope = envelope
+        self.recipients: list[Recipient] = list(envelope.recipients)
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.size = 0
+        self.streamed = False
+        self.entry: QueueEntry | None = None
+        self.header = b""
+        self.tmp = ""
+        self.file: IO[bytes] | None = None
+        self.io: Deferred[None] = succeed(None)
+        self.error: BaseException | None = None
+
+    def freeze(self) -> QueueEntry:
+        """The entry record; fixed once the first bytes are written."""
+        if self.entry is None:
+            envelope = replace(self.envelope, recipients=tuple(self.recipients))
+            self.entry = QueueEntry.new(self.queue_id, envelope)
+            self.header = _entry_header(self.entry)
+            self.tmp = self.spool.tmp_path(self.queue_id)
+        return self.entry
+
+    def queue_io(self, job: Callable[[], None]) -> None:
+        """Run a blocking job after the earlier ones; remember a failure."""
+
+        def run(_: None) -> Deferred[None] | None:
+            if self.error is not None:
+                return None
+            return self.spool.run(job)
+
+        def failed(f: Failure) -> None:
+            self.error = f.value
+
+        self.io.addCallback(run).addErrback(failed)
+
+    def open(self) -> IO[bytes]:
+        """The temporary file, created with the header on first use
+        (called in a worker thread)."""
+        if self.file is None:
+            self.file = open(self.tmp, "xb")
+            self.file.write(self.header)
+        return self.file
+
+    def flush(self) -> None:
+        """Hand the buffered chunks to a thread job."""
+        self.freeze()
+        chunks, self.chunks, self.buffered = self.chunks, [], 0
+        self.streamed = True
+
+        def write() -> None:
+            f = self.open()
+            for c in chunks:
+                f.write(c)
+
+        self.queue_io(write)
+
+    def finish(self) -> bytes | None:
+        """Queue the final write and fsync; return the whole message when it
+        never left memory (for the spool's cache)."""
+        self.freeze()
+        chunks, self.chunks, self.buffered = self.chunks, [], 0
+        size, fsync, tmp = self.size, self.spool.fsync, self.tmp
+        message = None if self.streamed else b"".join(chunks)
+
+        def write() -> None:
+            if message is not None:
+                _write_file(tmp, [self.header, message, _trailer(size)], fsync)
+                return
+            f = self.open()
+            self.file = None
+            try:
+                for c in chunks:
+                    f.write(c)
+                f.write(_trailer(size))
+                f.flush()
+                fsync(f.fileno())
+            finally:
+                f.close()
+
+        self.queue_io(write)
+        return message
+
+    def discard(self) -> None:
+        """Close and remove the temporary file once pending jobs are done."""
+
+        def remove() -> None:
+            if self.file is not None:
+                self.file.close()
+                self.file = None
+            if self.tmp:
+                try:
+                    os.unlink(self.tmp)
+                except FileNotFoundError:
+                    pass
+
+        def after(_: object) -> Deferred[None]:
+            return self.spool.run(remove)
+
+        self.io.addBoth(after).addErrback(
+            lambda f: log.failure("cannot remove {tmp}", f, tmp=self.tmp)
+        )
+
+
+@implementer(IDeliveryAgent)
+class SpoolDeliveryAgent:
+    """The spool as the SMTP server's delivery agent: one per transaction.
+
+    Body bytes are buffered and written to a temporary file in the thread
+    pool once more than the spool's flush threshold has gathered, so a large
+    message is never held whole in memory.  L{commit} writes the rest, fsyncs
+    the file, renames it into the queue and fires (with the queue id) only
+    after the queue folder's fsync.  The agent can be reused: L{start}
+    begins the next transaction.
+
+    @ivar queue_id: the id the message gets, known from L{start} on (for the
+        Received: header).
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._tx: _Transaction | None = None
+        self.queue_id: str | None = None
+
+    def _current(self) -> _Transaction:
+        if self._tx is None:
+            raise RuntimeError("no transaction started")
+        return self._tx
+
+    def start(self, envelope: Envelope) -> None:
+        """Begin a transaction and pick its queue id."""
+        self.abort()
+        self.queue_id = self._spool.new_id()
+        self._tx = _Transaction(self._spool, self.queue_id, envelope)
+
+    def add_recipient(self, recipient: Recipient) -> None:
+        """Add an accepted recipient."""
+        self._current().recipients.append(recipient)
+
+    def body(self, data: bytes) -> None:
+        """Append message bytes; past the threshold they go to disk."""
+        tx = self._current()
+        tx.chunks.append(data)
+        tx.buffered += len(data)
+        tx.size += len(data)
+        if tx.buffered >= self._spool.flush_threshold:
+            tx.flush()
+
+    def commit(self) -> Deferred[str]:
+        """Make the message durable; fire with the queue id after the fsyncs.
+
+        Fails with L{TemporaryError} (451/452) when the file cannot be
+        written, L{PermanentError} (554) without recipients.
+        """
+        tx, self._tx = self._tx, None
+        if tx is None:
+            return _failed(RuntimeError("commit without start"))
+        if not tx.recipients:
+            tx.discard()
+            return _failed(PermanentError(NO_RECIPIENTS, "commit without recipients"))
+        message = tx.finish()
+        entry = replace(tx.freeze(), size=tx.size)
+        spool = self._spool
+
+        async def go() -> str:
+            await tx.io
+            error = tx.error
+            if error is None:
+                try:
+                    return await spool.commit_file(tx.tmp, entry, message)
+                except OSError as e:
+                    error = e
+            tx.discard()
+            log.error("cannot write queue file {tmp}: {e}", tmp=tx.tmp, e=error)
+            raise TemporaryError(_error_reply(error), str(error))
+
+        return Deferred.fromCoroutine(go())
+
+    def abort(self) -> None:
+        """Drop the transaction; its temporary file is removed once pending
+        writes are done."""
+        tx, self._tx = self._tx, None
+        if tx is not None and tx.tmp:
+            tx.discard()
+
+
+def _failed(e: BaseException) -> Deferred[str]:
+    d: Deferred[str] = Deferred()
+    d.errback(Failure(e))
+    return d
