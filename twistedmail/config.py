@@ -28,10 +28,12 @@ __all__ = [
     "AliasSettings",
     "AuthSettings",
     "ConfigError",
+    "DeliverySettings",
     "DirectorySettings",
     "ListenerSettings",
     "ServerSettings",
     "Settings",
+    "SpoolSettings",
     "TLSSettings",
     "load_settings",
     "settings_from_dict",
@@ -203,6 +205,26 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class SpoolSettings:
+    """``[spool]``: the queue and the service that delivers from it."""
+
+    directory: str = _setting("spool")
+    max_active_deliveries: int = _setting(20, _positive)
+    retry_delay: float = _setting(300.0, _positive)
+    retry_delay_max: float = _setting(3600.0, _positive)
+    incoming_poll_interval: float = _setting(1.0, _positive)
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """``[delivery]``: local delivery to programs and files."""
+
+    program_timeout: float = _setting(300.0, _positive)
+    program_shell: bool = _setting(False)
+    program_path: str = _setting("/usr/local/bin:/usr/bin:/bin")
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration; each attribute is one TOML table."""
 
@@ -212,6 +234,8 @@ class Settings:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     aliases: AliasSettings = field(default_factory=AliasSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     source: str = field(default="<defaults>", compare=False)
 
     def data_path(self, *parts: str) -> str:
