@@ -8,12 +8,21 @@ it, and it is the reference behaviour the SQLite and file backends match
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from twistedmail.interfaces import DirectoryError, IDirectoryAdmin, User
 
-__all__ = ["MemoryDirectory", "domain_of"]
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorCore
+
+    from twistedmail.aliases.files import FilesDirectory
+    from twistedmail.aliases.sql import SQLiteDirectory
+    from twistedmail.config import Settings
+
+__all__ = ["MemoryDirectory", "domain_of", "open_directory"]
 
 
 def domain_of(key: str) -> str:
@@ -173,3 +182,41 @@ def default_mailbox(address: str) -> str:
     if safe.startswith("."):
         safe = "%2E" + safe[1:]
     return f"{domain}/{safe}"
+
+
+def open_directory(
+    settings: Settings, reactor: IReactorCore
+) -> SQLiteDirectory | FilesDirectory:
+    """The directory backend the configuration names (not started yet).
+
+    Relative paths in C{[directory]} are relative to C{server.data_dir},
+    which is made when missing.  The files backend does its file reads and
+    writes in the reactor's thread pool.
+
+    @param reactor: the reactor the backend reports to (and schedules its
+        checks for changed files on).
+    """
+    import os
+
+    from twisted.internet.interfaces import IReactorThreads, IReactorTime
+
+    from twistedmail.aliases.files import (
+        FilesDirectory,
+        run_in_thread_pool,
+    )
+    from twistedmail.aliases.sql import SQLiteDirectory
+
+    config = settings.directory
+    os.makedirs(settings.server.data_dir, exist_ok=True)
+    if config.backend == "sqlite":
+        path = settings.data_path(config.sqlite_path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return SQLiteDirectory(path, reactor)
+    return FilesDirectory(
+        settings.data_path(config.domains_file),
+        settings.data_path(config.users_file),
+        settings.data_path(config.aliases_file),
+        IReactorTime(reactor),
+        config.reload_interval,
+        run_blocking=run_in_thread_pool(IReactorThreads(reactor)),
+    )
