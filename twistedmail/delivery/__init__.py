@@ -1,0 +1,1 @@
+"""Delivery: local mailboxes, programs and files (and, later, relay)."""
