@@ -16,8 +16,10 @@ __all__ = [
     "PermanentError",
     "Reply",
     "TemporaryError",
+    "ALIAS_INCLUDE_UNAVAILABLE",
     "ALIAS_LOOP",
     "ALIAS_TOO_DEEP",
+    "BAD_ALIAS_TARGET",
     "INTERNAL_ERROR",
     "MAILBOX_FULL",
     "MAILBOX_UNAVAILABLE",
@@ -87,6 +89,11 @@ UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
 MAILBOX_UNAVAILABLE = Reply(550, "5.2.1", "Mailbox unavailable")
 ALIAS_LOOP = Reply(550, "5.4.6", "Alias expansion loop")
 ALIAS_TOO_DEEP = Reply(550, "5.4.6", "Alias expansion too deep")
+# An alias target that is not an address, program, file or include: the
+# alias is misconfigured (RFC 3463 X.3.5).
+BAD_ALIAS_TARGET = Reply(550, "5.3.5", "System incorrectly configured")
+# An :include: file that cannot be read now; it may be back later.
+ALIAS_INCLUDE_UNAVAILABLE = Reply(451, "4.3.0", "Alias list temporarily unavailable")
 TARGET_REFUSED = Reply(550, "5.7.1", "Delivery to this destination is not permitted")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error")
 MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
