@@ -1,0 +1,250 @@
+"""Tests for delivery into Maildir: L{twistedmail.maildir.store.MaildirStore.deliver}
+and L{twistedmail.maildir.delivery}."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.maildir_helpers import make_store
+from twistedmail.interfaces import User
+from twistedmail.maildir import MaildirError
+from twistedmail.maildir.delivery import JOURNAL_NAME, DeliveryJournal, token_hash
+from twistedmail.replies import INTERNAL_ERROR, MAILBOX_FULL, TemporaryError
+
+MESSAGE = b"Subject: hi\r\n\r\nHello\r\n"
+
+
+class DeliverTests(SynchronousTestCase):
+    """Delivery by the qmail rules."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(1_790_000_000.25)
+        self.store = make_store(self.root, self.clock)
+        self.path = os.path.join(self.root, "example.test", "alice")
+
+    def deliver(
+        self,
+        message: bytes = MESSAGE,
+        unique: str = "Q1.alice",
+        quota: int | None = None,
+    ) -> str:
+        return self.successResultOf(
+            self.store.deliver(self.path, message, unique, quota)
+        )
+
+    def test_creates_maildir(self) -> None:
+        """The Maildir and its cur/, new/, tmp/ are made with mode 0700."""
+        self.deliver()
+        for sub in ("", "cur", "new", "tmp"):
+            mode = stat.S_IMODE(os.stat(os.path.join(self.path, sub)).st_mode)
+            self.assertEqual(mode, 0o700, sub)
+
+    def test_file_in_new(self) -> None:
+        """The message lands in new/ under the returned name; tmp/ is empty."""
+        base = self.deliver()
+        self.assertEqual(os.listdir(os.path.join(self.path, "new")), [base])
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
+        with open(os.path.join(self.path, "new", base), "rb") as f:
+            self.assertEqual(f.read(), MESSAGE)
+        mode = stat.S_IMODE(os.stat(os.path.join(self.path, "new", base)).st_mode)
+        self.assertEqual(mode, 0o600)
+
+    def test_name(self) -> None:
+        """The name has the clock's time, microseconds, pid, the delivery
+        hash, the host name and the size."""
+        base = self.deliver()
+        self.assertTrue(base.startswith(f"1790000000.M250000P{os.getpid()}"), base)
+        self.assertIn("U" + token_hash("Q1.alice"), base)
+        self.assertTrue(base.endswith(f".mx.example.test,S={len(MESSAGE)}"), base)
+
+    def test_names_built_at_call_time(self) -> None:
+        """Later deliveries carry the later time."""
+        self.deliver()
+        self.clock.advance(100)
+        base = self.deliver(unique="Q2.alice")
+        self.assertTrue(base.startswith("1790000100."), base)
+
+    def test_idempotent(self) -> None:
+        """The same unique twice gives one file and the same name."""
+        first = self.deliver()
+        second = self.deliver()
+        self.assertEqual(first, second)
+        self.assertEqual(os.listdir(os.path.join(self.path, "new")), [first])
+
+    def test_idempotent_after_move_to_cur(self) -> None:
+        """A retry finds the message after a client moved it to cur/ with
+        flags, and writes nothing."""
+        base = self.deliver()
+        os.rename(
+            os.path.join(self.path, "new", base),
+            os.path.join(self.path, "cur", base + ":2,RS"),
+        )
+        self.assertEqual(self.deliver(), base)
+        self.assertEqual(os.listdir(os.path.join(self.path, "new")), [])
+        self.assertEqual(os.listdir(os.path.join(self.path, "cur")), [base + ":2,RS"])
+
+    def test_idempotent_across_store_restart(self) -> None:
+        """A new store (a restarted server) still finds the earlier copy."""
+        base = self.deliver()
+        again = make_store(self.root, self.clock)
+        self.assertEqual(
+            self.successResultOf(again.deliver(self.path, MESSAGE, "Q1.alice")), base
+        )
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 1)
+
+    def test_crash_before_link(self) -> None:
+        """When the journal has the name but the file never got linked (a
+        crash in between), the retry delivers under that same name."""
+        os.makedirs(self.path)
+        journal = DeliveryJournal(self.path)
+        with journal.lock():
+            journal.record(token_hash("Q1.alice"), "1789999999.Mx.host,S=22", 0)
+        self.assertEqual(self.deliver(), "1789999999.Mx.host,S=22")
+        self.assertEqual(
+            os.listdir(os.path.join(self.path, "new")), ["1789999999.Mx.host,S=22"]
+        )
+
+    def test_torn_journal_line(self) -> None:
+        """A half-written last journal line (crash while appending) is
+        ignored and does not spoil later records."""
+        first = self.deliver()
+        with open(os.path.join(self.path, JOURNAL_NAME), "ab") as f:
+            f.write(b"0123456789abcdef0123 half")
+        second = self.deliver(unique="Q2.alice")
+        restarted = make_store(self.root, self.clock)
+        self.assertEqual(
+            self.successResultOf(restarted.deliver(self.path, MESSAGE, "Q1.alice")),
+            first,
+        )
+        self.assertEqual(
+            self.successResultOf(restarted.deliver(self.path, MESSAGE, "Q2.alice")),
+            second,
+        )
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 2)
+
+    def test_journal_compacted(self) -> None:
+        """A large journal is rewritten without records older than 30 days."""
+        os.makedirs(self.path)
+        with open(os.path.join(self.path, JOURNAL_NAME), "wb") as f:
+            f.write(b"twistedmail-delivered 1\n")
+            for i in range(30_000):
+                f.write(b"%020x 1000.M%dP1.host,S=1\n" % (i, i))
+        self.deliver()
+        self.assertLess(os.path.getsize(os.path.join(self.path, JOURNAL_NAME)), 1000)
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 1)
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 1)
+        self.deliver()
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 1)
+
+    def test_different_uniques(self) -> None:
+        """Different deliveries make different files."""
+        a = self.deliver(unique="Q1.alice")
+        b = self.deliver(unique="Q1.bob")
+        self.assertNotEqual(a, b)
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 2)
+
+    def test_quota(self) -> None:
+        """Over quota is a temporary failure with 452 4.2.2 and writes
+        nothing; a retry of a done delivery still succeeds."""
+        size = len(MESSAGE)
+        done = self.deliver(quota=size * 2)
+        self.deliver(unique="Q2", quota=size * 2)
+        failure = self.failureResultOf(
+            self.store.deliver(self.path, MESSAGE, "Q3", size * 2), TemporaryError
+        )
+        self.assertEqual(failure.value.reply, MAILBOX_FULL)
+        self.assertEqual(MAILBOX_FULL.code, 452)
+        self.assertEqual(MAILBOX_FULL.status, "4.2.2")
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 2)
+        self.assertEqual(self.deliver(quota=size * 2), done)
+
+    def test_quota_counts_folders(self) -> None:
+        """Messages in folders count against the quota too."""
+        self.deliver()
+        self.store.create_folder(self.path, "Archive")
+        mailbox = self.store.open_mailbox(self.path, "Archive")
+        mailbox.add(b"x" * 100)
+        self.assertEqual(self.store.mailbox_size(self.path), len(MESSAGE) + 100)
+        self.failureResultOf(
+            self.store.deliver(self.path, MESSAGE, "Q2", len(MESSAGE) * 2 + 50),
+            TemporaryError,
+        )
+
+    def test_io_error(self) -> None:
+        """A file system failure is a temporary failure with a generic
+        reply; the reason names the problem for the log."""
+        os.makedirs(self.root)
+        with open(os.path.join(self.root, "example.test"), "wb"):
+            pass
+        failure = self.failureResultOf(
+            self.store.deliver(self.path, MESSAGE, "Q1"), TemporaryError
+        )
+        self.assertEqual(failure.value.reply, INTERNAL_ERROR)
+        self.assertIn("Maildir delivery failed", failure.value.reason)
+
+    def test_notifies(self) -> None:
+        """Listeners of the INBOX hear of each delivery until they
+        unsubscribe."""
+        calls: list[str] = []
+        unsubscribe = self.store.subscribe(
+            self.path, "INBOX", lambda: calls.append("x")
+        )
+        self.deliver()
+        self.assertEqual(calls, ["x"])
+        unsubscribe()
+        self.deliver(unique="Q2")
+        self.assertEqual(calls, ["x"])
+
+    def test_listener_error_logged(self) -> None:
+        """A failing listener is logged; delivery still succeeds."""
+
+        def broken() -> None:
+            raise RuntimeError("boom")
+
+        self.store.subscribe(self.path, "INBOX", broken)
+        self.deliver()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_hostname_escaped(self) -> None:
+        """'/' and ':' in the host name cannot break the file name."""
+        store = make_store(self.root, self.clock)
+        store.hostname = "a/b:c"
+        base = self.successResultOf(store.deliver(self.path, MESSAGE, "Q1"))
+        self.assertIn(".a\\057b\\072c,", base)
+        self.assertNotIn(":", base)
+
+
+class MailboxPathTests(SynchronousTestCase):
+    """L{MaildirStore.mailbox_path}."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.store = make_store(self.root)
+
+    def user(self, mailbox: str) -> User:
+        return User("alice@example.test", "", mailbox)
+
+    def test_relative(self) -> None:
+        """A relative path is under the mail root."""
+        self.assertEqual(
+            self.store.mailbox_path(self.user("example.test/alice")),
+            os.path.join(self.root, "example.test", "alice"),
+        )
+
+    def test_absolute(self) -> None:
+        """An absolute path is used as it is."""
+        self.assertEqual(
+            self.store.mailbox_path(self.user("/srv/mail/a")), "/srv/mail/a"
+        )
+
+    def test_escape_refused(self) -> None:
+        """Relative paths that leave the mail root, or are the root itself,
+        are refused."""
+        for bad in ("../x", "a/../../x", "..", ".", "", "a\0b", "a/.."):
+            self.assertRaises(MaildirError, self.store.mailbox_path, self.user(bad))

@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_maildir_store -*-
+"""A per-message cache of parsed data that lasts across restarts (the
+Maildir step of the flow).
+
+IMAP computes ENVELOPE and BODYSTRUCTURE (and anything else worth keeping)
+once per message and stores the result here, keyed by the message's base
+name and a key of the caller's choice; the value is opaque bytes.  The cache
+is an SQLite database, ``twistedmail-cache.sqlite`` in the folder, created
+on first write: SQLite gives atomic updates and locking between processes.
+Entries of expunged messages are removed with them.  Losing the file only
+costs a recomputation.
+
+On-disk format: table ``cache(base TEXT, key TEXT, value BLOB, PRIMARY KEY
+(base, key))`` and ``PRAGMA user_version`` = 1 (the format version).
+NFS caveat: SQLite's locking is unreliable over some NFS setups; a shared
+folder then needs the cache disabled or local.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+
+__all__ = ["CACHE_NAME", "MessageCache"]
+
+CACHE_NAME = "twistedmail-cache.sqlite"
+_VERSION = 1
+
+
+class MessageCache:
+    """The cache of one folder.
+
+    @param folder: the folder's directory (the Maildir or a ``.Name`` in it).
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, CACHE_NAME)
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self, create: bool) -> sqlite3.Connection | None:
+        if self._db is not None:
+            return self._db
+        if not create and not os.path.exists(self.path):
+            return None
+        db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS cache (base TEXT NOT NULL, key TEXT NOT NULL,"
+            " value BLOB NOT NULL, PRIMARY KEY (base, key)) WITHOUT ROWID"
+        )
+        db.execute(f"PRAGMA user_version = {_VERSION}")
+        db.commit()
+        self._db = db
+        return db
+
+    def get(self, base: str, key: str) -> bytes | None:
+        """The cached value, or None when there is none."""
+        with self._lock:
+            db = self._connect(False)
+            if db is None:
+                return None
+            row = db.execute(
+                "SELECT value FROM cache WHERE base = ? AND key = ?", (base, key)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put(self, base: str, key: str, value: bytes) -> None:
+        """Store a value (replacing any earlier one)."""
+        with self._lock:
+            db = self._connect(True)
+            assert db is not None
+            db.execute(
+                "INSERT OR REPLACE INTO cache (base, key, value) VALUES (?, ?, ?)",
+                (base, key, value),
+            )
+            db.commit()
+
+    def forget(self, bases: Iterable[str]) -> None:
+        """Remove every entry of these messages."""
+        with self._lock:
+            db = self._connect(False)
+            if db is None:
+                return
+            db.executemany("DELETE FROM cache WHERE base = ?", [(b,) for b in bases])
+            db.commit()
+
+    def close(self) -> None:
+        """Close the database (it reopens on next use)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

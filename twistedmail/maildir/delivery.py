@@ -1,0 +1,243 @@
+# -*- test-case-name: tests.test_maildir_delivery -*-
+"""Writing messages into a Maildir exactly once (the Maildir step of the
+flow: the end of local delivery).
+
+The qmail rules: the message is written into ``tmp/`` under a name made at
+call time, fsynced, hard-linked into ``new/``, the ``new/`` directory is
+fsynced, and the ``tmp/`` name is removed.
+
+Exactly once: each delivery carries a stable token from the caller (queue id
+and recipient).  Before the message is linked, the token's hash and the
+chosen base name are appended to the Maildir's delivery journal,
+``twistedmail-delivered``, and the journal is fsynced.  A retry of the same
+delivery (after a crash, or after the queue lost the result) finds the token
+there and either returns the earlier message's base name (when the message is
+in ``new/`` or ``cur/``, whatever its flags) or writes the message again under
+that same base name (when the crash came before the link).  The link fails
+if the name exists, so two racing attempts also make one message.
+
+Journal on-disk format, version 1 (UTF-8 text, one record a line)::
+
+    twistedmail-delivered 1
+    <token hash> <base name>
+
+The hash is the first 20 hex digits of SHA-256 of the token (the same hash
+is in the base name after ``U``).  Records are appended under
+``twistedmail-deliver.lock``; a torn last line (crash while appending) is
+ignored.  When the journal passes 1 MiB it is rewritten (temp, fsync,
+rename) keeping the records of the last 30 days, far longer than the queue
+retries a message.  A message expunged by the user after delivery and
+before a retry would be delivered again: the journal does not know of
+expunges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+
+from twistedmail.maildir.lock import FolderLock
+from twistedmail.maildir.names import parse_filename, size_from_base
+from twistedmail.maildir.uidlist import fsync_directory, write_file_atomic
+
+__all__ = [
+    "DELIVER_LOCK_NAME",
+    "JOURNAL_NAME",
+    "DeliveryJournal",
+    "SizeCache",
+    "ensure_maildir",
+    "find_delivered",
+    "token_hash",
+    "write_message",
+]
+
+JOURNAL_NAME = "twistedmail-delivered"
+DELIVER_LOCK_NAME = "twistedmail-deliver.lock"
+_HEADER = b"twistedmail-delivered 1\n"
+_COMPACT_SIZE = 1 << 20
+_KEEP_SECONDS = 30 * 86400
+
+
+def token_hash(unique: str) -> str:
+    """The journal and base-name form of a delivery token."""
+    return hashlib.sha256(unique.encode("utf-8")).hexdigest()[:20]
+
+
+def ensure_maildir(path: str) -> None:
+    """Create a Maildir (and ``cur/``, ``new/``, ``tmp/``) when missing, mode
+    0700; parents are created as needed."""
+    for sub in ("cur", "new", "tmp"):
+        full = os.path.join(path, sub)
+        if not os.path.isdir(full):
+            os.makedirs(path, 0o700, exist_ok=True)
+            try:
+                os.mkdir(full, 0o700)
+            except FileExistsError:
+                pass
+
+
+def write_message(path: str, data: bytes, mtime: float | None = None) -> None:
+    """Write a new file (it must not exist), fsync it, and set its mtime."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def find_delivered(folder: str, base: str) -> str | None:
+    """Where a message with this base name is now (``new/<name>`` or
+    ``cur/<name>``), or None.  Reads ``cur/`` when the message is not in
+    ``new/``; used on retries only."""
+    if os.path.exists(os.path.join(folder, "new", base)):
+        return "new/" + base
+    for sub in ("cur", "new"):
+        try:
+            names = os.listdir(os.path.join(folder, sub))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name == base or (name.startswith(base) and name[len(base)] == ":"):
+                return f"{sub}/{name}"
+    return None
+
+
+class DeliveryJournal:
+    """A Maildir's delivery journal, read incrementally.
+
+    Use L{lookup} and L{record} only while holding the lock at
+    L{lock_path}.
+    """
+
+    def __init__(self, maildir: str) -> None:
+        self.maildir = maildir
+        self.path = os.path.join(maildir, JOURNAL_NAME)
+        self.lock_path = os.path.join(maildir, DELIVER_LOCK_NAME)
+        self._inode: int | None = None
+        self._offset = 0
+        self._torn = False
+        self._records: dict[str, str] = {}
+
+    def lock(self) -> FolderLock:
+        """A new (unlocked) lock object for this journal."""
+        return FolderLock(self.lock_path)
+
+    def _catch_up(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._inode, self._offset, self._records, self._torn = None, 0, {}, False
+            return
+        if st.st_ino != self._inode or st.st_size < self._offset:
+            self._inode, self._offset, self._records = st.st_ino, 0, {}
+        if st.st_size == self._offset:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self._torn = end != len(data)
+        for line in data[:end].split(b"\n")[:-1]:
+            token, sep, base = line.decode("utf-8", "replace").partition(" ")
+            if sep and len(token) == 20 and token != "twistedmail-delivered":
+                self._records[token] = base
+        self._offset += end
+
+    def lookup(self, token: str) -> str | None:
+        """The base name recorded for a token hash, or None."""
+        self._catch_up()
+        return self._records.get(token)
+
+    def record(self, token: str, base: str, now: float) -> None:
+        """Append a record and fsync it (compacting first when large)."""
+        self._catch_up()
+        if self._offset > _COMPACT_SIZE:
+            self._compact(now)
+        created = self._inode is None
+        fd = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            line = f"{token} {base}\n".encode()
+            if created:
+                line = _HEADER + line
+            elif self._torn:
+                line = b"\n" + line
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_directory(self.maildir)
+        self._records[token] = base
+        self._catch_up()
+
+    def _compact(self, now: float) -> None:
+        keep = []
+        for token, base in self._records.items():
+            try:
+                when = int(base.partition(".")[0])
+            except ValueError:
+                when = int(now)
+            if when >= now - _KEEP_SECONDS:
+                keep.append(f"{token} {base}\n".encode())
+        write_file_atomic(self.path, _HEADER + b"".join(keep))
+        self._inode = None
+        self._catch_up()
+
+
+class SizeCache:
+    """The total size of a Maildir's messages, for quotas.
+
+    Sizes come from ``,S=`` in the names (``stat`` otherwise); each
+    ``new/`` and ``cur/`` directory is re-read only when its mtime changed.
+    """
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, tuple[int, int]] = {}
+
+    def total(self, maildir: str, folders: Callable[[str], list[str]]) -> int:
+        """The size of every message in the Maildir and its folders.
+
+        @param folders: lists a Maildir's folder directories (relative).
+        """
+        total = 0
+        for sub in ["", *folders(maildir)]:
+            for part in ("new", "cur"):
+                total += self._dir_total(os.path.join(maildir, sub, part))
+        return total
+
+    def invalidate(self, path: str) -> None:
+        """Forget a directory's total (after writing into it: a change in
+        the same clock tick as the last read leaves its mtime unchanged)."""
+        self._dirs.pop(path, None)
+
+    def _dir_total(self, path: str) -> int:
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return 0
+        cached = self._dirs.get(path)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        total = 0
+        for name in os.listdir(path):
+            base = parse_filename(name)[0]
+            size = size_from_base(base)
+            if size is None:
+                try:
+                    size = os.stat(os.path.join(path, name)).st_size
+                except FileNotFoundError:
+                    size = 0
+            total += size
+        self._dirs[path] = (mtime, total)
+        return total

@@ -1,0 +1,943 @@
+# -*- test-case-name: tests.test_maildir_store -*-
+"""The mailbox store on Maildir (the Maildir step of the flow): the one
+module that owns the on-disk format.  Local delivery writes through
+L{MaildirStore.deliver}; POP3 and IMAP read and change mail through
+L{Mailbox} objects from L{MaildirStore.open_mailbox}.
+
+Layout (Maildir++)::
+
+    <maildir>/cur new tmp            INBOX
+    <maildir>/.Sent/cur new tmp      folder "Sent" (with a maildirfolder file)
+    <maildir>/.A.B/...               folder "A.B" ("." is the separator)
+    <maildir>/subscriptions          subscribed folder names, one a line
+    <folder>/twistedmail-uidlist     UIDs and index (L{uidlist})
+    <folder>/twistedmail-keywords    keyword letters (L{keywords})
+    <folder>/twistedmail-cache.sqlite  parsed-message cache (L{cache})
+    <maildir>/twistedmail-delivered  delivery journal (L{delivery})
+
+Threads: every method here except L{MaildirStore.deliver} blocks on the file
+system; protocols call them through L{MaildirStore.run_in_thread} where that
+matters.  One L{Mailbox} object must not be used by two threads at once.
+Change notifications run in the thread that made the change
+(L{MaildirStore.deliver}'s run in the reactor thread).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import IO, Any, TypeVar, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from twistedmail.interfaces import User
+from twistedmail.maildir.cache import MessageCache
+from twistedmail.maildir.delivery import (
+    DeliveryJournal,
+    SizeCache,
+    ensure_maildir,
+    find_delivered,
+    token_hash,
+    write_message,
+)
+from twistedmail.maildir.keywords import KeywordMap
+from twistedmail.maildir.lock import FolderLock
+from twistedmail.maildir.names import (
+    FLAG_LETTERS,
+    FolderNameError,
+    MaildirError,
+    folder_directory,
+    folder_from_directory,
+    format_filename,
+    make_base,
+    parse_filename,
+    size_from_base,
+)
+from twistedmail.maildir.uidlist import (
+    UIDLIST_NAME,
+    UIDEntry,
+    UIDList,
+    UIDListError,
+    fsync_directory,
+    read_dovecot_uidlist,
+    read_uidlist,
+    write_file_atomic,
+    write_uidlist,
+)
+from twistedmail.replies import INTERNAL_ERROR, MAILBOX_FULL, TemporaryError
+
+__all__ = [
+    "FolderExistsError",
+    "Mailbox",
+    "MaildirStore",
+    "MessageInfo",
+    "NoSuchFolderError",
+    "NoSuchMessageError",
+]
+
+_T = TypeVar("_T")
+_LOCK_NAME = "twistedmail-uidlist.lock"
+_SUBSCRIPTIONS = "subscriptions"
+# A directory mtime this close to the present may still change within the
+# same file system timestamp tick, so a scan made now is not trusted later.
+_MTIME_SLACK_NS = 2_000_000_000
+
+log = Logger()
+
+
+class NoSuchFolderError(MaildirError):
+    """The folder does not exist."""
+
+
+class FolderExistsError(MaildirError):
+    """The folder already exists."""
+
+
+class NoSuchMessageError(MaildirError, KeyError):
+    """No message with that UID (it was never there, or it is gone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """What the store knows of one message without reading it.
+
+    @ivar uid: the UID, stable for the folder's UIDVALIDITY.
+    @ivar base: the base name (POP3 UIDL uses it; never changes).
+    @ivar filename: ``new/<name>`` or ``cur/<name>``, relative to the folder.
+    @ivar size: octets in the file.
+    @ivar internal_date: POSIX seconds (IMAP INTERNALDATE; the file's mtime
+        when it was first seen).
+    @ivar flags: Maildir flag letters (L{names.Flag}).
+    @ivar keywords: keyword names (``$Junk``...).
+    """
+
+    uid: int
+    base: str
+    filename: str
+    size: int
+    internal_date: int
+    flags: frozenset[str]
+    keywords: frozenset[str]
+
+    @property
+    def recent(self) -> bool:
+        """Whether the message is still in ``new/`` (no client saw it)."""
+        return self.filename.startswith("new/")
+
+
+def _default_opener(path: str) -> IO[bytes]:
+    return open(path, "rb")
+
+
+class MaildirStore:
+    """The Maildir store: delivery, mailboxes, folders and notifications.
+
+    @param mail_root: the directory relative mailbox paths are under.
+    @param hostname: the host name in new file names.
+    @param clock: the reactor: time for names and UIDVALIDITY, and (for the
+        default L{run_in_thread}) its thread pool.
+    @param run_in_thread: called with one zero-argument callable, runs it
+        off the reactor thread and returns a Deferred of its result (the
+        spool's C{ThreadRunner} shape); defaults to the reactor's thread
+        pool.  Tests pass a synchronous runner.
+    @param opener: opens a message file for reading (tests count calls).
+    """
+
+    def __init__(
+        self,
+        mail_root: str,
+        hostname: str,
+        clock: IReactorTime,
+        run_in_thread: Callable[..., Deferred[Any]] | None = None,
+        *,
+        opener: Callable[[str], IO[bytes]] = _default_opener,
+    ) -> None:
+        self.mail_root = os.path.abspath(mail_root)
+        self.hostname = hostname
+        self._clock = clock
+        self._run_in_thread = run_in_thread
+        self.opener = opener
+        self._counter = itertools.count(1)
+        self._journals: dict[str, DeliveryJournal] = {}
+        self._sizes = SizeCache()
+        self._listeners: dict[str, list[Callable[[], None]]] = {}
+
+    # Threads and time
+
+    def run_in_thread(
+        self, f: Callable[..., _T], *args: object, **kwargs: object
+    ) -> Deferred[_T]:
+        """Run a blocking callable off the reactor thread; a Deferred of its
+        result."""
+        if self._run_in_thread is not None:
+            return self._run_in_thread(functools.partial(f, *args, **kwargs))
+        reactor = cast(IReactorThreads, self._clock)
+        return deferToThreadPool(
+            reactor,
+            reactor.getThreadPool(),
+            f,
+            *args,
+            **kwargs,
+        )
+
+    def now(self) -> float:
+        """The injected clock's time."""
+        return self._clock.seconds()
+
+    def new_base(self, size: int, token: str = "", now: float | None = None) -> str:
+        """A fresh base name made now (see L{names.make_base})."""
+        return make_base(
+            self.now() if now is None else now,
+            os.getpid(),
+            next(self._counter),
+            self.hostname,
+            size,
+            token,
+        )
+
+    # Paths
+
+    def mailbox_path(self, user: User) -> str:
+        """The absolute Maildir path of a user.
+
+        @raise MaildirError: when a relative path would leave the mail root
+            (``..``) or the path holds NUL.
+        """
+        if "\0" in user.mailbox or not user.mailbox:
+            raise MaildirError("bad mailbox path")
+        full = os.path.normpath(os.path.join(self.mail_root, user.mailbox))
+        if not os.path.isabs(user.mailbox):
+            if (
+                os.path.commonpath([self.mail_root, full]) != self.mail_root
+                or full == self.mail_root
+            ):
+                raise MaildirError("mailbox path leaves the mail root")
+        return full
+
+    def folder_path(self, path: str, folder: str = "INBOX") -> str:
+        """The directory of a folder in the Maildir at ``path``.
+
+        @raise FolderNameError: for a name that is not allowed.
+        """
+        directory = folder_directory(folder)
+        return path if directory is None else os.path.join(path, directory)
+
+    # Delivery
+
+    def deliver(
+        self, path: str, message: bytes, unique: str, quota: int | None = None
+    ) -> Deferred[str]:
+        """Deliver a message into the INBOX of the Maildir at ``path``,
+        exactly once per ``unique``.
+
+        @param unique: a stable token for this delivery (queue id and
+            recipient); a second call with the same token returns the first
+            delivery's base name and writes nothing.
+        @param quota: the mailbox quota in octets, or None.
+        @return: a Deferred firing with the message's base name, or failing
+            with L{TemporaryError} (L{MAILBOX_FULL} when over quota,
+            L{INTERNAL_ERROR} when the file system fails).  Listeners of
+            the INBOX are told after success.
+        """
+        d = self.run_in_thread(
+            self.deliver_sync, path, message, unique, quota, self.now()
+        )
+
+        def delivered(base: str) -> str:
+            self.notify(path, "INBOX")
+            return base
+
+        return d.addCallback(delivered)
+
+    def deliver_sync(
+        self,
+        path: str,
+        message: bytes,
+        unique: str,
+        quota: int | None = None,
+        now: float | None = None,
+    ) -> str:
+        """L{deliver}, blocking, without notifying (for threads)."""
+        now = self.now() if now is None else now
+        try:
+            return self._deliver(path, message, unique, quota, now)
+        except TemporaryError:
+            raise
+        except OSError as e:
+            raise TemporaryError(INTERNAL_ERROR, f"Maildir delivery failed: {e}") from e
+
+    def _deliver(
+        self, path: str, message: bytes, unique: str, quota: int | None, now: float
+    ) -> str:
+        ensure_maildir(path)
+        token = token_hash(unique)
+        journal = self._journals.get(path)
+        if journal is None:
+            journal = self._journals[path] = DeliveryJournal(path)
+        with journal.lock():
+            base = journal.lookup(token)
+            if base is not None and find_delivered(path, base) is not None:
+                return base
+            if quota is not None:
+                used = self.mailbox_size(path)
+                if used + len(message) > quota:
+                    raise TemporaryError(
+                        MAILBOX_FULL,
+                        f"quota {quota} exceeded ({used} used, {len(message)} more)",
+                    )
+            if base is None:
+                base = self.new_base(len(message), token, now)
+                journal.record(token, base, now)
+        tmp = os.path.join(path, "tmp", self.new_base(len(message), token, now))
+        write_message(tmp, message)
+        try:
+            os.link(tmp, os.path.join(path, "new", base))
+        except FileExistsError:
+            pass  # a racing attempt of the same delivery linked it first
+        finally:
+            os.unlink(tmp)
+        fsync_directory(os.path.join(path, "new"))
+        self._sizes.invalidate(os.path.join(path, "new"))
+        return base
+
+    def mailbox_size(self, path: str) -> int:
+        """The octets used by every message in the Maildir (all folders)."""
+        return self._sizes.total(path, self._folder_directories)
+
+    # Change notification
+
+    def _key(self, path: str, folder: str) -> str:
+        return os.path.normpath(os.path.abspath(self.folder_path(path, folder)))
+
+    def subscribe(
+        self, path: str, folder: str, callback: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Call ``callback()`` after each change to a folder made through this
+        store (delivery, add, copy into it, flag change, expunge).
+
+        @return: a function that unsubscribes.
+        """
+        key = self._key(path, folder)
+        self._listeners.setdefault(key, []).append(callback)
+
+        def unsubscribe() -> None:
+            callbacks = self._listeners.get(key, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self._listeners.pop(key, None)
+
+        return unsubscribe
+
+    def notify(self, path: str, folder: str = "INBOX") -> None:
+        """Tell a folder's listeners that it changed (errors are logged)."""
+        for callback in list(self._listeners.get(self._key(path, folder), [])):
+            try:
+                callback()
+            except Exception:
+                log.failure("Maildir change listener failed")
+
+    # Mailboxes and folders
+
+    def open_mailbox(self, path: str, folder: str = "INBOX") -> Mailbox:
+        """Open a folder for reading and changing (blocking).
+
+        The INBOX (the Maildir) is created when missing.
+
+        @raise FolderNameError: for a name that is not allowed.
+        @raise NoSuchFolderError: when a folder other than INBOX is missing.
+        """
+        directory = self.folder_path(path, folder)
+        if directory == path:
+            ensure_maildir(path)
+            name = "INBOX"
+        else:
+            if not os.path.isdir(os.path.join(directory, "cur")):
+                raise NoSuchFolderError(f"no folder {folder!r}")
+            ensure_maildir(directory)
+            name = folder
+        mailbox = Mailbox(self, path, name, directory)
+        mailbox.refresh()
+        return mailbox
+
+    def _folder_directories(self, path: str) -> list[str]:
+        try:
+            entries = os.listdir(path)
+        except FileNotFoundError:
+            return []
+        return [
+            e
+            for e in entries
+            if folder_from_directory(e) is not None
+            and os.path.isdir(os.path.join(path, e, "cur"))
+        ]
+
+    def list_folders(self, path: str) -> list[str]:
+        """Every folder of the Maildir, ``INBOX`` first, then sorted."""
+        names = sorted(d[1:] for d in self._folder_directories(path))
+        return ["INBOX", *names]
+
+    def create_folder(self, path: str, folder: str) -> None:
+        """Create a folder (its parents need not exist, as in Maildir++).
+
+        @raise FolderNameError: for a name that is not allowed.
+        @raise FolderExistsError: when it exists (INBOX always does).
+        """
+        directory = self.folder_path(path, folder)
+        if directory == path:
+            raise FolderExistsError("INBOX always exists")
+        ensure_maildir(path)
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            raise FolderExistsError(f"folder {folder!r} exists") from None
+        ensure_maildir(directory)
+        with open(os.path.join(directory, "maildirfolder"), "wb"):
+            pass
+        fsync_directory(path)
+
+    def delete_folder(self, path: str, folder: str) -> None:
+        """Delete a folder and its messages (its subfolders stay).
+
+        @raise FolderNameError: for INBOX or a name that is not allowed.
+        @raise NoSuchFolderError: when it does not exist.
+        """
+        directory = self.folder_path(path, folder)
+        if directory == path:
+            raise FolderNameError("INBOX cannot be deleted")
+        # Renamed first (to a name that is not a folder) so the folder
+        # vanishes at once even if removing its files is slow or fails.
+        doomed = os.path.join(path, f"..deleted-{os.getpid()}-{next(self._counter)}")
+        try:
+            os.rename(directory, doomed)
+        except FileNotFoundError:
+            raise NoSuchFolderError(f"no folder {folder!r}") from None
+        fsync_directory(path)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def rename_folder(self, path: str, old: str, new: str) -> None:
+        """Rename a folder and its subfolders (UIDs and UIDVALIDITY go
+        with them).  Renaming INBOX moves its messages into a new folder
+        and leaves INBOX empty (RFC 3501 §6.3.5).
+
+        @raise FolderNameError: for names that are not allowed, or a new
+            name of INBOX.
+        @raise NoSuchFolderError: when ``old`` does not exist.
+        @raise FolderExistsError: when ``new`` exists.
+        """
+        old_dir = self.folder_path(path, old)
+        new_dir = self.folder_path(path, new)
+        if new_dir == path:
+            raise FolderNameError("cannot rename to INBOX")
+        if os.path.lexists(new_dir):
+            raise FolderExistsError(f"folder {new!r} exists")
+        if old_dir == path:
+            self.create_folder(path, new)
+            for sub in ("new", "cur"):
+                for name in os.listdir(os.path.join(path, sub)):
+                    os.rename(
+                        os.path.join(path, sub, name), os.path.join(new_dir, sub, name)
+                    )
+                fsync_directory(os.path.join(new_dir, sub))
+            self.notify(path, "INBOX")
+            return
+        if not os.path.isdir(old_dir):
+            raise NoSuchFolderError(f"no folder {old!r}")
+        prefix = os.path.basename(old_dir) + "."
+        children = [e for e in os.listdir(path) if e.startswith(prefix)]
+        os.rename(old_dir, new_dir)
+        for child in children:
+            target = os.path.basename(new_dir) + child[len(prefix) - 1 :]
+            if not os.path.lexists(os.path.join(path, target)):
+                os.rename(os.path.join(path, child), os.path.join(path, target))
+        fsync_directory(path)
+
+    def subscriptions(self, path: str) -> list[str]:
+        """The subscribed folder names (the Maildir++ ``subscriptions``
+        file, one name a line), in file order."""
+        try:
+            with open(os.path.join(path, _SUBSCRIPTIONS), "rb") as f:
+                data = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return []
+        return [line for line in data.split("\n") if line]
+
+    def set_subscribed(self, path: str, folder: str, subscribed: bool) -> None:
+        """Subscribe to a folder or unsubscribe from it (the folder need not
+        exist, RFC 3501 §6.3.6).
+
+        @raise FolderNameError: for a name that is not allowed.
+        """
+        self.folder_path(path, folder)
+        if folder.upper() == "INBOX":
+            folder = "INBOX"
+        ensure_maildir(path)
+        with FolderLock(os.path.join(path, _LOCK_NAME)):
+            names = self.subscriptions(path)
+            if subscribed and folder not in names:
+                names.append(folder)
+            elif not subscribed and folder in names:
+                names.remove(folder)
+            else:
+                return
+            data = "".join(n + "\n" for n in names).encode()
+            write_file_atomic(os.path.join(path, _SUBSCRIPTIONS), data)
+
+
+class Mailbox:
+    """One open folder: a snapshot of its messages, and the changes to them.
+
+    L{messages} is a snapshot taken by L{refresh}: messages delivered or
+    expunged by others appear or vanish at the next L{refresh}, so that a
+    protocol decides when to tell its client.  Changes made through this
+    object (L{set_flags}, L{expunge}) update the snapshot at once; messages
+    it adds (L{add}, L{copy} into it) appear at the next L{refresh}.
+
+    Made by L{MaildirStore.open_mailbox}.
+    """
+
+    def __init__(self, store: MaildirStore, maildir: str, name: str, path: str) -> None:
+        self.store = store
+        self.maildir = maildir
+        self.name = name
+        self.path = path
+        self._cache = MessageCache(path)
+        self._uidlist = UIDList(0)
+        self._keywords = KeywordMap()
+        self._signature: tuple[object, ...] | None = None
+        self._infos: list[MessageInfo] = []
+        self._by_uid: dict[int, MessageInfo] = {}
+
+    # State
+
+    @property
+    def uidvalidity(self) -> int:
+        """UIDVALIDITY (RFC 3501 §2.3.1.1) as of the last refresh."""
+        return self._uidlist.uidvalidity
+
+    @property
+    def next_uid(self) -> int:
+        """UIDNEXT as of the last refresh."""
+        return self._uidlist.next_uid
+
+    def messages(self) -> list[MessageInfo]:
+        """The snapshot's messages in UID order."""
+        return list(self._infos)
+
+    def get(self, uid: int) -> MessageInfo:
+        """The snapshot's message with this UID.
+
+        @raise NoSuchMessageError: when there is none.
+        """
+        try:
+            return self._by_uid[uid]
+        except KeyError:
+            raise NoSuchMessageError(f"no message with UID {uid}") from None
+
+    def keywords(self) -> list[str]:
+        """The keyword names this folder has letters for."""
+        return [n for _, n in sorted(self._keywords.names.items())]
+
+    # Sync with the disk
+
+    def _lock(self) -> FolderLock:
+        return FolderLock(os.path.join(self.path, _LOCK_NAME))
+
+    def _disk_signature(self) -> tuple[object, ...] | None:
+        parts: list[object] = []
+        now_ns = int(self.store.now() * 1e9)
+        for sub in ("new", "cur"):
+            try:
+                st = os.stat(os.path.join(self.path, sub))
+            except FileNotFoundError:
+                raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
+            if abs(now_ns - st.st_mtime_ns) < _MTIME_SLACK_NS:
+                return None
+            parts.append(st.st_mtime_ns)
+        for name in (UIDLIST_NAME, "twistedmail-keywords"):
+            try:
+                st = os.stat(os.path.join(self.path, name))
+                parts.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                parts.append(None)
+        return tuple(parts)
+
+    def _scan(self) -> dict[str, tuple[str, str]]:
+        """Base name to (subdirectory, file name) for every message file.
+
+        ``new/`` is read before ``cur/`` so a message moving from one to the
+        other during the scan is seen at least once.
+        """
+        files: dict[str, tuple[str, str]] = {}
+        for sub in ("new", "cur"):
+            try:
+                names = os.listdir(os.path.join(self.path, sub))
+            except FileNotFoundError:
+                raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
+            for name in names:
+                if name.startswith(".") or "\n" in name or "\r" in name:
+                    continue
+                files[name.partition(":")[0]] = (sub, name)
+        return files
+
+    def _load_locked(self) -> tuple[UIDList, dict[str, int], bool]:
+        """Read the UID list under the lock; make one when missing or broken.
+
+        @return: the list, UIDs to import from Dovecot, and whether the list
+            must be written.
+        """
+        try:
+            ul = read_uidlist(self.path)
+        except UIDListError as e:
+            broken = os.path.join(self.path, UIDLIST_NAME)
+            aside = f"{broken}.broken.{int(self.store.now())}.{os.getpid()}"
+            log.warn(
+                "Unreadable UID list in {path} ({error}); kept as {aside}",
+                path=self.path,
+                error=str(e),
+                aside=aside,
+            )
+            os.rename(broken, aside)
+            ul = None
+        if ul is not None:
+            return ul, {}, False
+        imported = read_dovecot_uidlist(self.path)
+        if imported is not None:
+            validity, next_uid, uids = imported
+            return UIDList(validity, next_uid), uids, True
+        validity = max(1, int(self.store.now()), self._uidlist.uidvalidity + 1)
+        return UIDList(validity), {}, True
+
+    def refresh(self, force: bool = False) -> bool:
+        """Bring the snapshot up to date with the disk.
+
+        Cheap when nothing changed (a few ``stat`` calls); otherwise the
+        folder's directories are listed and new messages get UIDs (their
+        files are ``stat``-ed once, never opened).
+
+        @param force: rescan even when the directories look unchanged.
+        @return: whether the snapshot changed.
+        @raise NoSuchFolderError: when the folder was deleted.
+        """
+        signature = self._disk_signature()
+        if not force and signature is not None and signature == self._signature:
+            return False
+        files = self._scan()
+        try:
+            ul: UIDList | None = read_uidlist(self.path)
+        except UIDListError:
+            ul = None
+        if (
+            ul is None
+            or len(ul.entries) != len(files)
+            or any(b not in ul.entries for b in files)
+        ):
+            ul, files = self._sync(files)
+        self._uidlist = ul
+        self._keywords = KeywordMap.load(self.path)
+        self._signature = signature
+        return self._rebuild(files)
+
+    def _sync(
+        self, files: dict[str, tuple[str, str]]
+    ) -> tuple[UIDList, dict[str, tuple[str, str]]]:
+        with self._lock():
+            ul, imported, dirty = self._load_locked()
+            files = self._scan()
+            gone = [b for b in ul.entries if b not in files]
+            if gone:
+                # A rename between our two listdir calls can hide a file once.
+                again = self._scan()
+                for b, where in again.items():
+                    files.setdefault(b, where)
+                gone = [b for b in gone if b not in files]
+            fresh = []
+            for base, (sub, name) in files.items():
+                if base in ul.entries:
+                    continue
+                try:
+                    st = os.stat(os.path.join(self.path, sub, name))
+                except FileNotFoundError:
+                    continue
+                size = size_from_base(base)
+                fresh.append(
+                    (int(st.st_mtime), base, st.st_size if size is None else size)
+                )
+            fresh.sort()
+            taken = {e.uid for e in ul.entries.values()} if imported else set()
+            for date, base, size in fresh:
+                uid = imported.get(base)
+                if uid is not None and uid < ul.next_uid and uid not in taken:
+                    # Dovecot's UID, kept so that clients need not resync.
+                    ul.entries[base] = UIDEntry(uid, date, size, base)
+                    taken.add(uid)
+                else:
+                    ul.assign(base, date, size)
+            if imported:
+                ul.entries = dict(sorted(ul.entries.items(), key=lambda kv: kv[1].uid))
+            ul.remove(gone)
+            if dirty or fresh or gone:
+                write_uidlist(self.path, ul)
+        if gone:
+            self._cache.forget(gone)
+        files = {b: w for b, w in files.items() if b in ul.entries}
+        return ul, files
+
+    def _rebuild(self, files: dict[str, tuple[str, str]]) -> bool:
+        names = self._keywords.names
+        infos = []
+        entries = self._uidlist.entries
+        empty: frozenset[str] = frozenset()
+        for base, (sub, name) in files.items():
+            entry = entries.get(base)
+            if entry is None:
+                continue
+            if sub == "cur":
+                _, flags, letters = parse_filename(name)
+                keywords = (
+                    frozenset(
+                        names[ord(c) - 97] for c in letters if ord(c) - 97 in names
+                    )
+                    if letters
+                    else empty
+                )
+            else:
+                flags = keywords = empty
+            infos.append(
+                MessageInfo(
+                    entry.uid,
+                    base,
+                    f"{sub}/{name}",
+                    entry.size,
+                    entry.internal_date,
+                    flags,
+                    keywords,
+                )
+            )
+        infos.sort(key=lambda i: i.uid)
+        changed = infos != self._infos
+        self._infos = infos
+        self._by_uid = {i.uid: i for i in infos}
+        return changed
+
+    # Reading
+
+    def get_file(self, uid: int) -> str:
+        """The absolute path of a message's file (it may be renamed by a
+        flag change at any time; prefer L{read})."""
+        return os.path.join(self.path, self.get(uid).filename)
+
+    def read(self, uid: int) -> bytes:
+        """A message's bytes.
+
+        @raise NoSuchMessageError: when it is not in the snapshot or its
+            file is gone.
+        """
+        info = self.get(uid)
+        try:
+            with self.store.opener(os.path.join(self.path, info.filename)) as f:
+                return f.read()
+        except FileNotFoundError:
+            pass
+        # Renamed by another session since our snapshot: find it again.
+        where = find_delivered(self.path, info.base)
+        if where is None:
+            raise NoSuchMessageError(f"message with UID {uid} is gone")
+        self._replace(replace(info, filename=where))
+        with self.store.opener(os.path.join(self.path, where)) as f:
+            return f.read()
+
+    def cache_get(self, base: str, key: str) -> bytes | None:
+        """A value cached for a message (L{cache.MessageCache}), or None."""
+        return self._cache.get(base, key)
+
+    def cache_put(self, base: str, key: str, value: bytes) -> None:
+        """Cache a value for a message across restarts."""
+        self._cache.put(base, key, value)
+
+    # Changing
+
+    def _replace(self, info: MessageInfo) -> None:
+        old = self._by_uid[info.uid]
+        self._by_uid[info.uid] = info
+        self._infos[self._infos.index(old)] = info
+
+    def _letters(self, keywords: Iterable[str]) -> frozenset[str]:
+        keywords = list(keywords)
+        letters = [self._keywords.letter_of(k) for k in keywords]
+        if all(letters):
+            return frozenset(cast(list[str], letters))
+        with self._lock():
+            kmap = KeywordMap.load(self.path)
+            letters = [kmap.add(k) for k in keywords]
+            kmap.save(self.path)
+        self._keywords = kmap
+        return frozenset(cast(list[str], letters))
+
+    def set_flags(
+        self, uid: int, flags: Iterable[str], keywords: Iterable[str] = ()
+    ) -> MessageInfo:
+        """Replace a message's flags and keywords (its UID stays).
+
+        @param flags: Maildir letters (L{names.Flag}); see
+            L{names.IMAP_SYSTEM_FLAGS} for IMAP's names.
+        @param keywords: keyword names; letters are given as needed.
+        @return: the updated message.
+        @raise NoSuchMessageError: when the message is gone.
+        @raise MaildirError: for an unknown flag letter or too many keywords.
+        """
+        info = self.get(uid)
+        flags = frozenset(flags)
+        if not flags <= frozenset(FLAG_LETTERS):
+            raise MaildirError(f"unknown flags {''.join(sorted(flags))!r}")
+        letters = self._letters(keywords)
+        filename = "cur/" + format_filename(info.base, flags, letters)
+        if filename != info.filename:
+            try:
+                os.rename(
+                    os.path.join(self.path, info.filename),
+                    os.path.join(self.path, filename),
+                )
+            except FileNotFoundError:
+                where = find_delivered(self.path, info.base)
+                if where is None:
+                    raise NoSuchMessageError(
+                        f"message with UID {uid} is gone"
+                    ) from None
+                os.rename(
+                    os.path.join(self.path, where), os.path.join(self.path, filename)
+                )
+        names = frozenset(
+            n for n in (self._keywords.name_of(c) for c in letters) if n is not None
+        )
+        info = replace(info, filename=filename, flags=flags, keywords=names)
+        self._replace(info)
+        self.store.notify(self.maildir, self.name)
+        return info
+
+    def _assign(self, added: list[tuple[str, int, int]]) -> list[int]:
+        with self._lock():
+            ul, imported, dirty = self._load_locked()
+            uids = [ul.assign(base, date, size).uid for base, date, size in added]
+            write_uidlist(self.path, ul)
+        return uids
+
+    def add(
+        self,
+        message: bytes,
+        flags: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        internal_date: float | None = None,
+    ) -> int:
+        """Store a message (IMAP APPEND) in ``cur/`` with these flags.
+
+        @param internal_date: POSIX seconds; now when None.
+        @return: its UID (it appears in L{messages} at the next refresh).
+        """
+        flags = frozenset(flags)
+        if not flags <= frozenset(FLAG_LETTERS):
+            raise MaildirError(f"unknown flags {''.join(sorted(flags))!r}")
+        letters = self._letters(keywords)
+        now = self.store.now()
+        date = now if internal_date is None else internal_date
+        base = self.store.new_base(len(message), now=now)
+        tmp = os.path.join(self.path, "tmp", base)
+        write_message(tmp, message, date)
+        try:
+            os.link(
+                tmp,
+                os.path.join(self.path, "cur", format_filename(base, flags, letters)),
+            )
+        finally:
+            os.unlink(tmp)
+        fsync_directory(os.path.join(self.path, "cur"))
+        [uid] = self._assign([(base, int(date), len(message))])
+        self.store.notify(self.maildir, self.name)
+        return uid
+
+    def copy(self, uids: Iterable[int], target: Mailbox) -> dict[int, int]:
+        """Copy messages into another folder (hard links where possible),
+        with their flags, keywords and internal dates.
+
+        @return: source UID to new UID (IMAP COPYUID), for the messages that
+            were still there.
+        """
+        added: list[tuple[int, str, int, int]] = []
+        for uid in sorted(set(uids)):
+            info = self._by_uid.get(uid)
+            if info is None:
+                continue
+            letters = target._letters(info.keywords)
+            base = self.store.new_base(info.size)
+            dst = os.path.join(
+                target.path, "cur", format_filename(base, info.flags, letters)
+            )
+            src = os.path.join(self.path, info.filename)
+            try:
+                try:
+                    os.link(src, dst)
+                except FileNotFoundError:
+                    where = find_delivered(self.path, info.base)
+                    if where is None:
+                        continue
+                    os.link(os.path.join(self.path, where), dst)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                tmp = os.path.join(target.path, "tmp", base)
+                write_message(tmp, self.read(uid), info.internal_date)
+                try:
+                    os.link(tmp, dst)
+                finally:
+                    os.unlink(tmp)
+            added.append((uid, base, info.internal_date, info.size))
+        if not added:
+            return {}
+        fsync_directory(os.path.join(target.path, "cur"))
+        new_uids = target._assign([(b, d, s) for _, b, d, s in added])
+        self.store.notify(target.maildir, target.name)
+        return {old: new for (old, _, _, _), new in zip(added, new_uids, strict=True)}
+
+    def expunge(self, uids: Iterable[int]) -> list[int]:
+        """Remove messages for good.
+
+        @return: the UIDs removed (those in the snapshot), ascending.
+        """
+        gone: list[MessageInfo] = []
+        for uid in sorted(set(uids)):
+            info = self._by_uid.get(uid)
+            if info is None:
+                continue
+            try:
+                os.unlink(os.path.join(self.path, info.filename))
+            except FileNotFoundError:
+                where = find_delivered(self.path, info.base)
+                if where is not None:
+                    os.unlink(os.path.join(self.path, where))
+            gone.append(info)
+        if not gone:
+            return []
+        bases = [i.base for i in gone]
+        with self._lock():
+            ul, imported, dirty = self._load_locked()
+            ul.remove(bases)
+            write_uidlist(self.path, ul)
+        self._cache.forget(bases)
+        removed = {i.uid for i in gone}
+        self._infos = [i for i in self._infos if i.uid not in removed]
+        for uid in removed:
+            del self._by_uid[uid]
+        self.store.notify(self.maildir, self.name)
+        return sorted(removed)
+
+    def close(self) -> None:
+        """Release what the mailbox holds open (the cache database)."""
+        self._cache.close()
