@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from twistedmail.address import Address
@@ -151,6 +152,24 @@ class BasicTests(ExpanderTestCase):
         self.assertEqual(
             [d.key for d in e.destinations], ["anna@xn--bcher-kva.example"]
         )
+
+    def test_slow_directory(self) -> None:
+        """Answers that arrive later (SQL, files) give the same expansion."""
+        clock = Clock()
+
+        class Slow(MemoryDirectory):
+            def get_alias(self, address: str) -> Deferred[tuple[str, ...] | None]:
+                answer = super().get_alias(address)
+                return deferLater(clock, 1, lambda: None).addCallback(lambda _: answer)
+
+        directory = Slow((D,), (ALICE, BOB), {"team@example.test": ("alice", "bob")})
+        d = AliasExpander(directory, AliasSettings()).expand(
+            Address.parse("team@example.test")
+        )
+        self.assertNoResult(d)
+        clock.pump([1] * 5)
+        e = self.successResultOf(d)
+        self.assertEqual(e.destinations, (mailbox(ALICE), mailbox(BOB)))
 
     def test_directory_failure(self) -> None:
         """A failing directory fails the Deferred (the caller answers 451)."""
@@ -417,6 +436,15 @@ class DepthTests(ExpanderTestCase):
         self.assertIsInstance(
             self.expand("a0@example.test", self.chain(21)).failures[0], TooDeep
         )
+
+    def test_very_deep_chain(self) -> None:
+        """A large configured limit works: expansion does not recurse."""
+        e = self.expand(
+            "a0@example.test",
+            self.chain(3000),
+            alias_settings=AliasSettings(max_depth=3000),
+        )
+        self.assertEqual(e.destinations, (mailbox(ALICE),))
 
     def test_shallower_route_expands_again(self) -> None:
         """An alias first met too deep for its whole tree is expanded again

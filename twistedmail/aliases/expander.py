@@ -516,8 +516,15 @@ class AliasExpander:
         return Deferred.fromCoroutine(self._expand(address))
 
     async def _expand(self, address: Address) -> Expansion:
+        # Depth first with an explicit stack rather than recursion, so that a
+        # large max_depth cannot exhaust Python's stack.  A list's targets are
+        # pushed in reverse: each one's whole subtree is done before the next
+        # is popped, exactly as recursion would order the steps.
         run = _Run()
-        await self._address(run, address, (), 0)
+        stack = list(reversed(await self._address(run, address, (), 0)))
+        while stack:
+            pending = stack.pop()
+            stack.extend(reversed(await self._target(run, pending)))
         return run.result()
 
     async def _is_local(self, run: _Run, domain: str) -> bool:
@@ -527,54 +534,57 @@ class AliasExpander:
 
     async def _address(
         self, run: _Run, addr: Address, path: tuple[str, ...], depth: int
-    ) -> None:
-        """Resolve an address reached after C{depth} alias steps along C{path}."""
+    ) -> list[_Pending]:
+        """Resolve an address reached after C{depth} alias steps along C{path}.
+
+        @return: the targets still to resolve.
+        """
         key, shown = addr.key, str(addr)
         if not await self._is_local(run, addr.domain):
             run.deliver(depth, shown, How.REMOTE, RemoteAddress(shown))
-            return
+            return []
         split = addr.split_detail(self._settings.subaddress_separator)
         base = split[0] if split else None
         if key in path:
             await self._on_path(run, addr, base, path, depth)
-            return
-        if await self._alias_or_user(run, addr, key, path, depth):
-            return
+            return []
+        found = await self._alias_or_user(run, addr, key, path, depth)
+        if found is not None:
+            return found
         here = path + (key,)
         if base is not None:
             run.step(depth, shown, How.SUBADDRESS, (str(base),))
             if base.key in path:
                 await self._on_path(run, base, None, path, depth)
-                return
-            if await self._alias_or_user(run, base, base.key, here, depth):
-                return
+                return []
+            found = await self._alias_or_user(run, base, base.key, here, depth)
+            if found is not None:
+                return found
         catch_all = f"@{addr.domain}"
         targets = await self._directory.get_alias(catch_all)
         if targets is not None:
-            await self._expand_list(
+            return self._expand_list(
                 run, How.CATCH_ALL, catch_all, shown, targets, here, depth, addr.domain
             )
-            return
         if (base or addr).local.lower() == "postmaster":
-            await self._postmaster_rule(run, addr, path, depth)
-            return
+            return self._postmaster_rule(run, addr, path, depth)
         run.fail(depth, shown, UnknownUser(shown))
+        return []
 
     async def _alias_or_user(
         self, run: _Run, addr: Address, key: str, path: tuple[str, ...], depth: int
-    ) -> bool:
-        """Rules 1 and 2 for one key; False when neither matches."""
+    ) -> list[_Pending] | None:
+        """Rules 1 and 2 for one key; None when neither matches."""
         targets = await self._directory.get_alias(key)
         if targets is not None:
-            await self._expand_list(
+            return self._expand_list(
                 run, How.ALIAS, key, str(addr), targets, path, depth, addr.domain
             )
-            return True
         user = await self._directory.get_user(key)
         if user is not None:
             self._mailbox(run, str(addr), user, depth)
-            return True
-        return False
+            return []
+        return None
 
     def _mailbox(self, run: _Run, shown: str, user: User, depth: int) -> None:
         if user.enabled:
@@ -601,18 +611,18 @@ class AliasExpander:
         start = path.index(addr.key)
         run.fail(depth, str(addr), AliasLoop(path[start:] + (addr.key,)))
 
-    async def _postmaster_rule(
+    def _postmaster_rule(
         self, run: _Run, addr: Address, path: tuple[str, ...], depth: int
-    ) -> None:
+    ) -> list[_Pending]:
         """Rule 5: postmaster@ exists in every local domain (RFC 5321 §4.5.1)."""
         own = f"postmaster@{addr.domain}"
         configured = self._postmaster
         if configured is None or configured.key == own:
             run.deliver(depth, str(addr), How.POSTMASTER, LocalMailbox(own, None))
-            return
+            return []
         if addr.key != own:
             path += (addr.key,)
-        await self._expand_list(
+        return self._expand_list(
             run,
             How.POSTMASTER,
             own,
@@ -640,7 +650,7 @@ class AliasExpander:
         run.expanded[ekey] = depth
         return True
 
-    async def _expand_list(
+    def _expand_list(
         self,
         run: _Run,
         how: How,
@@ -650,28 +660,17 @@ class AliasExpander:
         path: tuple[str, ...],
         depth: int,
         domain: str,
-    ) -> None:
+    ) -> list[_Pending]:
         """Expand an alias, catch-all or postmaster redirect named C{ekey}."""
         if not self._enter(run, ekey, shown, path, depth):
-            return
+            return []
         run.step(depth, shown, how, targets)
-        for target in targets:
-            await self._target(run, target, path + (ekey,), depth + 1, domain, ekey)
+        inner = path + (ekey,)
+        return [_Pending(t, inner, depth + 1, domain, ekey) for t in targets]
 
-    async def _target(
-        self,
-        run: _Run,
-        text: str,
-        path: tuple[str, ...],
-        depth: int,
-        domain: str,
-        owner: str,
-    ) -> None:
-        """Resolve one alias target.
-
-        @param domain: qualifies a bare local part.
-        @param owner: the alias that named the target (for programs, files).
-        """
+    async def _target(self, run: _Run, pending: _Pending) -> list[_Pending]:
+        """Resolve one alias target; returns the targets still to resolve."""
+        text, depth, owner = pending.text, pending.depth, pending.owner
         target = text.strip()
         inner = target[1:-1].strip() if len(target) > 1 else ""
         if (
@@ -694,9 +693,8 @@ class AliasExpander:
             else:
                 run.deliver(depth, text, How.PROGRAM, ProgramTarget(command, owner))
         elif target.lower().startswith(_INCLUDE):
-            await self._include(
-                run, text, target[len(_INCLUDE) :].strip(), path, depth, domain, owner
-            )
+            file = target[len(_INCLUDE) :].strip()
+            return await self._include(run, pending, file)
         elif target.startswith("/"):
             if not self._settings.allow_files:
                 reason = "file targets are not enabled (allow_files)"
@@ -705,41 +703,56 @@ class AliasExpander:
                 run.deliver(depth, text, How.FILE, FileTarget(target, owner))
         else:
             if "@" not in target:
-                target = f"{target}@{domain}"
+                target = f"{target}@{pending.domain}"
             try:
                 addr = Address.parse(target, utf8=True)
             except AddressError as e:
                 run.fail(depth, text, BadTarget(text, str(e)))
-                return
-            await self._address(run, addr, path, depth)
+                return []
+            return await self._address(run, addr, pending.path, depth)
+        return []
 
-    async def _include(
-        self,
-        run: _Run,
-        text: str,
-        file: str,
-        path: tuple[str, ...],
-        depth: int,
-        domain: str,
-        owner: str,
-    ) -> None:
+    async def _include(self, run: _Run, pending: _Pending, file: str) -> list[_Pending]:
         """Expand an ``:include:`` target: the file's targets, one step deeper."""
+        text, path, depth = pending.text, pending.path, pending.depth
         if not file.startswith("/"):
             run.fail(depth, text, BadTarget(text, "include path must be absolute"))
-            return
+            return []
         ekey = f"{_INCLUDE}{file}"
         if not self._enter(run, ekey, text, path, depth):
-            return
+            return []
         try:
             content = await self._read_include(file)
         except (OSError, ValueError) as e:
             del run.expanded[ekey]
             run.fail(depth, text, IncludeUnreadable(file, _reason(e)))
-            return
+            return []
         targets = parse_targets(content)
         run.step(depth, text, How.INCLUDE, targets)
-        for target in targets:
-            await self._target(run, target, path + (ekey,), depth + 1, domain, owner)
+        inner = path + (ekey,)
+        # Targets listed in an include belong to the alias that included it.
+        return [
+            _Pending(t, inner, depth + 1, pending.domain, pending.owner)
+            for t in targets
+        ]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An alias target waiting to be resolved.
+
+    @ivar text: the target as written.
+    @ivar path: the keys being expanded above it (for loop detection).
+    @ivar depth: how many alias steps led to it.
+    @ivar domain: qualifies a bare local part.
+    @ivar owner: the alias that named it (for programs and files).
+    """
+
+    text: str
+    path: tuple[str, ...]
+    depth: int
+    domain: str
+    owner: str
 
 
 def _reason(e: Exception) -> str:
