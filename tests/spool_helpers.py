@@ -7,9 +7,11 @@ import stat
 from collections.abc import Callable
 from typing import TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 
-__all__ = ["FsyncRecorder", "ManualThreads"]
+from twistedmail.interfaces import User
+
+__all__ = ["FakeStore", "FsyncRecorder", "ManualThreads"]
 
 _T = TypeVar("_T")
 
@@ -55,3 +57,25 @@ class ManualThreads:
         """Run jobs until none wait (jobs may queue more)."""
         while self.jobs:
             self.run_one()
+
+
+class FakeStore:
+    """A Maildir store that keeps deliveries by unique name."""
+
+    def __init__(self, root: str = "/mail") -> None:
+        self.root = root
+        self.delivered: dict[str, tuple[str, bytes, int | None]] = {}
+        self.error: Exception | None = None
+
+    def mailbox_path(self, user: User) -> str:
+        """The user's Maildir under the root."""
+        return os.path.join(self.root, user.mailbox)
+
+    def deliver(
+        self, path: str, message: bytes, unique: str, quota: int | None
+    ) -> Deferred[str]:
+        """Record the message once per unique name."""
+        if self.error is not None:
+            return fail(self.error)
+        self.delivered.setdefault(unique, (path, message, quota))
+        return succeed(unique)

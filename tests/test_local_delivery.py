@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.spool_helpers import FakeStore
 from twistedmail.aliases.expander import FileTarget, LocalMailbox, ProgramTarget
 from twistedmail.config import DeliverySettings
 from twistedmail.delivery.local import (
@@ -22,28 +22,6 @@ from twistedmail.replies import MAILBOX_FULL, PermanentError, TemporaryError
 
 MESSAGE = b"Subject: hi\r\nTo: bob@example.com\r\n\r\nHello.\r\nFrom here.\r\n"
 BOB = User("bob@example.com", "", "example.com/bob")
-
-
-class FakeStore:
-    """A Maildir store that keeps deliveries by unique name."""
-
-    def __init__(self, root: str = "/mail") -> None:
-        self.root = root
-        self.delivered: dict[str, tuple[str, bytes, int | None]] = {}
-        self.error: Exception | None = None
-
-    def mailbox_path(self, user: User) -> str:
-        """The user's Maildir under the root."""
-        return os.path.join(self.root, user.mailbox)
-
-    def deliver(
-        self, path: str, message: bytes, unique: str, quota: int | None
-    ) -> Deferred[str]:
-        """Record the message once per unique name."""
-        if self.error is not None:
-            return fail(self.error)
-        self.delivered.setdefault(unique, (path, message, quota))
-        return succeed(unique)
 
 
 class MailboxTests(SynchronousTestCase):
