@@ -11,20 +11,33 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
+import stat
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from twistedmail.aliases.directory import MemoryDirectory
+from twistedmail.aliases.directory import MemoryDirectory, open_directory
 from twistedmail.aliases.files import (
+    DirectoryFileError,
     FilesDirectory,
+    format_aliases,
+    format_domains,
+    format_users,
+    parse_aliases,
+    parse_domains,
+    parse_users,
 )
-from twistedmail.aliases.sql import SQLiteDirectory
+from twistedmail.aliases.sql import MIGRATIONS, SQLDialect, SQLiteDirectory
+from twistedmail.config import DirectorySettings, ServerSettings, Settings
 from twistedmail.interfaces import DirectoryError, IDirectoryAdmin, User
 
 _S = TypeVar("_S")
@@ -489,4 +502,768 @@ class FilesDirectoryTests(DirectoryContractMixin, TestCase):
             os.path.join(self.folder, "aliases"),
             Clock(),
             2.0,
+        )
+
+
+def _versions(path: str) -> list[int]:
+    """The schema steps recorded in a SQLite directory file."""
+    with sqlite3.connect(path) as db:
+        return [r[0] for r in db.execute("SELECT version FROM schema_version")]
+
+
+def _tables(path: str) -> set[str]:
+    """The tables in a SQLite file."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {r[0] for r in rows}
+
+
+class SQLiteMigrationTests(TestCase):
+    """Schema steps are applied once, in order, atomically, and recorded."""
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+
+    async def open(
+        self, migrations: tuple[tuple[int, tuple[str, ...]], ...] = MIGRATIONS
+    ) -> SQLiteDirectory:
+        """A started directory on self.path, stopped after the test."""
+        directory = SQLiteDirectory(self.path, _reactor(), migrations=migrations)
+        await directory.start()
+        self.addCleanup(directory.stop)
+        return directory
+
+    @deferred_test
+    async def test_recorded_once(self) -> None:
+        """A new file gets every step, recorded; reopening adds none, keeps data."""
+        directory = await self.open()
+        self.assertEqual(_versions(self.path), [n for n, _ in MIGRATIONS])
+        self.assertEqual(
+            _tables(self.path), {"schema_version", "domains", "users", "aliases"}
+        )
+        await directory.add_domain("a.test")
+        await directory.stop()
+        again = await self.open()
+        self.assertEqual(_versions(self.path), [n for n, _ in MIGRATIONS])
+        self.assertEqual(await again.list_domains(), ["a.test"])
+
+    @deferred_test
+    async def test_later_step(self) -> None:
+        """A step added later is applied to an existing database, then never again."""
+        first = await self.open()
+        await first.add_domain("a.test")
+        await first.stop()
+        later = (*MIGRATIONS, (2, ("CREATE TABLE notes (id INTEGER)",)))
+        second = await self.open(later)
+        await second.stop()
+        third = await self.open(later)
+        self.assertEqual(_versions(self.path), [1, 2])
+        self.assertIn("notes", _tables(self.path))
+        self.assertEqual(await third.list_domains(), ["a.test"])
+
+    @deferred_test
+    async def test_failed_step_is_atomic(self) -> None:
+        """A step that fails leaves no trace and fails start()."""
+        broken = (*MIGRATIONS, (2, ("CREATE TABLE notes (id INTEGER)", "NOT SQL")))
+        directory = SQLiteDirectory(self.path, _reactor(), migrations=broken)
+        try:
+            await directory.start()
+        except sqlite3.OperationalError:
+            pass
+        else:
+            self.fail("start() succeeded")
+        self.assertEqual(_versions(self.path), [1])
+        self.assertNotIn("notes", _tables(self.path))
+        good = await self.open()
+        self.assertEqual(await good.list_domains(), [])
+
+    @deferred_test
+    async def test_newer_database(self) -> None:
+        """A database from a newer twistedmail is refused, not guessed at."""
+        directory = await self.open()
+        await directory.stop()
+        with sqlite3.connect(self.path) as db:
+            db.execute("INSERT INTO schema_version (version) VALUES (99)")
+        newer = SQLiteDirectory(self.path, _reactor())
+        try:
+            await newer.start()
+        except DirectoryError as e:
+            self.assertIn("version 99", str(e))
+        else:
+            self.fail("start() succeeded")
+        # A failed start closes the pool: nothing is left to stop.
+        await self.assertFailure(newer.list_domains(), DirectoryError)
+
+    @deferred_test
+    async def test_wal_and_foreign_keys(self) -> None:
+        """The file uses WAL; the pool's connection enforces foreign keys."""
+        await self.open()
+        with sqlite3.connect(self.path) as db:
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        self.assertEqual(mode, "wal")
+        orphan = (
+            *MIGRATIONS,
+            (
+                2,
+                (
+                    "INSERT INTO users (address, domain, password_hash, mailbox,"
+                    " enabled) VALUES ('a@nowhere.test', 'nowhere.test', '', 'x', 1)",
+                ),
+            ),
+        )
+        directory = SQLiteDirectory(self.path, _reactor(), migrations=orphan)
+        try:
+            await directory.start()
+        except DirectoryError as e:
+            self.assertIn("FOREIGN KEY", str(e))
+        else:
+            self.fail("start() succeeded")
+        self.assertEqual(_versions(self.path), [1])
+
+    @deferred_test
+    async def test_not_started(self) -> None:
+        """Queries before start() fail with DirectoryError."""
+        directory = SQLiteDirectory(self.path, _reactor())
+        await self.assertFailure(directory.list_domains(), DirectoryError)
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_migration_numbers(self) -> None:
+        """Step numbers must be positive and strictly increasing."""
+        for bad in [
+            ((2, ()), (1, ())),
+            ((1, ()), (1, ())),
+            ((0, ()),),
+        ]:
+            self.assertRaises(
+                ValueError, SQLiteDirectory, self.path, _reactor(), migrations=bad
+            )
+
+
+class SQLDialectTests(SynchronousTestCase):
+    """Query templates become each DB-API parameter style."""
+
+    template = "SELECT a FROM t WHERE b = {b} AND c LIKE '%x' AND d = {b} OR e = {e}"
+
+    def compiled(self, style: Any) -> tuple[str, object]:
+        """The SQL and the arguments for b=1, e=2."""
+        statement = SQLDialect("m", style).compile(self.template)
+        return statement.sql, statement.args({"b": 1, "e": 2, "unused": 3})
+
+    def test_qmark(self) -> None:
+        """qmark (SQLite): ? and a tuple in order, repeats repeated."""
+        self.assertEqual(
+            self.compiled("qmark"),
+            (
+                "SELECT a FROM t WHERE b = ? AND c LIKE '%x' AND d = ? OR e = ?",
+                (1, 1, 2),
+            ),
+        )
+
+    def test_pyformat(self) -> None:
+        """pyformat (psycopg): %(name)s, a dict, and literal % doubled."""
+        self.assertEqual(
+            self.compiled("pyformat"),
+            (
+                "SELECT a FROM t WHERE b = %(b)s AND c LIKE '%%x' AND d = %(b)s"
+                " OR e = %(e)s",
+                {"b": 1, "e": 2},
+            ),
+        )
+
+    def test_format(self) -> None:
+        """format: %s and a tuple, literal % doubled."""
+        self.assertEqual(
+            self.compiled("format"),
+            (
+                "SELECT a FROM t WHERE b = %s AND c LIKE '%%x' AND d = %s OR e = %s",
+                (1, 1, 2),
+            ),
+        )
+
+    def test_named_and_numeric(self) -> None:
+        """named gives :name and a dict; numeric gives :1, :2..."""
+        self.assertEqual(
+            self.compiled("named")[0],
+            "SELECT a FROM t WHERE b = :b AND c LIKE '%x' AND d = :b OR e = :e",
+        )
+        self.assertEqual(
+            self.compiled("numeric"),
+            (
+                "SELECT a FROM t WHERE b = :1 AND c LIKE '%x' AND d = :2 OR e = :3",
+                (1, 1, 2),
+            ),
+        )
+
+
+class FilesTestMixin:
+    """Three directory files in a temporary folder, and a fake clock."""
+
+    mktemp: Callable[[], str]
+    addCleanup: Callable[..., None]
+    successResultOf: Callable[..., Any]
+    failureResultOf: Callable[..., Any]
+
+    interval = 5.0
+
+    def setUp(self) -> None:
+        """Make the folder and the clock."""
+        self.folder = self.mktemp()
+        os.makedirs(self.folder)
+        self.clock = Clock()
+
+    def path(self, name: str) -> str:
+        """The path of one of the files: domains, users or aliases."""
+        return os.path.join(self.folder, name)
+
+    def write(self, name: str, text: str | bytes) -> None:
+        """Write a file in place (as an editor that keeps the inode might)."""
+        data = text.encode() if isinstance(text, str) else text
+        with open(self.path(name), "wb") as f:
+            f.write(data)
+
+    def read(self, name: str) -> str:
+        """A file's text."""
+        with open(self.path(name), encoding="utf-8") as f:
+            return f.read()
+
+    def make(self) -> FilesDirectory:
+        """A directory over the three files (not started)."""
+        return FilesDirectory(
+            self.path("domains"),
+            self.path("users"),
+            self.path("aliases"),
+            self.clock,
+            self.interval,
+        )
+
+    def started(self) -> FilesDirectory:
+        """A started directory, stopped after the test."""
+        directory = self.make()
+        self.successResultOf(directory.start())
+        self.addCleanup(directory.stop)
+        return directory
+
+
+class FilesLoadTests(FilesTestMixin, SynchronousTestCase):
+    """Reading the three files."""
+
+    def test_formats(self) -> None:
+        """Comments, blanks, optional fields, continuations and quotes."""
+        self.write(
+            "domains",
+            "# local domains\n\nA.test   # the first\nBücher.example\n",
+        )
+        self.write(
+            "users",
+            "# address:hash:mailbox:enabled:quota\n"
+            "Alice@A.TEST:$argon2id$x:a/alice::\n"
+            "\n"
+            "  bob@a.test : $2b$12$y : a/bob : 0 : 1000  \n"
+            "carol@xn--bcher-kva.example:h:/srv/carol:1:\r\n",
+        )
+        self.write(
+            "aliases",
+            "# aliases(5)\n"
+            "Team@A.test: alice@a.test,\n"
+            "    bob@a.test\n"
+            "# a comment inside an entry\n"
+            '\t"|/usr/bin/prog arg, more", /var/log/x\n'
+            "@A.TEST: alice\n"
+            "ROOT: :include:/etc/admins\n"
+            'q@a.test: "a \\"b\\" \\\\c", "x y"@a.test\n',
+        )
+        directory = self.started()
+        self.assertEqual(
+            self.successResultOf(directory.list_domains()),
+            ["a.test", "xn--bcher-kva.example"],
+        )
+        self.assertEqual(
+            self.successResultOf(directory.list_users()),
+            [
+                User("alice@a.test", "$argon2id$x", "a/alice", True, None),
+                User("bob@a.test", "$2b$12$y", "a/bob", False, 1000),
+                User("carol@xn--bcher-kva.example", "h", "/srv/carol", True, None),
+            ],
+        )
+        self.assertEqual(
+            self.successResultOf(directory.list_aliases()),
+            [
+                ("@a.test", ("alice",)),
+                ("q@a.test", ('a "b" \\c', '"x y"@a.test')),
+                ("root", (":include:/etc/admins",)),
+                (
+                    "team@a.test",
+                    (
+                        "alice@a.test",
+                        "bob@a.test",
+                        "|/usr/bin/prog arg, more",
+                        "/var/log/x",
+                    ),
+                ),
+            ],
+        )
+
+    def test_missing_files(self) -> None:
+        """Missing files are empty ones."""
+        directory = self.started()
+        self.assertEqual(self.successResultOf(directory.list_domains()), [])
+        self.assertEqual(self.successResultOf(directory.list_aliases()), [])
+
+    def test_bare_local_part(self) -> None:
+        """A bare local part applies to every local domain without its own key."""
+        self.write("domains", "a.test\nb.test\n")
+        self.write("aliases", "root: admin@a.test\nroot@b.test: other@b.test\n")
+        directory = self.started()
+        self.assertEqual(
+            self.successResultOf(directory.get_alias("root@a.test")),
+            ("admin@a.test",),
+        )
+        self.assertEqual(
+            self.successResultOf(directory.get_alias("root@b.test")),
+            ("other@b.test",),
+        )
+        self.assertIsNone(self.successResultOf(directory.get_alias("root@c.test")))
+        self.assertIsNone(self.successResultOf(directory.get_alias("@a.test")))
+        self.assertEqual(self.successResultOf(directory.list_aliases("a.test")), [])
+        self.assertEqual(
+            [k for k, _ in self.successResultOf(directory.list_aliases())],
+            ["root", "root@b.test"],
+        )
+        self.successResultOf(directory.remove_alias("root"))
+        self.assertIsNone(self.successResultOf(directory.get_alias("root@a.test")))
+        self.assertEqual(
+            self.read("aliases").splitlines()[1:], ["root@b.test: other@b.test"]
+        )
+
+    def assertFileError(
+        self, name: str, text: str | bytes, line: int, words: str
+    ) -> None:
+        """start() fails naming the file and line, and nothing is loaded."""
+        good = {
+            "domains": "# local\na.test\nb.test\n",
+            "users": "alice@a.test:h:a/alice::\n",
+            "aliases": "team@a.test: alice@a.test\n",
+        }
+        for other, content in good.items():
+            self.write(other, content)
+        self.write(name, text)
+        directory = self.make()
+        error = self.failureResultOf(directory.start(), DirectoryFileError).value
+        self.assertEqual((error.path, error.line), (self.path(name), line))
+        self.assertTrue(
+            str(error).startswith(f"{self.path(name)}:{line}: "), str(error)
+        )
+        self.assertIn(words, str(error))
+        self.assertEqual(self.successResultOf(directory.list_domains()), [])
+        self.assertEqual(self.successResultOf(directory.list_users()), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_bad_domain(self) -> None:
+        """A malformed domain."""
+        self.assertFileError("domains", "a.test\n\n# x\nbad_domain!\n", 4, "bad domain")
+
+    def test_repeated_domain(self) -> None:
+        """A domain listed twice (after normalisation)."""
+        self.assertFileError(
+            "domains", "a.test\nA.TEST\n", 2, "repeated (first on line 1)"
+        )
+
+    def test_bad_user_address(self) -> None:
+        """A malformed user address."""
+        self.assertFileError(
+            "users", "# c\nalice@a.test:h:m::\nnot an address:h:m::\n", 3, "bad address"
+        )
+
+    def test_bad_enabled(self) -> None:
+        """An enabled flag other than 1, 0 or empty."""
+        self.assertFileError(
+            "users", "alice@a.test:h:m:yes:\n", 1, "enabled must be 1, 0 or empty"
+        )
+
+    def test_bad_quota(self) -> None:
+        """A quota that is not a whole number of bytes."""
+        self.assertFileError("users", "alice@a.test:h:m:1:10MB\n", 1, "quota must be")
+        self.assertFileError("users", "alice@a.test:h:m:1:-5\n", 1, "quota must be")
+
+    def test_missing_fields(self) -> None:
+        """A users line with too few colons."""
+        self.assertFileError(
+            "users", "\nalice@a.test:h:m\n", 2, "expected address:password_hash"
+        )
+
+    def test_user_not_local(self) -> None:
+        """A user outside the local domains."""
+        self.assertFileError(
+            "users", "x@c.test:h:m::\n", 1, "c.test is not a local domain"
+        )
+
+    def test_repeated_user(self) -> None:
+        """The same user twice, differing only in case."""
+        self.assertFileError(
+            "users",
+            "alice@a.test:h:m::\nALICE@a.test:h:m::\n",
+            2,
+            "user alice@a.test repeated (first on line 1)",
+        )
+
+    def test_not_utf8(self) -> None:
+        """Bytes that are not UTF-8, on the line where they are."""
+        self.assertFileError(
+            "users", b"alice@a.test:h:m::\n\xff:h:m::\n", 2, "not valid UTF-8"
+        )
+
+    def test_missing_colon(self) -> None:
+        """An alias line with no colon after the key."""
+        self.assertFileError(
+            "aliases", "team@a.test: x\nother@a.test x@a.test\n", 2, "missing ':'"
+        )
+
+    def test_continuation_without_key(self) -> None:
+        """A continuation line before any key."""
+        self.assertFileError(
+            "aliases", "# c\n   x@a.test\n", 2, "continuation line without an alias key"
+        )
+
+    def test_bad_alias_key(self) -> None:
+        """Malformed full, catch-all and bare keys."""
+        self.assertFileError("aliases", "a b@a.test: x\n", 1, "bad address")
+        self.assertFileError("aliases", "@-bad-: x\n", 1, "bad catch-all key")
+        self.assertFileError("aliases", "a..b: x\n", 1, "bad alias key")
+        self.assertFileError("aliases", ": x\n", 1, "empty alias key")
+
+    def test_alias_not_local(self) -> None:
+        """Full and catch-all keys must be in a local domain."""
+        self.assertFileError(
+            "aliases", "x@c.test: y\n", 1, "c.test is not a local domain"
+        )
+        self.assertFileError("aliases", "@c.test: y\n", 1, "c.test is not a local")
+
+    def test_repeated_alias(self) -> None:
+        """The same key twice."""
+        self.assertFileError(
+            "aliases",
+            "root: x\n\nROOT: y\n",
+            3,
+            "alias root repeated (first on line 1)",
+        )
+
+    def test_alias_without_targets(self) -> None:
+        """A key with nothing after the colon (nor continued)."""
+        self.assertFileError(
+            "aliases", "x: y\nteam@a.test:  ,\n", 2, "alias team@a.test has no targets"
+        )
+
+    def test_unquoted_space(self) -> None:
+        """A program with arguments must be quoted."""
+        self.assertFileError(
+            "aliases", "x: y\n  |/bin/prog arg\n", 2, "put the target in double quotes"
+        )
+
+    def test_unterminated_quote(self) -> None:
+        """A quote left open at the end of the line."""
+        self.assertFileError(
+            "aliases", 'x: "|/bin/prog\n', 1, "unterminated double quote"
+        )
+
+    def test_unreadable(self) -> None:
+        """A path that cannot be read is an error for the whole file (line 0)."""
+        for name in ("domains", "users", "aliases"):
+            self.write(name, "")
+        os.remove(self.path("users"))
+        os.makedirs(self.path("users"))
+        error = self.failureResultOf(self.make().start(), DirectoryFileError).value
+        self.assertEqual((error.path, error.line), (self.path("users"), 0))
+        self.assertIn("cannot read", str(error))
+
+
+class FilesReloadTests(FilesTestMixin, SynchronousTestCase):
+    """Noticing changed files on the clock, and surviving bad edits."""
+
+    def test_reload_on_change(self) -> None:
+        """A change is picked up at the next check, not before."""
+        self.write("domains", "a.test\n")
+        directory = self.started()
+        self.write("domains", "a.test\nb.test\n")
+        self.clock.advance(self.interval - 1)
+        self.assertFalse(self.successResultOf(directory.is_local_domain("b.test")))
+        self.clock.advance(1)
+        self.assertTrue(self.successResultOf(directory.is_local_domain("b.test")))
+
+    def test_reload_on_new_inode(self) -> None:
+        """A file replaced by one of the same size and mtime is noticed too."""
+        self.write("domains", "a.test\n")
+        directory = self.started()
+        before = os.stat(self.path("domains"))
+        with open(self.path("other"), "w") as f:
+            f.write("b.test\n")
+        os.utime(self.path("other"), ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(self.path("other"), self.path("domains"))
+        self.clock.advance(self.interval)
+        self.assertEqual(self.successResultOf(directory.list_domains()), ["b.test"])
+
+    def test_file_created_and_removed(self) -> None:
+        """A file that appears is read; one that goes away empties its part."""
+        directory = self.started()
+        self.write("domains", "a.test\n")
+        self.clock.advance(self.interval)
+        self.assertEqual(self.successResultOf(directory.list_domains()), ["a.test"])
+        os.remove(self.path("domains"))
+        self.clock.advance(self.interval)
+        self.assertEqual(self.successResultOf(directory.list_domains()), [])
+
+    def test_reload_error_keeps_old(self) -> None:
+        """A bad edit is logged once; the old data stays; a fix is picked up."""
+        self.write("domains", "a.test\n")
+        self.write("users", "alice@a.test:h:m::\n")
+        directory = self.started()
+        self.write("users", "alice@a.test:h:m::\nbob@a.test:h:m:maybe:\n")
+        with capturedLogs() as events:
+            self.clock.advance(self.interval)
+            self.clock.advance(self.interval)
+        errors = [e for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1)
+        self.assertIn(f"{self.path('users')}:2: enabled", errors[0]["error"])
+        self.assertEqual(
+            [u.address for u in self.successResultOf(directory.list_users())],
+            ["alice@a.test"],
+        )
+        # Changes are refused while the file is broken: the edit is kept.
+        failure = self.failureResultOf(directory.add_domain("b.test"), DirectoryError)
+        self.assertIn(f"{self.path('users')}:2:", str(failure.value))
+        self.assertEqual(self.read("domains"), "a.test\n")
+        self.write("users", "alice@a.test:h:m::\nbob@a.test:h:m:0:\n")
+        self.clock.advance(self.interval)
+        self.assertEqual(
+            [u.address for u in self.successResultOf(directory.list_users())],
+            ["alice@a.test", "bob@a.test"],
+        )
+        self.successResultOf(directory.add_domain("b.test"))
+
+    def test_change_sees_edit_first(self) -> None:
+        """An admin change made before the next check keeps an outside edit."""
+        self.write("domains", "a.test\n")
+        directory = self.started()
+        self.write("domains", "a.test\nb.test\n")
+        self.successResultOf(directory.add_domain("c.test"))
+        self.assertEqual(
+            parse_domains(self.read("domains"), "domains"),
+            ("a.test", "b.test", "c.test"),
+        )
+
+    def test_own_write_is_not_reloaded(self) -> None:
+        """The directory's own rewrite does not count as a change."""
+        directory = self.started()
+        self.successResultOf(directory.add_domain("a.test"))
+        with capturedLogs() as events:
+            self.clock.advance(self.interval)
+        self.assertEqual([e for e in events if "reloaded" in e["log_format"]], [])
+        self.write("domains", "a.test\nb.test\n")
+        with capturedLogs() as events:
+            self.clock.advance(self.interval)
+        self.assertEqual(len([e for e in events if "reloaded" in e["log_format"]]), 1)
+
+    def test_stop(self) -> None:
+        """Stopping cancels the checks."""
+        directory = self.make()
+        self.successResultOf(directory.start())
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.successResultOf(directory.stop())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class FilesWriteTests(FilesTestMixin, SynchronousTestCase):
+    """Admin changes rewrite one file, atomically, sorted and readable."""
+
+    def test_atomic_rename(self) -> None:
+        """The file is replaced by rename: old readers keep the old text,
+        the mode is kept, no temporary file is left behind."""
+        self.write("domains", "b.test\n")
+        os.chmod(self.path("domains"), 0o640)
+        directory = self.started()
+        before = os.stat(self.path("domains"))
+        with open(self.path("domains")) as old:
+            self.successResultOf(directory.add_domain("a.test"))
+            self.assertEqual(old.read(), "b.test\n")
+        after = os.stat(self.path("domains"))
+        self.assertNotEqual(before.st_ino, after.st_ino)
+        self.assertEqual(stat.S_IMODE(after.st_mode), 0o640)
+        self.assertEqual(sorted(os.listdir(self.folder)), ["domains"])
+        self.assertEqual(
+            self.read("domains"),
+            "# twistedmail local domains, one per line.\na.test\nb.test\n",
+        )
+
+    def test_new_files_private(self) -> None:
+        """A file made by a change is readable by its owner only."""
+        directory = self.started()
+        self.successResultOf(directory.add_domain("a.test"))
+        self.successResultOf(directory.add_user(ALICE))
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("users")).st_mode), 0o600)
+
+    def test_texts(self) -> None:
+        """The files written are sorted, one entry a line, quoted as needed."""
+        directory = self.started()
+        self.successResultOf(directory.add_domain("b.test"))
+        self.successResultOf(directory.add_domain("a.test"))
+        self.successResultOf(directory.add_user(BOB))
+        self.successResultOf(directory.add_user(ALICE))
+        self.successResultOf(
+            directory.add_alias("team@a.test", ("bob@a.test", "|/bin/prog a,b"))
+        )
+        many = tuple(f"member{i:02d}@a.test" for i in range(8))
+        self.successResultOf(directory.add_alias("all@a.test", many))
+        self.assertEqual(
+            self.read("users").splitlines()[1:],
+            [
+                f"{ALICE.address}:{ALICE.password_hash}:a/alice:1:",
+                "bob@a.test:$2b$12$abcdefghijklmnopqrstuv:a/bob:0:1000",
+            ],
+        )
+        lines = self.read("aliases").splitlines()
+        self.assertEqual(lines[-1], 'team@a.test: bob@a.test, "|/bin/prog a,b"')
+        self.assertTrue(all(len(line) <= 78 for line in lines))
+        self.assertTrue(lines[1].startswith("all@a.test: member00@a.test,"))
+        self.assertTrue(lines[2].startswith("    member"))
+
+    def test_refuses_what_cannot_be_written(self) -> None:
+        """Values the files cannot hold are refused and nothing is written."""
+        directory = self.started()
+        self.successResultOf(directory.add_domain("a.test"))
+        (domains,) = os.listdir(self.folder)
+        for change in [
+            directory.add_domain("A.TEST"),
+            directory.add_user(User("Alice@a.test", "h", "m")),
+            directory.add_user(User("alice@a.test", "h:colon", "m")),
+            directory.add_user(User("alice@a.test", "h", "line\nbreak")),
+            directory.add_alias("team@a.test", ("two\nlines",)),
+            directory.add_user(User("#x@a.test", "h", "m")),
+        ]:
+            failure = self.failureResultOf(change, DirectoryError)
+            self.assertIn("cannot be written to", str(failure.value))
+        self.assertEqual(os.listdir(self.folder), [domains])
+        self.assertEqual(self.successResultOf(directory.list_users()), [])
+        self.assertEqual(self.successResultOf(directory.list_aliases()), [])
+
+
+_LOCAL_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-/=?^_`{|}~"
+# A line starting with # is a comment, so no written key may start with one.
+_unhashed = st.builds(
+    lambda first, rest: first + rest,
+    st.sampled_from(_LOCAL_CHARS.replace("#", "")),
+    st.text(alphabet=_LOCAL_CHARS, max_size=11),
+)
+_addresses = st.builds(lambda local: f"{local}@a.test", _unhashed)
+_field = st.text(alphabet="abcdefghijklmnopqrstuvwxyz$0123456789./=+,-_", max_size=20)
+_users = st.lists(
+    st.builds(
+        User,
+        address=_addresses,
+        password_hash=_field,
+        mailbox=_field,
+        enabled=st.booleans(),
+        quota=st.none() | st.integers(min_value=0, max_value=2**53),
+    ),
+    unique_by=lambda u: u.address,
+    max_size=5,
+)
+_targets = st.text(
+    alphabet=st.sampled_from(list('abc@.|/:, \t"\\#-+éß')), min_size=1, max_size=15
+)
+_alias_keys = _addresses | st.just("@a.test") | _unhashed
+_aliases = st.dictionaries(
+    _alias_keys, st.lists(_targets, min_size=1, max_size=6).map(tuple), max_size=5
+)
+
+
+class FileFormatPropertyTests(SynchronousTestCase):
+    """The file formats read back what they write; bad text only raises
+    DirectoryFileError."""
+
+    @given(_users)
+    def test_users_round_trip(self, users: list[User]) -> None:
+        """parse_users(format_users(u)) gives the users, sorted."""
+        text = format_users(users)
+        self.assertEqual(
+            parse_users(text, "users", ("a.test",)),
+            tuple(sorted(users, key=lambda u: u.address)),
+        )
+
+    @given(_aliases)
+    def test_aliases_round_trip(self, aliases: dict[str, tuple[str, ...]]) -> None:
+        """parse_aliases(format_aliases(a)) gives the aliases back."""
+        text = format_aliases(aliases)
+        self.assertEqual(parse_aliases(text, "aliases", ("a.test",)), aliases)
+
+    @given(
+        st.lists(
+            st.sampled_from(["a.test", "b.test", "xn--bcher-kva.example"]), unique=True
+        )
+    )
+    def test_domains_round_trip(self, domains: list[str]) -> None:
+        """parse_domains(format_domains(d)) gives the domains, sorted."""
+        self.assertEqual(
+            parse_domains(format_domains(domains), "domains"), tuple(sorted(domains))
+        )
+
+    @given(st.text(alphabet=st.sampled_from(list('ab@.:, \t\n"\\#|-0')), max_size=60))
+    def test_any_text(self, text: str) -> None:
+        """Any text parses or raises DirectoryFileError naming a real line."""
+        lines = len(text.split("\n"))
+        for parse in (
+            lambda: parse_domains(text, "f"),
+            lambda: parse_users(text, "f", ("a.test",)),
+            lambda: parse_aliases(text, "f", ("a.test",)),
+        ):
+            try:
+                parse()
+            except DirectoryFileError as e:
+                self.assertEqual(e.path, "f")
+                self.assertTrue(1 <= e.line <= lines, (e.line, text))
+
+
+class OpenDirectoryTests(TestCase):
+    """open_directory builds the configured backend under the data folder."""
+
+    def settings(self, **directory: Any) -> Settings:
+        """Settings with a fresh data folder (not made yet)."""
+        self.data = os.path.abspath(self.mktemp())
+        return Settings(
+            server=ServerSettings(data_dir=self.data),
+            directory=DirectorySettings(**directory),
+        )
+
+    @deferred_test
+    async def test_sqlite(self) -> None:
+        """The default is SQLite in data_dir/directory.sqlite."""
+        directory = open_directory(self.settings(), _reactor())
+        assert isinstance(directory, SQLiteDirectory)
+        self.assertEqual(directory.path, os.path.join(self.data, "directory.sqlite"))
+        await directory.start()
+        self.addCleanup(directory.stop)
+        await directory.add_domain("a.test")
+        self.assertEqual(_versions(directory.path), [1])
+
+    @deferred_test
+    async def test_files(self) -> None:
+        """The files backend reads and writes in threads, under data_dir."""
+        absolute = os.path.abspath(self.mktemp())
+        settings = self.settings(backend="files", aliases_file=absolute)
+        directory = open_directory(settings, _reactor())
+        assert isinstance(directory, FilesDirectory)
+        self.assertEqual(
+            (directory.domains_path, directory.users_path, directory.aliases_path),
+            (
+                os.path.join(self.data, "domains"),
+                os.path.join(self.data, "users"),
+                absolute,
+            ),
+        )
+        self.assertTrue(os.path.isdir(self.data))
+        await directory.start()
+        self.addCleanup(directory.stop)
+        await directory.add_domain("a.test")
+        await directory.add_alias("team@a.test", ("x@a.test",))
+        self.assertEqual(
+            parse_aliases(open(absolute).read(), absolute, ("a.test",)),
+            {"team@a.test": ("x@a.test",)},
         )

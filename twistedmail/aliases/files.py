@@ -385,7 +385,12 @@ def format_users(users: tuple[User, ...] | list[User]) -> str:
 
 
 def _quote(target: str) -> str:
-    if target and not any(c.isspace() or c in ',"\\' for c in target):
+    # A continuation line starting with # would read as a comment.
+    if (
+        target
+        and not target.startswith("#")
+        and not any(c.isspace() or c in ',"\\' for c in target)
+    ):
         return target
     escaped = target.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
@@ -585,6 +590,9 @@ class FilesDirectory:
         *,
         run_blocking: BlockingRunner = _run_here,
     ) -> None:
+        self.domains_path = domains_path
+        self.users_path = users_path
+        self.aliases_path = aliases_path
         self._paths = _Paths(domains_path, users_path, aliases_path)
         self._clock = clock
         self._interval = reload_interval
@@ -790,5 +798,6 @@ def _verify(contents: _Contents, which: int, text: str, path: str) -> None:
         raise DirectoryError(f"cannot be written to {path}: {e.problem}") from None
     if not same:
         raise DirectoryError(
-            f"cannot be written to {path} as given (not in normalised form)"
+            f"cannot be written to {path} so that it reads back the same"
+            " (not in normalised form, or a line that would read as a comment)"
         )
