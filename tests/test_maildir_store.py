@@ -1,0 +1,516 @@
+"""Tests for L{twistedmail.maildir.store}: mailboxes, flags, folders,
+notifications, the cache, and reading Maildirs written by others."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.maildir_helpers import CountingOpener, make_store, write_file
+from tests.test_maildir_names import BAD_FOLDER_NAMES
+from twistedmail.maildir import (
+    FolderExistsError,
+    FolderNameError,
+    KeywordError,
+    MaildirError,
+    NoSuchFolderError,
+    NoSuchMessageError,
+)
+from twistedmail.maildir.uidlist import UIDLIST_NAME, read_uidlist
+
+
+class StoreCase(SynchronousTestCase):
+    """A store with a Maildir at ``self.path``."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(1_790_000_000)
+        self.opener = CountingOpener()
+        self.store = make_store(self.root, self.clock, self.opener)
+        self.path = os.path.join(self.root, "example.test", "alice")
+
+    def deliver(self, message: bytes, unique: str) -> str:
+        return self.successResultOf(self.store.deliver(self.path, message, unique))
+
+    def restart(self) -> None:
+        """A new store object, as after a server restart."""
+        self.store = make_store(self.root, self.clock, self.opener)
+
+
+class MailboxTests(StoreCase):
+    """Listing and reading messages."""
+
+    def test_open_creates_inbox(self) -> None:
+        """Opening INBOX of a new user makes the Maildir; it is empty."""
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(mailbox.messages(), [])
+        self.assertEqual(mailbox.name, "INBOX")
+        self.assertEqual(mailbox.uidvalidity, 1_790_000_000)
+        self.assertEqual(mailbox.next_uid, 1)
+        self.assertTrue(os.path.isdir(os.path.join(self.path, "cur")))
+
+    def test_delivered_messages(self) -> None:
+        """Delivered messages get UIDs in order, sizes, dates; they are
+        recent and unflagged."""
+        bases = [self.deliver(b"m%d" % i, f"Q{i}") for i in range(3)]
+        os.utime(
+            os.path.join(self.path, "new", bases[1]), (1_700_000_000, 1_700_000_000)
+        )
+        mailbox = self.store.open_mailbox(self.path)
+        infos = mailbox.messages()
+        self.assertEqual([i.uid for i in infos], [1, 2, 3])
+        self.assertEqual({i.base for i in infos}, set(bases))
+        self.assertEqual([i.size for i in infos], [2, 2, 2])
+        self.assertEqual(infos[0].internal_date, 1_700_000_000)
+        self.assertTrue(all(i.recent and not i.flags for i in infos))
+        self.assertEqual(mailbox.next_uid, 4)
+
+    def test_read(self) -> None:
+        """read() gives the bytes through the opener; get_file() the path."""
+        self.deliver(b"hello", "Q1")
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(self.opener.opened, [])
+        self.assertEqual(mailbox.read(1), b"hello")
+        self.assertEqual(len(self.opener.opened), 1)
+        with open(mailbox.get_file(1), "rb") as f:
+            self.assertEqual(f.read(), b"hello")
+
+    def test_read_after_external_rename(self) -> None:
+        """A message renamed by another client since the snapshot is still
+        found."""
+        base = self.deliver(b"hello", "Q1")
+        mailbox = self.store.open_mailbox(self.path)
+        os.rename(
+            os.path.join(self.path, "new", base),
+            os.path.join(self.path, "cur", base + ":2,S"),
+        )
+        self.assertEqual(mailbox.read(1), b"hello")
+
+    def test_no_such_message(self) -> None:
+        """Unknown UIDs raise NoSuchMessageError (a KeyError)."""
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertRaises(NoSuchMessageError, mailbox.read, 1)
+        self.assertRaises(KeyError, mailbox.get, 7)
+
+    def test_refresh(self) -> None:
+        """New and removed files are noticed by refresh(), not before."""
+        a = self.deliver(b"a", "Q1")
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertFalse(mailbox.refresh())
+        self.deliver(b"b", "Q2")
+        self.assertEqual(len(mailbox.messages()), 1)
+        self.assertTrue(mailbox.refresh())
+        self.assertEqual([i.uid for i in mailbox.messages()], [1, 2])
+        os.unlink(os.path.join(self.path, "new", a))
+        self.assertTrue(mailbox.refresh())
+        self.assertEqual([i.uid for i in mailbox.messages()], [2])
+        self.assertFalse(mailbox.refresh())
+
+    def test_ignores_dot_files(self) -> None:
+        """Hidden files in cur/ and new/ are not messages."""
+        self.store.open_mailbox(self.path)
+        write_file(os.path.join(self.path, "new", ".nfs000"), b"x")
+        self.assertEqual(self.store.open_mailbox(self.path).messages(), [])
+
+    def test_cache(self) -> None:
+        """Cached values last across restarts and go with expunge."""
+        self.deliver(b"a", "Q1")
+        mailbox = self.store.open_mailbox(self.path)
+        base = mailbox.get(1).base
+        self.assertIsNone(mailbox.cache_get(base, "envelope"))
+        mailbox.cache_put(base, "envelope", b"(NIL)")
+        mailbox.close()
+        self.restart()
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(mailbox.cache_get(base, "envelope"), b"(NIL)")
+        mailbox.expunge([1])
+        self.assertIsNone(mailbox.cache_get(base, "envelope"))
+        mailbox.close()
+
+
+class FlagTests(StoreCase):
+    """Flags and keywords in file names; UIDs kept."""
+
+    def test_set_flags(self) -> None:
+        """Flags move the file to cur/ with a sorted info suffix; the UID
+        stays, also after a restart."""
+        base = self.deliver(b"a", "Q1")
+        mailbox = self.store.open_mailbox(self.path)
+        info = mailbox.set_flags(1, {"S", "F"})
+        self.assertEqual(info.filename, f"cur/{base}:2,FS")
+        self.assertEqual(info.flags, {"F", "S"})
+        self.assertFalse(info.recent)
+        self.assertEqual(os.listdir(os.path.join(self.path, "cur")), [base + ":2,FS"])
+        self.assertEqual(mailbox.get(1), info)
+        self.restart()
+        again = self.store.open_mailbox(self.path).messages()
+        self.assertEqual([(i.uid, i.flags) for i in again], [(1, {"F", "S"})])
+
+    def test_keywords(self) -> None:
+        """Keywords become letters through the keyword file, which uses the
+        dovecot-keywords format."""
+        base = self.deliver(b"a", "Q1")
+        mailbox = self.store.open_mailbox(self.path)
+        info = mailbox.set_flags(1, {"S"}, {"$Junk", "$Label1"})
+        self.assertEqual(info.keywords, {"$Junk", "$Label1"})
+        self.assertEqual(info.filename, f"cur/{base}:2,Sab")
+        with open(os.path.join(self.path, "twistedmail-keywords"), "rb") as f:
+            self.assertIn(f.read(), (b"0 $Junk\n1 $Label1\n", b"0 $Label1\n1 $Junk\n"))
+        mailbox.set_flags(1, set(), {"$junk"})
+        self.restart()
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(mailbox.get(1).keywords, {"$Junk"})
+        self.assertEqual(sorted(mailbox.keywords()), ["$Junk", "$Label1"])
+
+    def test_bad_flags_and_keywords(self) -> None:
+        """Unknown letters, malformed keywords and a 27th keyword are
+        refused."""
+        self.deliver(b"a", "Q1")
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertRaises(MaildirError, mailbox.set_flags, 1, {"X"})
+        self.assertRaises(KeywordError, mailbox.set_flags, 1, set(), {"a b"})
+        self.assertRaises(KeywordError, mailbox.set_flags, 1, set(), {"\\Seen"})
+        mailbox.set_flags(1, set(), {f"k{i}" for i in range(26)})
+        self.assertRaises(KeywordError, mailbox.set_flags, 1, set(), {"k26"})
+
+    def test_external_rename_keeps_uid(self) -> None:
+        """Another program changing flags (renaming the file) keeps the UID."""
+        bases = [self.deliver(b"m", f"Q{i}") for i in range(2)]
+        mailbox = self.store.open_mailbox(self.path)
+        uid = {i.base: i.uid for i in mailbox.messages()}[bases[1]]
+        os.rename(
+            os.path.join(self.path, "new", bases[1]),
+            os.path.join(self.path, "cur", bases[1] + ":2,RS"),
+        )
+        mailbox.refresh(force=True)
+        self.assertEqual(mailbox.get(uid).flags, {"R", "S"})
+        self.assertEqual(mailbox.get(uid).base, bases[1])
+
+    def test_set_flags_after_external_rename(self) -> None:
+        """set_flags finds a file renamed since the snapshot."""
+        base = self.deliver(b"m", "Q1")
+        mailbox = self.store.open_mailbox(self.path)
+        os.rename(
+            os.path.join(self.path, "new", base),
+            os.path.join(self.path, "cur", base + ":2,S"),
+        )
+        mailbox.set_flags(1, {"T"})
+        self.assertEqual(os.listdir(os.path.join(self.path, "cur")), [base + ":2,T"])
+
+    def test_set_flags_gone(self) -> None:
+        """set_flags on a message deleted by someone else fails cleanly."""
+        base = self.deliver(b"m", "Q1")
+        mailbox = self.store.open_mailbox(self.path)
+        os.unlink(os.path.join(self.path, "new", base))
+        self.assertRaises(NoSuchMessageError, mailbox.set_flags, 1, {"S"})
+
+
+class ChangeTests(StoreCase):
+    """APPEND, COPY and EXPUNGE; UIDs only grow."""
+
+    def test_add(self) -> None:
+        """add() stores in cur/ with flags and internal date and returns the
+        UID; the message appears at the next refresh."""
+        mailbox = self.store.open_mailbox(self.path)
+        uid = mailbox.add(b"appended", {"S"}, {"$Sent"}, internal_date=1_600_000_000)
+        self.assertEqual(uid, 1)
+        self.assertEqual(mailbox.messages(), [])
+        mailbox.refresh()
+        [info] = mailbox.messages()
+        self.assertEqual(
+            (info.uid, info.flags, info.keywords, info.internal_date, info.size),
+            (1, {"S"}, {"$Sent"}, 1_600_000_000, 8),
+        )
+        self.assertEqual(mailbox.read(1), b"appended")
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
+
+    def test_expunge(self) -> None:
+        """expunge() removes files and UIDs; UIDs are never reused."""
+        for i in range(3):
+            self.deliver(b"m", f"Q{i}")
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(mailbox.expunge([3, 1, 9]), [1, 3])
+        self.assertEqual([i.uid for i in mailbox.messages()], [2])
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 1)
+        self.assertEqual(mailbox.add(b"x"), 4)
+        self.restart()
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual([i.uid for i in mailbox.messages()], [2, 4])
+        self.assertEqual(mailbox.next_uid, 5)
+
+    def test_external_delete_of_highest(self) -> None:
+        """A message deleted by another program leaves its UID used."""
+        base = self.deliver(b"m", "Q1")
+        self.store.open_mailbox(self.path)
+        os.unlink(os.path.join(self.path, "new", base))
+        self.deliver(b"n", "Q2")
+        self.assertEqual(
+            [i.uid for i in self.store.open_mailbox(self.path).messages()], [2]
+        )
+
+    def test_copy(self) -> None:
+        """copy() gives the target new UIDs with the same flags, keywords,
+        dates and bytes."""
+        self.deliver(b"one", "Q1")
+        self.deliver(b"two", "Q2")
+        self.store.create_folder(self.path, "Archive")
+        source = self.store.open_mailbox(self.path)
+        source.set_flags(2, {"S"}, {"$Work"})
+        target = self.store.open_mailbox(self.path, "Archive")
+        target.add(b"existing")
+        self.assertEqual(source.copy([2, 1, 42], target), {1: 2, 2: 3})
+        target.refresh()
+        infos = target.messages()
+        self.assertEqual([i.uid for i in infos], [1, 2, 3])
+        self.assertEqual(infos[2].flags, {"S"})
+        self.assertEqual(infos[2].keywords, {"$Work"})
+        self.assertEqual(infos[2].internal_date, source.get(2).internal_date)
+        self.assertEqual(target.read(2), b"one")
+        self.assertEqual(target.read(3), b"two")
+        self.assertNotEqual(infos[1].base, source.get(1).base)
+
+    def test_notifications(self) -> None:
+        """Flag changes, appends, copies and expunges notify the folder's
+        listeners."""
+        self.deliver(b"m", "Q1")
+        self.store.create_folder(self.path, "Archive")
+        events: list[str] = []
+        self.store.subscribe(self.path, "inbox", lambda: events.append("INBOX"))
+        self.store.subscribe(self.path, "Archive", lambda: events.append("Archive"))
+        inbox = self.store.open_mailbox(self.path)
+        archive = self.store.open_mailbox(self.path, "Archive")
+        inbox.set_flags(1, {"S"})
+        inbox.add(b"x")
+        inbox.copy([1], archive)
+        inbox.expunge([1])
+        self.assertEqual(events, ["INBOX", "INBOX", "Archive", "INBOX"])
+
+
+class UIDValidityTests(StoreCase):
+    """UIDVALIDITY changes only when the UID list is lost."""
+
+    def test_stable_across_restart(self) -> None:
+        """A restart keeps UIDVALIDITY and UIDs."""
+        for i in range(3):
+            self.deliver(b"m", f"Q{i}")
+        first = self.store.open_mailbox(self.path)
+        self.clock.advance(3600)
+        self.restart()
+        second = self.store.open_mailbox(self.path)
+        self.assertEqual(second.uidvalidity, first.uidvalidity)
+        self.assertEqual(second.messages(), first.messages())
+
+    def test_lost_list(self) -> None:
+        """A deleted list means a new UIDVALIDITY."""
+        self.deliver(b"m", "Q1")
+        first = self.store.open_mailbox(self.path).uidvalidity
+        os.unlink(os.path.join(self.path, UIDLIST_NAME))
+        self.clock.advance(10)
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertGreater(mailbox.uidvalidity, first)
+        self.assertEqual([i.uid for i in mailbox.messages()], [1])
+
+    def test_lost_list_same_second(self) -> None:
+        """Even within the same second an open mailbox sees a new value."""
+        self.deliver(b"m", "Q1")
+        mailbox = self.store.open_mailbox(self.path)
+        first = mailbox.uidvalidity
+        os.unlink(os.path.join(self.path, UIDLIST_NAME))
+        mailbox.refresh(force=True)
+        self.assertGreater(mailbox.uidvalidity, first)
+
+    def test_broken_list_kept_aside(self) -> None:
+        """An unreadable list is renamed aside (never deleted) and replaced."""
+        self.deliver(b"m", "Q1")
+        self.store.open_mailbox(self.path)
+        write_file(os.path.join(self.path, UIDLIST_NAME), b"garbage\n")
+        self.clock.advance(10)
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(mailbox.uidvalidity, 1_790_000_010)
+        aside = [n for n in os.listdir(self.path) if ".broken." in n]
+        self.assertEqual(len(aside), 1)
+        with open(os.path.join(self.path, aside[0]), "rb") as f:
+            self.assertEqual(f.read(), b"garbage\n")
+
+    def test_crash_during_write(self) -> None:
+        """A temporary file left by a crash mid-write is ignored, and
+        removed by the next write."""
+        for i in range(2):
+            self.deliver(b"m", f"Q{i}")
+        before = self.store.open_mailbox(self.path).messages()
+        leftover = os.path.join(self.path, UIDLIST_NAME + ".tmp.99999")
+        write_file(leftover, b"twistedmail-uidlist 1 V1 N9\n1 0 1 tor")
+        self.restart()
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(mailbox.messages(), before)
+        mailbox.add(b"x")
+        self.assertFalse(os.path.exists(leftover))
+        ul = read_uidlist(self.path)
+        assert ul is not None
+        self.assertEqual(sorted(e.uid for e in ul.entries.values()), [1, 2, 3])
+
+
+class FolderTests(StoreCase):
+    """Maildir++ folders and subscriptions."""
+
+    def test_create_list_delete(self) -> None:
+        """Folders are dot directories with maildirfolder; INBOX first."""
+        self.store.create_folder(self.path, "Sent")
+        self.store.create_folder(self.path, "Archive.2024")
+        self.assertEqual(
+            self.store.list_folders(self.path), ["INBOX", "Archive.2024", "Sent"]
+        )
+        self.assertTrue(
+            os.path.exists(os.path.join(self.path, ".Sent", "maildirfolder"))
+        )
+        self.assertRaises(
+            FolderExistsError, self.store.create_folder, self.path, "Sent"
+        )
+        self.assertRaises(
+            FolderExistsError, self.store.create_folder, self.path, "inbox"
+        )
+        self.store.delete_folder(self.path, "Sent")
+        self.assertEqual(self.store.list_folders(self.path), ["INBOX", "Archive.2024"])
+        self.assertRaises(
+            NoSuchFolderError, self.store.delete_folder, self.path, "Sent"
+        )
+        self.assertRaises(FolderNameError, self.store.delete_folder, self.path, "INBOX")
+        self.assertEqual(sorted(os.listdir(self.path))[:2], [".Archive.2024", "cur"])
+
+    def test_open_missing(self) -> None:
+        """Opening a folder that does not exist fails."""
+        self.assertRaises(NoSuchFolderError, self.store.open_mailbox, self.path, "Nope")
+
+    def test_bad_names_refused(self) -> None:
+        """Names that could leave the Maildir are refused by every folder
+        operation, and nothing is created anywhere."""
+        self.store.open_mailbox(self.path)
+        before = sorted(os.listdir(self.path))
+        parent = sorted(os.listdir(os.path.dirname(self.path)))
+        for name in BAD_FOLDER_NAMES:
+            self.assertRaises(
+                FolderNameError, self.store.create_folder, self.path, name
+            )
+            self.assertRaises(FolderNameError, self.store.open_mailbox, self.path, name)
+            self.assertRaises(
+                FolderNameError, self.store.delete_folder, self.path, name
+            )
+            self.assertRaises(
+                FolderNameError, self.store.rename_folder, self.path, "INBOX", name
+            )
+            self.assertRaises(
+                FolderNameError, self.store.set_subscribed, self.path, name, True
+            )
+            self.assertRaises(
+                FolderNameError, self.store.subscribe, self.path, name, lambda: None
+            )
+        self.assertEqual(sorted(os.listdir(self.path)), before)
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.path))), parent)
+
+    def test_rename_with_children(self) -> None:
+        """Renaming moves subfolders along, with their UIDs."""
+        self.store.create_folder(self.path, "Work")
+        self.store.create_folder(self.path, "Work.Projects")
+        self.store.create_folder(self.path, "Workshop")
+        box = self.store.open_mailbox(self.path, "Work.Projects")
+        box.add(b"x")
+        validity = self.store.open_mailbox(self.path, "Work.Projects").uidvalidity
+        self.store.rename_folder(self.path, "Work", "Job")
+        self.assertEqual(
+            self.store.list_folders(self.path),
+            ["INBOX", "Job", "Job.Projects", "Workshop"],
+        )
+        moved = self.store.open_mailbox(self.path, "Job.Projects")
+        self.assertEqual(moved.uidvalidity, validity)
+        self.assertEqual([i.uid for i in moved.messages()], [1])
+        self.assertRaises(
+            NoSuchFolderError, self.store.rename_folder, self.path, "Work", "X"
+        )
+        self.assertRaises(
+            FolderExistsError, self.store.rename_folder, self.path, "Job", "Workshop"
+        )
+
+    def test_rename_inbox(self) -> None:
+        """Renaming INBOX moves its messages to a new folder and leaves it
+        empty (RFC 3501 §6.3.5)."""
+        self.deliver(b"a", "Q1")
+        self.store.open_mailbox(self.path).set_flags(1, {"S"})
+        self.deliver(b"b", "Q2")
+        self.store.rename_folder(self.path, "INBOX", "Old")
+        self.assertEqual(self.store.open_mailbox(self.path).messages(), [])
+        old = self.store.open_mailbox(self.path, "Old").messages()
+        self.assertEqual([i.flags for i in old], [frozenset({"S"}), frozenset()])
+
+    def test_subscriptions(self) -> None:
+        """Subscriptions live in the Maildir++ subscriptions file."""
+        self.assertEqual(self.store.subscriptions(self.path), [])
+        self.store.set_subscribed(self.path, "Sent", True)
+        self.store.set_subscribed(self.path, "inbox", True)
+        self.store.set_subscribed(self.path, "Sent", True)
+        self.assertEqual(self.store.subscriptions(self.path), ["Sent", "INBOX"])
+        self.store.set_subscribed(self.path, "Sent", False)
+        self.assertEqual(self.store.subscriptions(self.path), ["INBOX"])
+        with open(os.path.join(self.path, "subscriptions"), "rb") as f:
+            self.assertEqual(f.read(), b"INBOX\n")
+
+
+class MigrationTests(StoreCase):
+    """Maildirs written by Dovecot and by twisted.mail are readable, and
+    their own files are left alone."""
+
+    def test_dovecot(self) -> None:
+        """Dovecot's UIDs, UIDVALIDITY, flags, keywords and sizes are used;
+        its files are not changed."""
+        os.makedirs(self.path)
+        for sub in ("cur", "new", "tmp"):
+            os.mkdir(os.path.join(self.path, sub))
+        names = {
+            "cur/1700000000.M1P10.old,S=5,W=6:2,S": b"1234\n",
+            "cur/1700000001.M2P10.old,S=5,W=6:2,FSb": b"abcd\n",
+            "new/1700000002.M3P10.old,S=3,W=3": b"new",
+        }
+        for name, data in names.items():
+            write_file(os.path.join(self.path, name), data, 1_700_000_000)
+        dovecot = {
+            "dovecot-uidlist": (
+                b"3 V1234567 N20 Gabcdef\n"
+                b"7 :1700000000.M1P10.old,S=5,W=6\n"
+                b"12 W6 :1700000001.M2P10.old,S=5,W=6:2,FSb\n"
+            ),
+            "dovecot-keywords": b"0 $Junk\n1 $Important\n",
+        }
+        for name, data in dovecot.items():
+            write_file(os.path.join(self.path, name), data)
+        mailbox = self.store.open_mailbox(self.path)
+        infos = mailbox.messages()
+        self.assertEqual(mailbox.uidvalidity, 1234567)
+        self.assertEqual([i.uid for i in infos], [7, 12, 20])
+        self.assertEqual([i.flags for i in infos], [{"S"}, {"F", "S"}, set()])
+        self.assertEqual(infos[1].keywords, {"$Important"})
+        self.assertEqual([i.size for i in infos], [5, 5, 3])
+        self.assertEqual(mailbox.read(12), b"abcd\n")
+        self.assertEqual(mailbox.next_uid, 21)
+        for name, data in dovecot.items():
+            with open(os.path.join(self.path, name), "rb") as f:
+                self.assertEqual(f.read(), data)
+        self.assertTrue(os.path.exists(os.path.join(self.path, UIDLIST_NAME)))
+
+    def test_twisted_mail(self) -> None:
+        """twisted.mail's names (no info suffix, no size) are served, sizes
+        from stat."""
+        os.makedirs(self.path)
+        for sub in ("cur", "new", "tmp"):
+            os.mkdir(os.path.join(self.path, sub))
+        write_file(os.path.join(self.path, "cur", "1700000000.1234_1.host"), b"hello")
+        write_file(os.path.join(self.path, "new", "1700000001.1234_2.host"), b"hi")
+        mailbox = self.store.open_mailbox(self.path)
+        infos = mailbox.messages()
+        self.assertEqual([(i.size, i.flags) for i in infos], [(5, set()), (2, set())])
+        self.assertEqual(mailbox.read(infos[0].uid), b"hello")
+        mailbox.set_flags(infos[0].uid, {"S"})
+        self.assertEqual(
+            os.listdir(os.path.join(self.path, "cur")), ["1700000000.1234_1.host:2,S"]
+        )
