@@ -469,10 +469,11 @@ class MemoryDirectoryTests(DirectoryContractMixin, TestCase):
     """The contract against the reference backend."""
 
     def make_directory(self) -> IDirectoryAdmin:
+        """An empty MemoryDirectory."""
         return MemoryDirectory()
 
     def reopen_directory(self) -> IDirectoryAdmin:
-        # Memory is its own storage: "reopening" is keeping the object.
+        """The same object: memory is its own storage."""
         return self.directory
 
 
@@ -480,10 +481,12 @@ class SQLiteDirectoryTests(DirectoryContractMixin, TestCase):
     """The contract against SQLite, through adbapi on the real reactor."""
 
     def make_directory(self) -> IDirectoryAdmin:
+        """A directory in a new SQLite file."""
         self.path = self.mktemp()
         return SQLiteDirectory(self.path, _reactor())
 
     def reopen_directory(self) -> IDirectoryAdmin:
+        """Another directory on the same SQLite file."""
         return SQLiteDirectory(self.path, _reactor())
 
 
@@ -491,11 +494,13 @@ class FilesDirectoryTests(DirectoryContractMixin, TestCase):
     """The contract against the three plain files (which start missing)."""
 
     def make_directory(self) -> IDirectoryAdmin:
+        """A directory over three files in a new, empty folder."""
         self.folder = self.mktemp()
         os.makedirs(self.folder)
         return self.reopen_directory()
 
     def reopen_directory(self) -> IDirectoryAdmin:
+        """Another directory over the same three files."""
         return FilesDirectory(
             os.path.join(self.folder, "domains"),
             os.path.join(self.folder, "users"),
@@ -522,6 +527,7 @@ class SQLiteMigrationTests(TestCase):
     """Schema steps are applied once, in order, atomically, and recorded."""
 
     def setUp(self) -> None:
+        """A path for the database file."""
         self.path = self.mktemp()
 
     async def open(

@@ -495,10 +495,12 @@ class _Contents:
     aliases: Mapping[str, tuple[str, ...]] | None = None
 
     def memory(self) -> MemoryDirectory:
+        """A MemoryDirectory holding these contents."""
         return MemoryDirectory(self.domains, self.users, dict(self.aliases or {}))
 
     @classmethod
     def of(cls, memory: MemoryDirectory) -> _Contents:
+        """What a MemoryDirectory holds."""
         domains: list[str] = _settled(memory.list_domains())
         users: list[User] = _settled(memory.list_users())
         aliases: list[tuple[str, tuple[str, ...]]] = _settled(memory.list_aliases())
@@ -522,6 +524,7 @@ class _Paths:
     aliases: str
 
     def all(self) -> tuple[str, str, str]:
+        """The domains, users and aliases paths, in that order."""
         return (self.domains, self.users, self.aliases)
 
 

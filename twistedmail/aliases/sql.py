@@ -220,9 +220,9 @@ SQLITE = SQLDialect(
     paramstyle="qmark",
     begin="BEGIN IMMEDIATE",
     connection_setup=(
+        "PRAGMA busy_timeout = 5000",
         "PRAGMA foreign_keys = ON",
         "PRAGMA journal_mode = WAL",
-        "PRAGMA busy_timeout = 5000",
     ),
     pool_args=MappingProxyType(
         {
