@@ -31,6 +31,7 @@ __all__ = [
     "DeliverySettings",
     "DirectorySettings",
     "ListenerSettings",
+    "SMTPSettings",
     "ServerSettings",
     "Settings",
     "SpoolSettings",
@@ -140,6 +141,8 @@ class ListenerSettings:
     pop3s: str | None = _setting("tcp:port=8995:interface=127.0.0.1", _endpoint)
     imap: str | None = _setting("tcp:port=8143:interface=127.0.0.1", _endpoint)
     imaps: str | None = _setting("tcp:port=8993:interface=127.0.0.1", _endpoint)
+    #: LMTP (RFC 2033) for a front MTA handing over local mail; off by default.
+    lmtp: str | None = _setting(None, _endpoint)
 
     def roles(self) -> dict[str, str]:
         """The enabled roles and their descriptions."""
@@ -204,6 +207,35 @@ class AuthSettings:
     failure_window: float = _setting(900.0, _positive)
 
 
+def _networks(values: tuple[str, ...]) -> str | None:
+    import ipaddress
+
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"{v!r} is not an IP network (CIDR)"
+    return None
+
+
+@dataclass(frozen=True)
+class SMTPSettings:
+    """``[smtp]``: limits and policy of the SMTP, submission and LMTP listeners."""
+
+    max_message_size: int = _setting(35 * 1024 * 1024, _positive)
+    max_recipients: int = _setting(100, _positive)
+    max_connections: int = _setting(500, _positive)
+    max_connections_per_ip: int = _setting(20, _positive)
+    max_errors: int = _setting(20, _positive)
+    command_timeout: float = _setting(300.0, _positive)
+    data_timeout: float = _setting(600.0, _positive)
+    bare_line_endings: Literal["reject", "normalize"] = _setting("reject")
+    vrfy: bool = _setting(False)
+    allow_plaintext_auth: bool = _setting(False)
+    mx_auth: bool = _setting(False)
+    trusted_networks: tuple[str, ...] = _setting((), _networks)
+
+
 @dataclass(frozen=True)
 class SpoolSettings:
     """``[spool]``: the queue and the service that delivers from it."""
@@ -235,6 +267,7 @@ class Settings:
     aliases: AliasSettings = field(default_factory=AliasSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    smtp: SMTPSettings = field(default_factory=SMTPSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     source: str = field(default="<defaults>", compare=False)
 
