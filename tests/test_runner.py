@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -19,10 +21,11 @@ from twistedmail.config import AliasSettings, SpoolSettings
 from twistedmail.delivery.local import LocalDelivery
 from twistedmail.interfaces import Envelope, Recipient, User
 from twistedmail.replies import MAILBOX_FULL, TemporaryError
-from twistedmail.spool.runner import QueueRunner
+from twistedmail.spool.runner import LocalAgent, QueueRunner
 from twistedmail.spool.store import QueueEntry, Spool, submit_incoming
 
 D = "example.test"
+T = TypeVar("T")
 MESSAGE = b"Subject: hi\r\n\r\nHello.\r\n"
 
 
@@ -86,8 +89,12 @@ class RunnerTestCase(SynchronousTestCase):
     def make_runner(self) -> QueueRunner:
         """A runner over this test's spool."""
         return QueueRunner(
-            self.spool, self.expander, self.agent, self.clock, self.settings
+            self.spool, self.expander, self.local_agent(), self.clock, self.settings
         )
+
+    def local_agent(self) -> LocalAgent:
+        """The local delivery agent the runner uses."""
+        return self.agent
 
     def start(self) -> None:
         """Start the runner and let its start-up scan finish."""
@@ -349,3 +356,58 @@ class IncomingTests(RunnerTestCase):
         self.clock.advance(self.settings.incoming_poll_interval)
         self.assertEqual(len(self.agent.copies), 1)
         self.assertEqual(self.queue(), [])
+
+
+class MaildirTests(RunnerTestCase):
+    """The runner, local delivery and the real Maildir store together."""
+
+    def local_agent(self) -> LocalAgent:
+        """Local delivery into real Maildirs under a temporary mail root."""
+        from twistedmail.maildir.store import MaildirStore
+
+        self.mail = os.path.abspath(self.path + "-mail")
+        store = MaildirStore(self.mail, "mx.example.test", self.clock, _inline)
+        return LocalDelivery(store, None, self.clock)  # type: ignore[arg-type]
+
+    def messages(self, name: str) -> list[bytes]:
+        """The messages in a user's INBOX (new/ and cur/)."""
+        found = []
+        for sub in ("new", "cur"):
+            folder = os.path.join(self.mail, D, name, sub)
+            for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+                with open(os.path.join(folder, entry), "rb") as f:
+                    found.append(f.read())
+        return found
+
+    def test_delivered(self) -> None:
+        """A message reaches the Maildir with Return-Path and Delivered-To."""
+        self.start()
+        self.submit(f"team@{D}")
+        [bob] = self.messages("bob")
+        self.assertEqual(
+            bob,
+            b"Return-Path: <alice@sender.test>\r\nDelivered-To: bob@example.test\r\n"
+            + MESSAGE,
+        )
+        self.assertEqual(len(self.messages("carol")), 1)
+
+    def test_exactly_once_after_crash(self) -> None:
+        """A crash after delivery but before the entry was removed: the
+        restarted runner delivers it again to no one."""
+        queue_id = self.submit(f"bob@{D}")
+        path = os.path.join(self.path, "queue", queue_id)
+        with open(path, "rb") as f:
+            saved = f.read()
+        self.start()
+        self.assertEqual(len(self.messages("bob")), 1)
+        self.successResultOf(self.runner.stopService())
+        with open(path, "wb") as f:
+            f.write(saved)  # as if the removal never reached the disk
+        self.runner = self.make_runner()
+        self.start()
+        self.assertEqual(len(self.messages("bob")), 1)
+        self.assertEqual(self.queue(), [])
+
+
+def _inline(f: Callable[[], T]) -> Deferred[T]:
+    return maybeDeferred(f)

@@ -87,6 +87,7 @@ COMMAND_DIED = Reply(451, "4.3.0", "Command died with a signal")
 COMMAND_NOT_FOUND = Reply(554, "5.3.0", "Command not found")
 BAD_COMMAND = Reply(554, "5.3.5", "Command line cannot be parsed")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local delivery error")
+MAILBOX_MISCONFIGURED = Reply(451, "4.3.5", "Mailbox misconfigured")
 FILE_REFUSED = Reply(554, "5.2.0", "Cannot write to the mailbox file")
 FILE_FULL = Reply(452, "4.2.2", "Mailbox file full")
 
@@ -347,6 +348,12 @@ class LocalDelivery:
         unique = unique_name(queue_id, destination)
         try:
             path = self._store.mailbox_path(user)
+        except Exception as e:
+            # A mailbox path the store refuses is a configuration error.
+            raise TemporaryError(
+                MAILBOX_MISCONFIGURED, f"{user.address}: {e}"
+            ) from None
+        try:
             await self._store.deliver(path, message, unique, user.quota)
         except MailError:
             raise
