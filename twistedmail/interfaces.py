@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
+from twistedmail.replies import Reply
+
 __all__ = [
     "DirectoryError",
     "Envelope",
     "IDeliveryAgent",
+    "IPerRecipientDeliveryAgent",
     "Recipient",
     "IDirectory",
     "IDirectoryAdmin",
@@ -206,6 +209,21 @@ class IDeliveryAgent(Interface):
 
     def abort() -> None:
         """Drop the transaction and anything written for it."""
+
+
+class IPerRecipientDeliveryAgent(IDeliveryAgent):
+    """A delivery agent that can succeed or fail for each recipient alone.
+
+    Optional: the LMTP server (RFC 2033 §4.2) calls L{commit_each} instead of
+    L{commit} when its agent provides this, and sends the replies after DATA,
+    one per recipient.  Agents without it get one L{commit} and every
+    recipient the same reply.
+    """
+
+    def commit_each() -> Deferred[list[Reply]]:
+        """Deliver; fire with one reply per recipient, in L{add_recipient}
+        order (e.g. ``250 2.0.0`` for one, ``452 4.2.2`` for a full mailbox).
+        """
 
 
 class IAvatar(Interface):
