@@ -195,6 +195,19 @@ class DeliveryTests(RunnerTestCase):
         record = self.entry(queue_id).recipients[0]
         self.assertEqual((record.attempts, record.next_attempt), (2, 1180.0))
 
+    def test_flush(self) -> None:
+        """flush() retries a deferred recipient before its time."""
+        self.agent.errors[f"mailbox bob@{D}"] = TemporaryError(MAILBOX_FULL)
+        self.start()
+        self.submit(f"bob@{D}")
+        del self.agent.errors[f"mailbox bob@{D}"]
+        self.clock.advance(1)
+        self.assertEqual(self.agent.copies, [])
+        self.runner.flush()
+        self.clock.advance(0)  # the attempt record's folder fsync
+        self.assertEqual(len(self.agent.copies), 1)
+        self.assertEqual(self.queue(), [])
+
     def test_deferred_survives_restart(self) -> None:
         """A deferred recipient keeps its next attempt across a restart."""
         self.agent.errors[f"mailbox bob@{D}"] = TemporaryError(MAILBOX_FULL)

@@ -372,3 +372,20 @@ class IncomingTests(SpoolTestCase):
         self.clock.advance(0)
         self.assertEqual(self.successResultOf(d), [])
         self.assertEqual(self.files("quarantine"), ["XYZ"])
+
+
+class SweepTests(SpoolTestCase):
+    """Files left in tmp/ by a crash are moved aside after a while."""
+
+    def test_sweep(self) -> None:
+        """Old tmp files go to quarantine/; recent ones stay."""
+        old = os.path.join(self.path, "tmp", "old")
+        new = os.path.join(self.path, "tmp", "new")
+        for path in (old, new):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+        os.utime(old, (self.clock.seconds() - 7200, self.clock.seconds() - 7200))
+        os.utime(new, (self.clock.seconds() - 60, self.clock.seconds() - 60))
+        self.assertEqual(self.successResultOf(self.spool.sweep_tmp(3600)), 1)
+        self.assertEqual(self.files("tmp"), ["new"])
+        self.assertEqual(self.files("quarantine"), ["old"])

@@ -158,6 +158,7 @@ class QueueRunner(Service):
         self._active: dict[str, Deferred[None]] = {}
         self._loop: LoopingCall | None = None
         self._picking = False
+        self._forced: set[str] = set()
         #: Fires when the start-up scan is done (for tests and embedders).
         self.started: Deferred[None] = Deferred()
 
@@ -190,6 +191,7 @@ class QueueRunner(Service):
         return d.addCallback(lambda _: None)
 
     async def _scan(self) -> None:
+        await self._spool.sweep_tmp()
         entries = await self._spool.open_entries()
         log.info("queue: {n} entries on start", n=len(entries))
         for entry in entries:
@@ -197,6 +199,18 @@ class QueueRunner(Service):
         await self._pickup()
 
     # Scheduling
+
+    def flush(self, queue_id: str | None = None) -> None:
+        """Try deferred recipients now (of one entry, or of all waiting
+        ones), whatever their next attempt time; for ``queue flush``."""
+        ids = [queue_id] if queue_id is not None else list(self._waiting)
+        for i in ids:
+            self._waiting.pop(i, None)
+            self._forced.add(i)
+            if i not in self._queued:
+                self._queued.add(i)
+                self._ready.append((i, None))
+        self._pump()
 
     def _committed(self, entry: QueueEntry) -> None:
         if self.running:
@@ -281,7 +295,13 @@ class QueueRunner(Service):
         if entry.held:
             return
         now = self._clock.seconds()
-        due = [i for i, r in enumerate(entry.recipients) if _is_due(r, now)]
+        forced = queue_id in self._forced
+        self._forced.discard(queue_id)
+        due = [
+            i
+            for i, r in enumerate(entry.recipients)
+            if _is_due(r, now) or (forced and r.status == DEFERRED)
+        ]
         if not due:
             self._settle(entry)
             return

@@ -838,6 +838,34 @@ class Spool:
             reason=reason,
         )
 
+    def sweep_tmp(self, max_age: float = 3600.0) -> Deferred[int]:
+        """Quarantine files in ``tmp/`` older than C{max_age} seconds (left by
+        a crash mid-write; younger ones may belong to a running ``sendmail``).
+
+        @return: how many files were moved.
+        """
+        folder = os.path.join(self.path, "tmp")
+        cutoff = self.clock.seconds() - max_age
+
+        def sweep() -> int:
+            moved = 0
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                return 0
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    if os.stat(path).st_mtime >= cutoff:
+                        continue
+                except FileNotFoundError:
+                    continue
+                self._quarantine(path, "left in tmp/ by an interrupted write")
+                moved += 1
+            return moved
+
+        return self.run(sweep)
+
     # The sendmail drop
 
     def pickup_incoming(self) -> Deferred[list[QueueEntry]]:
