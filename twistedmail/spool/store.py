@@ -339,14 +339,17 @@ class QueueEntry:
         )
 
 
-def make_queue_id(now: float, sequence: int) -> str:
+def make_queue_id(now: float, sequence: int, node: str | None = None) -> str:
     """A new queue id: sortable by time, unique across processes.
 
     @param now: the arrival time (POSIX seconds).
     @param sequence: a per-process counter (ties within one microsecond).
+    @param node: 6 random hex digits chosen once per spool (fresh ones when
+        not given); they keep two processes' ids apart.
     """
     micros = max(0, int(now * 1_000_000)) & (16**13 - 1)
-    return f"{micros:013X}{sequence & 0xFFFF:04X}{os.urandom(3).hex().upper()}"
+    node = node or os.urandom(3).hex().upper()
+    return f"{micros:013X}{sequence & 0xFFFF:04X}{node}"
 
 
 def _entry_header(entry: QueueEntry) -> bytes:
@@ -607,6 +610,9 @@ class Spool:
         self._cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._cached = 0
         self._sequence = itertools.count()
+        # Chosen once: os.urandom per message costs more than the rest of
+        # making an id.
+        self._node = os.urandom(3).hex().upper()
         self._tmp_sequence = itertools.count()
         self._observers: list[Callable[[QueueEntry], None]] = []
         self._committer = _GroupCommit(self.queue_dir, clock, self.run, fsync)
@@ -634,7 +640,7 @@ class Spool:
 
     def new_id(self) -> str:
         """A new, unique queue id."""
-        return make_queue_id(self.clock.seconds(), next(self._sequence))
+        return make_queue_id(self.clock.seconds(), next(self._sequence), self._node)
 
     def add_observer(self, observer: Callable[[QueueEntry], None]) -> None:
         """Call C{observer(entry)} for each entry once it is committed."""
