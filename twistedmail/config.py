@@ -31,6 +31,7 @@ __all__ = [
     "DeliverySettings",
     "DirectorySettings",
     "ListenerSettings",
+    "POP3Settings",
     "SMTPSettings",
     "ServerSettings",
     "Settings",
@@ -237,6 +238,18 @@ class SMTPSettings:
 
 
 @dataclass(frozen=True)
+class POP3Settings:
+    """``[pop3]``: limits and policy of the pop3 and pop3s listeners."""
+
+    allow_plaintext_auth: bool = _setting(False)
+    idle_timeout: float = _setting(600.0, _positive)
+    login_timeout: float = _setting(60.0, _positive)
+    max_errors: int = _setting(10, _positive)
+    max_connections: int = _setting(500, _positive)
+    max_connections_per_ip: int = _setting(20, _positive)
+
+
+@dataclass(frozen=True)
 class SpoolSettings:
     """``[spool]``: the queue and the service that delivers from it."""
 
@@ -268,6 +281,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     smtp: SMTPSettings = field(default_factory=SMTPSettings)
+    pop3: POP3Settings = field(default_factory=POP3Settings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     source: str = field(default="<defaults>", compare=False)
 
