@@ -1,0 +1,276 @@
+"""Loopback tests: Python's smtplib against the SMTP server on port 0."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.smtp_fakes import Mailbag, directory, expander_for, portal
+from twistedmail.auth.throttle import LoginThrottle
+from twistedmail.config import ServerSettings, Settings, SMTPSettings
+from twistedmail.smtp.server import SMTPServerFactory
+from twistedmail.testing import make_test_certificate
+from twistedmail.tls import ServerTLS
+
+_T = TypeVar("_T")
+
+MESSAGE = b"From: a@remote.example\r\nSubject: test\r\n\r\nHello.\r\n.leading dot\r\n"
+
+
+class _TrackingFactory(SMTPServerFactory):
+    """Fires waiters when every connection has closed."""
+
+    waiters: list[Deferred[None]]
+
+    def connection_closed(self, ip: str) -> None:
+        super().connection_closed(ip)
+        if self.connections == 0:
+            waiters, self.waiters = self.waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def all_closed(self) -> Deferred[None]:
+        if self.connections == 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self.waiters.append(d)
+        return d
+
+
+class LoopbackTests(TestCase):
+    """smtplib talks to the server over real sockets."""
+
+    def serve(
+        self, role: str = "smtp", *, implicit_tls: bool = False, **smtp: Any
+    ) -> tuple[int, Mailbag]:
+        """Listen on 127.0.0.1 port 0; return the port and the mailbag."""
+        self.cert, key = make_test_certificate(self.mktemp(), "localhost")
+        tls = ServerTLS(self.cert, key)
+        d = directory()
+        bag = Mailbag()
+        factory = _TrackingFactory(
+            Settings().with_changes(
+                server=ServerSettings(hostname="mx.local.example"),
+                smtp=SMTPSettings(**smtp),
+            ),
+            reactor,
+            role=role,
+            delivery_agent_factory=bag.agent,
+            expander=expander_for(d),
+            directory=d,
+            portal=portal(d),
+            throttle=LoginThrottle(reactor),
+            tls=tls,
+        )
+        factory.waiters = []
+        listening = tls.wrap_implicit(factory, reactor) if implicit_tls else factory
+        port = reactor.listenTCP(0, listening, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(factory.all_closed)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port, bag
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context trusting the test certificate."""
+        return ssl.create_default_context(cafile=self.cert)
+
+    def in_thread(self, f: Callable[[], _T]) -> Deferred[_T]:
+        """Run blocking client code off the reactor thread."""
+        return deferToThread(f)
+
+    @inlineCallbacks
+    def test_plain(self) -> Generator[Deferred[Any], Any, None]:
+        """A plain MX delivery with smtplib.sendmail."""
+        port, bag = self.serve()
+
+        def client() -> tuple[int, bytes]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.ehlo("client.example")
+                refused = s.sendmail(
+                    "a@remote.example", ["alice@local.example"], MESSAGE
+                )
+                assert refused == {}
+                return s.noop()
+
+        code, _ = yield self.in_thread(client)
+        self.assertEqual(code, 250)
+        (msg,) = bag.delivered
+        self.assertTrue(
+            msg.data.startswith(b"Received: from client.example ([127.0.0.1])")
+        )
+        self.assertTrue(msg.data.endswith(MESSAGE))
+        self.assertIsNone(msg.envelope.tls)
+
+    @inlineCallbacks
+    def test_refusals(self) -> Generator[Deferred[Any], Any, None]:
+        """smtplib sees the unknown user and the relay refusal."""
+        port, bag = self.serve()
+
+        def client() -> dict[str, tuple[int, bytes]]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                try:
+                    s.sendmail(
+                        "a@remote.example",
+                        ["nobody@local.example", "v@foreign.example"],
+                        MESSAGE,
+                    )
+                except smtplib.SMTPRecipientsRefused as e:
+                    return e.recipients  # type: ignore[no-any-return]
+            raise AssertionError("not refused")
+
+        refused = yield self.in_thread(client)
+        self.assertEqual(refused["nobody@local.example"][0], 550)
+        self.assertEqual(refused["v@foreign.example"][0], 550)
+        self.assertIn(b"5.7.1", refused["v@foreign.example"][1])
+        self.assertEqual(bag.delivered, [])
+
+    @inlineCallbacks
+    def test_starttls_auth_plain(self) -> Generator[Deferred[Any], Any, None]:
+        """Submission: STARTTLS, AUTH PLAIN, then a relayed message; the
+        envelope and trace header state the TLS version."""
+        port, bag = self.serve("submission")
+
+        def client() -> tuple[bool, bool, bool]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.ehlo("client.example")
+                before = s.has_extn("auth")
+                s.starttls(context=self.client_context())
+                s.ehlo("client.example")
+                after = s.has_extn("auth")
+                no_starttls = not s.has_extn("starttls")
+                s.login("alice@local.example", "secret")
+                s.sendmail("alice@local.example", ["v@foreign.example"], MESSAGE)
+                return before, after, no_starttls
+
+        before, after, no_starttls = yield self.in_thread(client)
+        self.assertEqual((before, after, no_starttls), (False, True, True))
+        env = bag.delivered[0].envelope
+        self.assertEqual(env.protocol, "ESMTPSA")
+        self.assertEqual(env.auth_user, "alice@local.example")
+        assert env.tls is not None
+        self.assertRegex(env.tls, r"^TLSv1\.[23] \S+$")
+        self.assertIn(f"with ESMTPSA ({env.tls})".encode(), bag.delivered[0].data)
+
+    @inlineCallbacks
+    def test_auth_login_and_failure(self) -> Generator[Deferred[Any], Any, None]:
+        """AUTH LOGIN works; a wrong password is 535."""
+        port, bag = self.serve("submission")
+
+        def client() -> tuple[int, int]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.starttls(context=self.client_context())
+                s.ehlo()
+                try:
+                    s.login("alice@local.example", "wrong")
+                except smtplib.SMTPAuthenticationError as e:
+                    failed = e.smtp_code
+                s.user, s.password = "bob@local.example", "hunter2"
+                code, _ = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+                return failed, code
+
+        failed, code = yield self.in_thread(client)
+        self.assertEqual((failed, code), (535, 235))
+
+    @inlineCallbacks
+    def test_implicit_tls(self) -> Generator[Deferred[Any], Any, None]:
+        """submissions: TLS from the first byte, no STARTTLS offered."""
+        port, bag = self.serve("submissions", implicit_tls=True)
+
+        def client() -> bool:
+            with smtplib.SMTP_SSL(
+                "localhost", port, timeout=10, context=self.client_context()
+            ) as s:
+                s.ehlo()
+                offered = s.has_extn("starttls")
+                s.login("alice@local.example", "secret")
+                s.sendmail("alice@local.example", ["bob@local.example"], MESSAGE)
+                return offered
+
+        offered = yield self.in_thread(client)
+        self.assertFalse(offered)
+        self.assertEqual(bag.delivered[0].envelope.protocol, "ESMTPSA")
+        self.assertIsNotNone(bag.delivered[0].envelope.tls)
+
+    @inlineCallbacks
+    def test_pipelining(self) -> Generator[Deferred[Any], Any, None]:
+        """A pipelined group sent in one write gets every reply, in order."""
+        port, bag = self.serve()
+
+        def client() -> list[int]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.ehlo()
+                assert s.has_extn("pipelining")
+                assert s.sock is not None
+                s.sock.sendall(
+                    b"MAIL FROM:<a@remote.example>\r\n"
+                    b"RCPT TO:<alice@local.example>\r\n"
+                    b"RCPT TO:<nobody@local.example>\r\n"
+                    b"RCPT TO:<bob@local.example>\r\n"
+                    b"DATA\r\n"
+                )
+                codes = [s.getreply()[0] for _ in range(5)]
+                s.sock.sendall(b"one\r\n.\r\nNOOP\r\n")
+                codes += [s.getreply()[0] for _ in range(2)]
+                return codes
+
+        codes = yield self.in_thread(client)
+        self.assertEqual(codes, [250, 250, 550, 250, 354, 250, 250])
+        self.assertEqual(len(bag.delivered[0].recipients), 2)
+
+    @inlineCallbacks
+    def test_bdat(self) -> Generator[Deferred[Any], Any, None]:
+        """CHUNKING by hand: two chunks, the second LAST."""
+        port, bag = self.serve()
+
+        def client() -> list[tuple[int, bytes]]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.ehlo()
+                assert s.has_extn("chunking")
+                s.mail("a@remote.example")
+                s.rcpt("bob@local.example")
+                s.send(b"BDAT 8\r\nSubject:")
+                first = s.getreply()
+                s.send(b"BDAT 9 LAST\r\n x\r\n\r\n.\r\n")
+                return [first, s.getreply()]
+
+        replies = yield self.in_thread(client)
+        self.assertEqual([c for c, _ in replies], [250, 250])
+        self.assertIn(b"queued as", replies[1][1])
+        self.assertTrue(bag.delivered[0].data.endswith(b"\r\nSubject: x\r\n\r\n.\r\n"))
+
+    @inlineCallbacks
+    def test_8bitmime_smtputf8(self) -> Generator[Deferred[Any], Any, None]:
+        """An 8-bit body with BODY=8BITMIME, and a UTF-8 sender with SMTPUTF8."""
+        port, bag = self.serve()
+        body = "Subject: Grüße\r\n\r\nÄpfel und Bücher\r\n".encode()
+
+        def client() -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.ehlo()
+                assert s.has_extn("8bitmime") and s.has_extn("smtputf8")
+                s.sendmail(
+                    "a@remote.example",
+                    ["alice@local.example"],
+                    body,
+                    mail_options=["BODY=8BITMIME"],
+                )
+                s.sendmail(
+                    "jöran@bücher.example",
+                    ["alice@local.example"],
+                    body,
+                    mail_options=["SMTPUTF8", "BODY=8BITMIME"],
+                )
+
+        yield self.in_thread(client)
+        first, second = bag.delivered
+        self.assertEqual(first.envelope.body_type, "8BITMIME")
+        self.assertTrue(first.data.endswith(body))
+        self.assertEqual(second.envelope.sender, "jöran@xn--bcher-kva.example")
+        self.assertTrue(second.envelope.smtputf8)
+        self.assertEqual(second.envelope.protocol, "UTF8SMTP")
