@@ -274,3 +274,34 @@ class LoopbackTests(TestCase):
         self.assertEqual(second.envelope.sender, "jöran@xn--bcher-kva.example")
         self.assertTrue(second.envelope.smtputf8)
         self.assertEqual(second.envelope.protocol, "UTF8SMTP")
+
+    @inlineCallbacks
+    def test_starttls_injection(self) -> Generator[Deferred[Any], Any, None]:
+        """Commands pipelined after STARTTLS in the same packet are dropped,
+        and the session starts over on TLS (RFC 3207 §4.2; CVE-2011-0411)."""
+        port, bag = self.serve()
+
+        def client() -> list[int]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.ehlo()
+                assert s.sock is not None
+                s.sock.sendall(
+                    b"STARTTLS\r\nMAIL FROM:<evil@x.example>\r\n"
+                    b"RCPT TO:<bob@local.example>\r\n"
+                )
+                codes = [s.getreply()[0]]
+                s.sock = self.client_context().wrap_socket(
+                    s.sock, server_hostname="localhost"
+                )
+                s.file = None
+                codes.append(s.rcpt("bob@local.example")[0])
+                codes.append(s.mail("a@remote.example")[0])
+                codes.append(s.ehlo()[0])
+                s.sendmail("a@remote.example", ["bob@local.example"], MESSAGE)
+                return codes
+
+        codes = yield self.in_thread(client)
+        self.assertEqual(codes, [220, 503, 503, 250])
+        (msg,) = bag.delivered
+        self.assertEqual(msg.envelope.sender, "a@remote.example")
+        self.assertEqual(msg.envelope.protocol, "ESMTPS")
