@@ -177,3 +177,34 @@ class CLITests(TestCase):
             timeout=120,
         )
         self.assertEqual((done.returncode, done.stderr), (0, ""))
+
+
+class SendmailCommandTests(TestCase):
+    """``twistedmail sendmail`` and ``twistedmail-sendmail`` queue a message."""
+
+    def _spawn(
+        self, argv: list[str], message: bytes
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(argv, input=message, capture_output=True, timeout=120)
+
+    def test_queues_without_server(self) -> None:
+        """Both entry points drop the message into the spool's incoming folder."""
+        data = self.mktemp()
+        config = self.mktemp()
+        with open(config, "w") as f:
+            f.write(f'[server]\ndata_dir = "{data}"\n')
+        bindir = os.path.dirname(sys.executable)
+        for argv in (
+            [os.path.join(bindir, "twistedmail"), "--config", config, "sendmail", "-i"],
+            [os.path.join(bindir, "twistedmail-sendmail"), "-C", config, "-i"],
+        ):
+            done = self._spawn([*argv, "bob@example.test"], b"Subject: hi\n\nbody\n")
+            self.assertEqual((done.returncode, done.stderr), (0, b""), argv)
+        incoming = os.path.join(data, "spool", "incoming")
+        self.assertEqual(len(os.listdir(incoming)), 2)
+
+    def test_bad_usage(self) -> None:
+        """A bad option exits 64 (EX_USAGE) like sendmail."""
+        script = os.path.join(os.path.dirname(sys.executable), "twistedmail")
+        done = self._spawn([script, "sendmail", "--bogus"], b"")
+        self.assertEqual(done.returncode, 64)

@@ -144,3 +144,44 @@ class ServiceTests(TestCase):
         with self.assertRaises(CannotListenError):
             await svc.ready
         self.flushLoggedErrors(CannotListenError)
+
+
+class DeliveryWiringTests(TestCase):
+    """The assembled service delivers what its spool takes into Maildir."""
+
+    async def test_spool_to_maildir(self) -> None:
+        """A message committed through the spool's agent reaches the user's Maildir."""
+        from twisted.internet.defer import Deferred
+
+        from twistedmail.interfaces import Envelope, Recipient
+
+        data = self.mktemp()
+        svc = makeService(_settings(data), reactor, roles={})
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        await svc.ready
+        components = svc.components
+        await components.directory.add_alias(
+            "team@mail.example.test", ("demo@mail.example.test",)
+        )
+        user = await components.directory.get_user("demo@mail.example.test")
+        maildir = components.store.mailbox_path(user)
+        delivered: Deferred[None] = Deferred()
+        self.addCleanup(
+            components.store.subscribe(
+                maildir, "INBOX", lambda: delivered.called or delivered.callback(None)
+            )
+        )
+        agent = components.spool.agent()
+        agent.start(Envelope(sender="a@remote.test", client_address="127.0.0.1"))
+        agent.add_recipient(Recipient("team@mail.example.test"))
+        agent.body(b"Subject: wired\r\n\r\nhello\r\n")
+        await agent.commit()
+        await delivered
+        new = os.path.join(data, "mail", "mail.example.test", "demo", "new")
+        names = os.listdir(new)
+        self.assertEqual(len(names), 1)
+        content = open(os.path.join(new, names[0]), "rb").read()
+        self.assertIn(b"Delivered-To: demo@mail.example.test\r\n", content)
+        self.assertIn(b"Return-Path: <a@remote.test>\r\n", content)
+        self.assertTrue(content.endswith(b"Subject: wired\r\n\r\nhello\r\n"))

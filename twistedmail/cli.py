@@ -6,6 +6,7 @@
     twistedmail [--config FILE] alias add|del|list ...
     twistedmail [--config FILE] check-config
     twistedmail [--config FILE] resolve ADDRESS
+    twistedmail [--config FILE] sendmail [sendmail options] [RECIPIENT...]
 
 It works on the configured directory (the same one the server uses; safe
 while the server runs).  Passwords come from a prompt on a terminal, or the
@@ -31,7 +32,7 @@ from twistedmail.address import Address, AddressError, normalize_domain
 from twistedmail.config import ConfigError, Settings, load_settings
 from twistedmail.interfaces import DirectoryError, IDirectoryAdmin, User
 
-__all__ = ["execute", "main"]
+__all__ = ["execute", "main", "sendmail_main"]
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -97,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     alias.add_parser("list", help="list aliases").add_argument("domain", nargs="?")
 
     sub.add_parser("check-config", help="check the configuration and the directory")
+    sub.add_parser(
+        "sendmail", help="queue a message from standard input (sendmail(8) options)"
+    ).add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("resolve", help="show how an address expands").add_argument(
         "address"
     )
@@ -344,7 +348,38 @@ def _plan(args: argparse.Namespace, stdin: IO[str], stderr: IO[str]) -> Any:
 
         return resolve
 
+    if command == "sendmail":
+        raise UsageProblem("sendmail reads binary standard input: run it as a command")
     raise UsageProblem(f"unknown command {command}")
+
+
+def _sendmail_argv(arguments: list[str]) -> list[str] | None:
+    """The sendmail arguments when the command is ``sendmail``, else None.
+
+    ``twistedmail --config F sendmail -t`` becomes ``sendmail -C F -t``.
+    """
+    config: list[str] = []
+    i = 0
+    while i < len(arguments):
+        word = arguments[i]
+        if word in ("--config", "-c") and i + 1 < len(arguments):
+            config = ["-C", arguments[i + 1]]
+            i += 2
+        elif word.startswith("--config="):
+            config = ["-C", word.split("=", 1)[1]]
+            i += 1
+        elif word.startswith("-"):
+            return None
+        else:
+            return config + arguments[i + 1 :] if word == "sendmail" else None
+    return None
+
+
+def sendmail_main() -> None:
+    """The ``twistedmail-sendmail`` console script: sendmail(8) compatible."""
+    from twistedmail.sendmail import main as sendmail
+
+    sys.exit(sendmail(sys.argv[1:]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -352,6 +387,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.internet import task
 
     arguments = list(sys.argv[1:] if argv is None else argv)
+    sendmail_argv = _sendmail_argv(arguments)
+    if sendmail_argv is not None:
+        from twistedmail.sendmail import main as sendmail
+
+        sys.exit(sendmail(sendmail_argv))
 
     def run(reactor: Any) -> Deferred[None]:
         async def go() -> None:

@@ -38,7 +38,11 @@ from twistedmail.auth.passwords import hash_password
 from twistedmail.auth.realm import make_portal
 from twistedmail.auth.throttle import LoginThrottle
 from twistedmail.config import Settings
+from twistedmail.delivery.local import LocalDelivery
 from twistedmail.interfaces import IDirectoryAdmin, User
+from twistedmail.maildir import MaildirStore
+from twistedmail.spool.runner import QueueRunner
+from twistedmail.spool.store import Spool
 from twistedmail.tls import ServerTLS, make_server_tls
 
 __all__ = ["Components", "ListenerService", "MailService", "makeService"]
@@ -49,6 +53,12 @@ log = Logger()
 IMPLICIT_TLS_ROLES = frozenset({"submissions", "pop3s", "imaps"})
 
 DEMO_ACCOUNT_FILE = "demo-account.txt"
+
+#: Threads for file I/O and fsync (spool commits share directory fsyncs, but
+#: each message file still needs one: more threads, more commits in flight).
+IO_THREADS = 16
+#: Threads for password checks (argon2id holds 64 MiB each while it runs).
+AUTH_THREADS = 4
 
 
 @dataclass
@@ -66,7 +76,11 @@ class Components:
     throttle: LoginThrottle
     expander: AliasExpander
     tls: ServerTLS | None
-    auth_pool: ThreadPool | None = None
+    store: MaildirStore
+    spool: Spool
+    local_delivery: LocalDelivery
+    run_in_thread: Callable[..., Deferred[Any]]
+    pools: list[ThreadPool] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -170,8 +184,9 @@ class MailService(MultiService):
         """Open the directory, then the listeners; see L{ready}."""
         settings = self.components.settings
         os.makedirs(settings.server.data_dir, exist_ok=True)
-        if self.components.auth_pool is not None:
-            self.components.auth_pool.start()
+        for pool in self.components.pools:
+            pool.start()
+        self.components.spool.prepare()
         # Listeners bind at once (privileged phase); the directory opens next.
         for listener in self._listeners.values():
             listener.privilegedStartService()
@@ -211,8 +226,7 @@ class MailService(MultiService):
     async def _stop(self) -> None:
         await MultiService.stopService(self)
         await self.components.directory.stop()
-        if self.components.auth_pool is not None:
-            pool = self.components.auth_pool
+        for pool in self.components.pools:
             await deferToThreadPool(
                 self.components.reactor,
                 self.components.reactor.getThreadPool(),
@@ -300,12 +314,24 @@ def makeService(
     @return: a L{MailService}; add it to an application or start it.
     """
     os.makedirs(settings.server.data_dir, exist_ok=True)
+    # Files, fsyncs and argon2 run in pools of their own, started and stopped
+    # with the service, so the server never resizes the reactor's pool.
+    io_pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name="twistedmail-io")
+    pools = [io_pool]
+
+    def run_in_thread(
+        f: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
+        return deferToThreadPool(reactor, io_pool, f, *args, **kwargs)
+
     if directory is None:
         directory = open_directory(settings, reactor)
-    auth_pool = None
     if portal is None:
-        # argon2id holds 64 MiB per check: a small pool of its own bounds that.
-        auth_pool = ThreadPool(minthreads=0, maxthreads=4, name="twistedmail-auth")
+        # argon2id holds 64 MiB per check: a small pool bounds that memory.
+        auth_pool = ThreadPool(
+            minthreads=0, maxthreads=AUTH_THREADS, name="twistedmail-auth"
+        )
+        pools.append(auth_pool)
         portal = make_portal(directory, settings, reactor, auth_pool)
     throttle = LoginThrottle(
         reactor,
@@ -313,22 +339,32 @@ def makeService(
         settings.auth.failure_delay_max,
         settings.auth.failure_window,
     )
-    needs_tls = any(role for role in settings.listeners.roles())
-    tls = make_server_tls(settings) if needs_tls else None
+    tls = make_server_tls(settings) if settings.listeners.roles() else None
+    expander = AliasExpander(directory, settings.aliases, include_reader(run_in_thread))
+    store = MaildirStore(
+        settings.data_path("mail"), settings.server.hostname, reactor, run_in_thread
+    )
+    spool = Spool(settings.data_path(settings.spool.directory), reactor, run_in_thread)
+    local = LocalDelivery(
+        store, reactor, reactor, settings.delivery, run_in_thread=run_in_thread
+    )
     components = Components(
         settings=settings,
         reactor=reactor,
         directory=directory,
         portal=portal,
         throttle=throttle,
-        expander=AliasExpander(
-            directory,
-            settings.aliases,
-            include_reader(
-                lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f)
-            ),
-        ),
+        expander=expander,
         tls=tls,
-        auth_pool=auth_pool,
+        store=store,
+        spool=spool,
+        local_delivery=local,
+        run_in_thread=run_in_thread,
+        pools=pools,
     )
-    return MailService(components, default_roles() if roles is None else roles)
+    service = MailService(components, default_roles() if roles is None else roles)
+    runner = QueueRunner(spool, expander, local, reactor, settings.spool)
+    runner.setName("queue-runner")
+    runner.setServiceParent(service)
+    components.extra["queue_runner"] = runner
+    return service
