@@ -696,19 +696,22 @@ class Mailbox:
         infos = []
         entries = self._uidlist.entries
         empty: frozenset[str] = frozenset()
+        # Most files share a handful of info suffixes ("2,S", "2,RS"...).
+        parsed: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         for base, (sub, name) in files.items():
             entry = entries.get(base)
             if entry is None:
                 continue
             if sub == "cur":
-                _, flags, letters = parse_filename(name)
-                keywords = (
-                    frozenset(
+                suffix = name[len(base) :]
+                known = parsed.get(suffix)
+                if known is None:
+                    _, flags, letters = parse_filename(name)
+                    keywords = frozenset(
                         names[ord(c) - 97] for c in letters if ord(c) - 97 in names
                     )
-                    if letters
-                    else empty
-                )
+                    known = parsed[suffix] = (flags, keywords or empty)
+                flags, keywords = known
             else:
                 flags = keywords = empty
             infos.append(
