@@ -291,9 +291,28 @@ class MailService(MultiService):
                 )
 
 
+def _smtp_role(role: str) -> RoleBuilder:
+    def build(c: Components) -> IProtocolFactory:
+        from twistedmail.smtp.server import SMTPServerFactory
+
+        return SMTPServerFactory(
+            c.settings,
+            c.reactor,
+            role=role,
+            delivery_agent_factory=c.spool.agent,
+            expander=c.expander,
+            directory=c.directory,
+            portal=c.portal,
+            throttle=c.throttle,
+            tls=c.tls,
+        )
+
+    return build
+
+
 def default_roles() -> dict[str, RoleBuilder]:
     """The role builders this version serves."""
-    return {}
+    return {role: _smtp_role(role) for role in ("smtp", "submission", "submissions")}
 
 
 def makeService(
