@@ -28,10 +28,14 @@ __all__ = [
     "AliasSettings",
     "AuthSettings",
     "ConfigError",
+    "DNSSettings",
     "DeliverySettings",
     "DirectorySettings",
     "ListenerSettings",
+    "RelaySettings",
     "POP3Settings",
+    "QueueSettings",
+    "SRSSettings",
     "SMTPSettings",
     "ServerSettings",
     "Settings",
@@ -260,6 +264,36 @@ class SpoolSettings:
     incoming_poll_interval: float = _setting(1.0, _positive)
 
 
+def _schedule(values: tuple[float, ...]) -> str | None:
+    if not values:
+        return "must list at least one delay"
+    return None if all(v > 0 for v in values) else "delays must be positive"
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """``[queue]``: the outbound queue (relay retries, expiry, notices)."""
+
+    retry_schedule: tuple[float, ...] = _setting(
+        (300.0, 600.0, 1200.0, 2400.0, 7200.0), _schedule
+    )
+    max_lifetime: float = _setting(5 * 86400.0, _positive)
+    delay_warning: float = _setting(4 * 3600.0, _not_negative)
+    max_concurrency: int = _setting(20, _positive)
+    max_per_domain: int = _setting(5, _positive)
+    connection_reuse: int = _setting(100, _positive)
+
+
+@dataclass(frozen=True)
+class SRSSettings:
+    """``[srs]``: the Sender Rewriting Scheme for forwarded mail."""
+
+    enabled: bool = _setting(True)
+    secret: str = _setting("")
+    domain: str = _setting("", _domain_or_empty)
+    max_age: int = _setting(21, _positive)
+
+
 @dataclass(frozen=True)
 class DeliverySettings:
     """``[delivery]``: local delivery to programs and files."""
@@ -267,6 +301,81 @@ class DeliverySettings:
     program_timeout: float = _setting(300.0, _positive)
     program_shell: bool = _setting(False)
     program_path: str = _setting("/usr/local/bin:/usr/bin:/bin")
+
+
+def _nameservers(values: tuple[str, ...]) -> str | None:
+    from twistedmail.smtp.mx import parse_nameserver
+
+    for v in values:
+        try:
+            parse_nameserver(v)
+        except ValueError:
+            return f"{v!r} is not an IP address with an optional :port"
+    return None
+
+
+def _tries(values: tuple[float, ...]) -> str | None:
+    if not values:
+        return "must list at least one timeout"
+    return None if all(v > 0 for v in values) else "timeouts must be positive"
+
+
+@dataclass(frozen=True)
+class DNSSettings:
+    """``[dns]``: the resolver used to find mail servers (MX records)."""
+
+    nameservers: tuple[str, ...] = _setting((), _nameservers)
+    timeout: tuple[float, ...] = _setting((1.0, 3.0, 11.0, 45.0), _tries)
+
+
+TLSPolicy = Literal["opportunistic", "required", "verify"]
+
+
+def _smarthost(value: str) -> str | None:
+    if not value:
+        return None
+    from twistedmail.smtp.routing import parse_host_port
+
+    try:
+        parse_host_port(value, 25)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _policy_domains(values: dict[str, str]) -> str | None:
+    return _domains(tuple(values))
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """``[relay]``: sending mail to other servers (MX hosts or a smarthost)."""
+
+    helo_name: str = _setting("", _domain_or_empty)
+    port: int = _setting(25, _positive)
+    tls: TLSPolicy = _setting("opportunistic")
+    tls_policy: dict[str, TLSPolicy] = field(
+        default_factory=dict, metadata={"check": _policy_domains}
+    )
+    ca_file: str = _setting("")
+    smarthost: str = _setting("", _smarthost)
+    smarthost_domains: tuple[str, ...] = _setting((), _domains)
+    smarthost_tls: Literal["opportunistic", "required", "verify", "implicit"] = (
+        _setting("required")
+    )
+    smarthost_username: str = _setting("")
+    smarthost_password: str = _setting("")
+    smarthost_password_file: str = _setting("")
+    allow_plaintext_auth: bool = _setting(False)
+    chunking: bool = _setting(False)
+    connect_timeout: float = _setting(30.0, _positive)
+    greeting_timeout: float = _setting(300.0, _positive)
+    command_timeout: float = _setting(300.0, _positive)
+    mail_timeout: float = _setting(300.0, _positive)
+    rcpt_timeout: float = _setting(300.0, _positive)
+    data_init_timeout: float = _setting(120.0, _positive)
+    data_block_timeout: float = _setting(180.0, _positive)
+    data_done_timeout: float = _setting(600.0, _positive)
 
 
 @dataclass(frozen=True)
@@ -280,9 +389,13 @@ class Settings:
     aliases: AliasSettings = field(default_factory=AliasSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    srs: SRSSettings = field(default_factory=SRSSettings)
     smtp: SMTPSettings = field(default_factory=SMTPSettings)
     pop3: POP3Settings = field(default_factory=POP3Settings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    dns: DNSSettings = field(default_factory=DNSSettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
     source: str = field(default="<defaults>", compare=False)
 
     def data_path(self, *parts: str) -> str:
@@ -322,6 +435,10 @@ def _convert(value: Any, annotation: Any) -> Any:
         if value not in args:
             raise ValueError("must be one of " + ", ".join(repr(a) for a in args))
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a table")
+        return {_convert(k, args[0]): _convert(v, args[1]) for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list):
             raise ValueError("must be a list")
