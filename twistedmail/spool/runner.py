@@ -36,17 +36,31 @@ entries with ``remote`` recipients stay for the outbound queue manager.
 
 At most C{max_active_deliveries} deliveries run at once, and as many entries
 are worked on at once; C{stopService} waits for those in flight.
+
+Working with the outbound queue (L{twistedmail.spool.relay}): both services
+read, change and rewrite whole status records, so they share an
+L{EntryLocks}; the runner holds an entry's lock for a whole attempt and
+reloads the entry under it (except an entry it was just handed by the spool,
+which nobody else has seen yet).  After each attempt the C{settled} hook gets
+the new entry before it is written: it sends the bounces and notices and
+returns the entry to write.  C{backoff} replaces the doubling retry delay
+with the ``[queue]`` schedule.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredLock,
+    DeferredSemaphore,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -74,13 +88,60 @@ from twistedmail.spool.store import (
     Spool,
 )
 
-__all__ = ["BAD_ADDRESS", "Expander", "LocalAgent", "QueueRunner"]
+__all__ = [
+    "BAD_ADDRESS",
+    "EntryLocks",
+    "Expander",
+    "LocalAgent",
+    "QueueRunner",
+    "SettledHook",
+]
 
 log = Logger()
 
 BAD_ADDRESS = Reply(550, "5.1.3", "Bad recipient address syntax")
 LOOKUP_FAILED = Reply(451, "4.3.0", "Temporary lookup failure")
 DELIVERY_ERROR = Reply(451, "4.3.0", "Internal error")
+
+
+_T = TypeVar("_T")
+
+
+class EntryLocks:
+    """One lock per queue entry, shared by everything in the server process
+    that rewrites entries (the runner, the relay, the queue tools' control
+    channel), so that no read-change-write cycle loses another's update."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, DeferredLock] = {}
+
+    def run(self, queue_id: str, f: Callable[[], Deferred[_T]]) -> Deferred[_T]:
+        """Call C{f} while holding the entry's lock; fire with its result."""
+        lock = self._locks.get(queue_id)
+        if lock is None:
+            lock = self._locks[queue_id] = DeferredLock()
+
+        def release(result: object) -> object:
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(queue_id, None)
+            return result
+
+        d: Deferred[_T] = lock.run(f)
+        d.addBoth(release)
+        return d
+
+    def locked(self, queue_id: str) -> bool:
+        """Whether someone holds the entry's lock now."""
+        lock = self._locks.get(queue_id)
+        return lock is not None and lock.locked
+
+
+class SettledHook(Protocol):
+    """Called with an entry after an attempt, before it is written: sends
+    bounces and notices and returns the entry to write."""
+
+    def __call__(self, entry: QueueEntry, /) -> Deferred[QueueEntry]:
+        """The entry to write (or remove, when it is done)."""
 
 
 class Expander(Protocol):
@@ -134,6 +195,10 @@ class QueueRunner(Service):
     @param local_agent: local delivery (L{twistedmail.delivery.local}).
     @param clock: for polling, retries and attempt times.
     @param settings: the ``[spool]`` settings.
+    @param locks: the entry locks shared with the relay and queue tools.
+    @param settled: the hook called after each attempt (module docstring).
+    @param backoff: seconds to wait after the given number of attempts,
+        instead of the doubling C{retry_delay}.
     """
 
     def __init__(
@@ -143,7 +208,14 @@ class QueueRunner(Service):
         local_agent: LocalAgent,
         clock: IReactorTime,
         settings: SpoolSettings | None = None,
+        *,
+        locks: EntryLocks | None = None,
+        settled: SettledHook | None = None,
+        backoff: Callable[[int], float] | None = None,
     ) -> None:
+        self._locks = locks
+        self._settled = settled
+        self._backoff_function = backoff
         self._spool = spool
         self._expander = expander
         self._local = local_agent
@@ -214,10 +286,14 @@ class QueueRunner(Service):
 
     def _committed(self, entry: QueueEntry) -> None:
         if self.running:
-            self._consider(entry)
+            self._consider(entry, fresh=True)
 
-    def _consider(self, entry: QueueEntry) -> None:
-        """Schedule an entry according to its recipients."""
+    def _consider(self, entry: QueueEntry, fresh: bool = False) -> None:
+        """Schedule an entry according to its recipients.
+
+        @param fresh: the entry was just committed (nobody else changed it);
+            others are read again under the lock before an attempt.
+        """
         queue_id = entry.queue_id
         if entry.held or queue_id in self._queued or queue_id in self._active:
             return
@@ -229,7 +305,8 @@ class QueueRunner(Service):
         if due <= self._clock.seconds():
             self._waiting.pop(queue_id, None)
             self._queued.add(queue_id)
-            self._ready.append((queue_id, entry))
+            keep = fresh or self._locks is None
+            self._ready.append((queue_id, entry if keep else None))
             self._pump()
         else:
             self._waiting[queue_id] = due
@@ -270,7 +347,13 @@ class QueueRunner(Service):
 
     async def _guarded(self, queue_id: str, entry: QueueEntry | None) -> None:
         try:
-            await self._process(queue_id, entry)
+            if self._locks is None:
+                await self._process(queue_id, entry)
+            else:
+                await self._locks.run(
+                    queue_id,
+                    lambda: Deferred.fromCoroutine(self._process(queue_id, entry)),
+                )
         except Exception:
             log.failure("queue entry {id} failed", id=queue_id)
             if self.running:
@@ -319,6 +402,8 @@ class QueueRunner(Service):
         await self._deliver(entry, outcomes, message)
         records = self._results(entry, records, outcomes, now)
         entry = replace(entry, recipients=tuple(records))
+        if self._settled is not None:
+            entry = await self._settled(entry)
         if entry.is_done:
             await self._spool.remove(queue_id)
             return
@@ -419,7 +504,8 @@ class QueueRunner(Service):
             temporary: list[tuple[Reply, str]] = []
             permanent: list[tuple[Reply, str]] = []
             done = list(r.done)
-            delivered = any(not d.startswith("remote:") for d in done)
+            # "notice:" keys record DSNs sent (see the relay), not copies.
+            delivered = any(not d.startswith(("remote:", "notice:")) for d in done)
             itself_remote = False
             if o.error is not None:
                 bucket = temporary if o.error.reply.is_temporary else permanent
@@ -495,5 +581,7 @@ class QueueRunner(Service):
 
     def _backoff(self, attempts: int) -> float:
         """Seconds to wait after the given number of attempts (at least 1)."""
+        if self._backoff_function is not None:
+            return self._backoff_function(attempts)
         delay = self._settings.retry_delay * 2 ** max(0, min(attempts - 1, 30))
         return float(min(delay, self._settings.retry_delay_max))
