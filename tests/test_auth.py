@@ -726,13 +726,16 @@ class LoginTests(SynchronousTestCase):
 
     def test_success_resets(self) -> None:
         """A successful login resets the address's back-off."""
-        for _ in range(3):
-            self.attempt("alice", "wrong")
+        earlier = [self.attempt("alice", "wrong") for _ in range(3)]
         self.successResultOf(self.attempt("alice", "right"))
         self.assertEqual(self.throttle.failures("192.0.2.7"), 0)
         d = self.attempt("alice", "wrong")
         self.clock.advance(1)
         self.failureResultOf(d, UnauthorizedLogin)
+        # The earlier refusals still come, after their own (longer) delays.
+        self.clock.advance(4)
+        for refused in earlier:
+            self.failureResultOf(refused, UnauthorizedLogin)
 
     def test_bytes_credentials(self) -> None:
         """Bytes username and password (from SASL) work like text."""
