@@ -99,6 +99,15 @@ class ErrorTests(SynchronousTestCase):
         """A section given as a value is refused."""
         self.assertProblem({"server": 3}, "[server]", "table")
 
+    def test_only_listeners(self) -> None:
+        """ListenerSettings.only keeps the named roles and turns the rest off."""
+        from twistedmail.config import ListenerSettings
+
+        only = ListenerSettings.only(smtp="tcp:port=0")
+        self.assertEqual(only.roles(), {"smtp": "tcp:port=0"})
+        with self.assertRaises(ValueError):
+            ListenerSettings.only(smpt="tcp:port=0")
+
     def test_disable_listener(self) -> None:
         """false disables a role."""
         s = settings_from_dict({"listeners": {"pop3": False}})

@@ -149,6 +149,18 @@ class ListenerSettings:
     #: LMTP (RFC 2033) for a front MTA handing over local mail; off by default.
     lmtp: str | None = _setting(None, _endpoint)
 
+    @classmethod
+    def only(cls, **roles: str) -> ListenerSettings:
+        """Listeners for the given roles only, every other role off.
+
+        ``ListenerSettings.only(smtp="tcp:port=0:interface=127.0.0.1")``
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(roles) - names)
+        if unknown:
+            raise ValueError(f"unknown listener role {unknown[0]!r}")
+        return cls(**{name: roles.get(name) for name in names})
+
     def roles(self) -> dict[str, str]:
         """The enabled roles and their descriptions."""
         return {
