@@ -216,10 +216,20 @@ class SizeCache:
                 total += self._dir_total(os.path.join(maildir, sub, part))
         return total
 
-    def invalidate(self, path: str) -> None:
-        """Forget a directory's total (after writing into it: a change in
-        the same clock tick as the last read leaves its mtime unchanged)."""
-        self._dirs.pop(path, None)
+    def added(self, path: str, size: int) -> None:
+        """Count a message just linked into a directory without re-reading
+        it (a change in the same timestamp tick as the last read would not
+        show in the mtime, and big ``new/`` directories are slow to list).
+        Another writer's change in that same tick is missed until the next
+        change: the quota is approximate by that much."""
+        cached = self._dirs.get(path)
+        if cached is None:
+            return
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return
+        self._dirs[path] = (mtime, cached[1] + size)
 
     def _dir_total(self, path: str) -> int:
         try:

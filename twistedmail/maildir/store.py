@@ -30,8 +30,7 @@ import itertools
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, NamedTuple, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
@@ -105,9 +104,9 @@ class NoSuchMessageError(MaildirError, KeyError):
     """No message with that UID (it was never there, or it is gone)."""
 
 
-@dataclass(frozen=True, slots=True)
-class MessageInfo:
-    """What the store knows of one message without reading it.
+class MessageInfo(NamedTuple):
+    """What the store knows of one message without reading it (immutable;
+    a named tuple because a folder may hold 100,000 of them).
 
     @ivar uid: the UID, stable for the folder's UIDVALIDITY.
     @ivar base: the base name (POP3 UIDL uses it; never changes).
@@ -298,14 +297,17 @@ class MaildirStore:
                 journal.record(token, base, now)
         tmp = os.path.join(path, "tmp", self.new_base(len(message), token, now))
         write_message(tmp, message)
+        linked = False
         try:
             os.link(tmp, os.path.join(path, "new", base))
+            linked = True
         except FileExistsError:
             pass  # a racing attempt of the same delivery linked it first
         finally:
             os.unlink(tmp)
         fsync_directory(os.path.join(path, "new"))
-        self._sizes.invalidate(os.path.join(path, "new"))
+        if linked:
+            self._sizes.added(os.path.join(path, "new"), len(message))
         return base
 
     def mailbox_size(self, path: str) -> int:
@@ -511,6 +513,7 @@ class Mailbox:
         self.path = path
         self._cache = MessageCache(path)
         self._uidlist = UIDList(0)
+        self._uidlist_stat: tuple[int, int, int] | None = None
         self._keywords = KeywordMap()
         self._signature: tuple[object, ...] | None = None
         self._infos: list[MessageInfo] = []
@@ -553,13 +556,12 @@ class Mailbox:
 
     def _disk_signature(self) -> tuple[object, ...] | None:
         parts: list[object] = []
-        now_ns = int(self.store.now() * 1e9)
         for sub in ("new", "cur"):
             try:
                 st = os.stat(os.path.join(self.path, sub))
             except FileNotFoundError:
                 raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
-            if abs(now_ns - st.st_mtime_ns) < _MTIME_SLACK_NS:
+            if self._recent(st.st_mtime_ns):
                 return None
             parts.append(st.st_mtime_ns)
         for name in (UIDLIST_NAME, "twistedmail-keywords"):
@@ -569,6 +571,17 @@ class Mailbox:
             except FileNotFoundError:
                 parts.append(None)
         return tuple(parts)
+
+    def _recent(self, mtime_ns: int) -> bool:
+        return abs(int(self.store.now() * 1e9) - mtime_ns) < _MTIME_SLACK_NS
+
+    def _list_stat(self) -> tuple[int, int, int] | None:
+        # The list is only ever replaced by rename, so a new inode.
+        try:
+            st = os.stat(os.path.join(self.path, UIDLIST_NAME))
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _scan(self) -> dict[str, tuple[str, str]]:
         """Base name to (subdirectory, file name) for every message file.
@@ -631,10 +644,19 @@ class Mailbox:
         if not force and signature is not None and signature == self._signature:
             return False
         files = self._scan()
-        try:
-            ul: UIDList | None = read_uidlist(self.path)
-        except UIDListError:
-            ul = None
+        ul: UIDList | None = None
+        if self._uidlist_stat is not None and self._uidlist_stat == self._list_stat():
+            ul = self._uidlist  # unchanged since we read or wrote it
+        else:
+            before = self._list_stat()
+            try:
+                ul = read_uidlist(self.path)
+            except UIDListError:
+                pass
+            self._uidlist_stat = before if before == self._list_stat() else None
+        if self._uidlist_stat is not None and self._recent(self._uidlist_stat[1]):
+            # An inode number reused within one timestamp tick could fool us.
+            self._uidlist_stat = None
         if (
             ul is None
             or len(ul.entries) != len(files)
@@ -686,6 +708,7 @@ class Mailbox:
             ul.remove(gone)
             if dirty or fresh or gone:
                 write_uidlist(self.path, ul)
+            self._uidlist_stat = self._list_stat()
         if gone:
             self._cache.forget(gone)
         files = {b: w for b, w in files.items() if b in ul.entries}
@@ -754,7 +777,7 @@ class Mailbox:
         where = find_delivered(self.path, info.base)
         if where is None:
             raise NoSuchMessageError(f"message with UID {uid} is gone")
-        self._replace(replace(info, filename=where))
+        self._replace(info._replace(filename=where))
         with self.store.opener(os.path.join(self.path, where)) as f:
             return f.read()
 
@@ -821,7 +844,7 @@ class Mailbox:
         names = frozenset(
             n for n in (self._keywords.name_of(c) for c in letters) if n is not None
         )
-        info = replace(info, filename=filename, flags=flags, keywords=names)
+        info = info._replace(filename=filename, flags=flags, keywords=names)
         self._replace(info)
         self.store.notify(self.maildir, self.name)
         return info

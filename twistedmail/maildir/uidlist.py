@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "UIDEntry",
@@ -63,8 +64,7 @@ class UIDListError(ValueError):
     """A UID list that cannot be parsed."""
 
 
-@dataclass(frozen=True, slots=True)
-class UIDEntry:
+class UIDEntry(NamedTuple):
     """One message in the UID list.
 
     @ivar uid: its UID.
