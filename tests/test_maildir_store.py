@@ -109,6 +109,32 @@ class MailboxTests(StoreCase):
         self.assertEqual([i.uid for i in mailbox.messages()], [2])
         self.assertFalse(mailbox.refresh())
 
+    def test_take_recent(self) -> None:
+        """Recent messages go to exactly one session: the first to claim
+        them moves them to cur/."""
+        for i in range(2):
+            self.deliver(b"m", f"Q{i}")
+        first = self.store.open_mailbox(self.path)
+        second = self.store.open_mailbox(self.path)
+        self.assertEqual(first.take_recent(), [1, 2])
+        self.assertEqual(second.take_recent(), [])
+        self.assertFalse(any(i.recent for i in first.messages()))
+        self.assertEqual(second.read(2), b"m")
+        self.deliver(b"n", "Q3")
+        second.refresh()
+        self.assertEqual(second.take_recent(), [3])
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "cur"))), 3)
+
+    def test_stale_tmp_removed(self) -> None:
+        """Files in tmp/ older than 36 hours are removed on open; newer ones
+        (a delivery in progress) stay."""
+        self.store.open_mailbox(self.path)
+        now = self.clock.seconds()
+        write_file(os.path.join(self.path, "tmp", "old"), b"x", now - 37 * 3600)
+        write_file(os.path.join(self.path, "tmp", "young"), b"x", now - 3600)
+        self.store.open_mailbox(self.path)
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), ["young"])
+
     def test_ignores_dot_files(self) -> None:
         """Hidden files in cur/ and new/ are not messages."""
         self.store.open_mailbox(self.path)

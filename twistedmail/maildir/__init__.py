@@ -26,7 +26,7 @@ Public names (stable):
   bool}, C{read(uid) -> bytes}, C{get_file(uid)}, C{set_flags(uid, flags,
   keywords)}, C{add(message, flags, keywords, internal_date) -> uid},
   C{copy(uids, target) -> {old: new}}, C{expunge(uids) -> [uid]},
-  C{keywords()}, C{cache_get(base, key)}, C{cache_put(base, key, value)},
+  C{take_recent() -> [uid]}, C{keywords()}, C{cache_get(base, key)}, C{cache_put(base, key, value)},
   C{close()}.
 
 - L{MessageInfo}: C{uid, base, filename, size, internal_date, flags,

@@ -88,6 +88,7 @@ _SUBSCRIPTIONS = "subscriptions"
 # A directory mtime this close to the present may still change within the
 # same file system timestamp tick, so a scan made now is not trusted later.
 _MTIME_SLACK_NS = 2_000_000_000
+_TMP_MAX_AGE = 36 * 3600
 
 log = Logger()
 
@@ -366,9 +367,23 @@ class MaildirStore:
                 raise NoSuchFolderError(f"no folder {folder!r}")
             ensure_maildir(directory)
             name = folder
+        self._clean_tmp(directory)
         mailbox = Mailbox(self, path, name, directory)
         mailbox.refresh()
         return mailbox
+
+    def _clean_tmp(self, directory: str) -> None:
+        """Remove files left in ``tmp/`` for over 36 hours (the qmail rule:
+        a delivery that old died)."""
+        tmp = os.path.join(directory, "tmp")
+        limit = self.now() - _TMP_MAX_AGE
+        for name in os.listdir(tmp):
+            full = os.path.join(tmp, name)
+            try:
+                if os.lstat(full).st_mtime < limit:
+                    os.unlink(full)
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                continue
 
     def _folder_directories(self, path: str) -> list[str]:
         try:
@@ -963,6 +978,30 @@ class Mailbox:
             del self._by_uid[uid]
         self.store.notify(self.maildir, self.name)
         return sorted(removed)
+
+    def take_recent(self) -> list[int]:
+        """Claim the snapshot's messages still in ``new/`` by moving them to
+        ``cur/``: the caller is the one session that reports them as
+        ``\\Recent`` (RFC 3501 §2.3.2).  A message another session moved
+        first is not returned.
+
+        @return: the UIDs claimed, ascending.
+        """
+        taken = []
+        for info in list(self._infos):
+            if not info.recent:
+                continue
+            filename = "cur/" + format_filename(info.base, info.flags)
+            try:
+                os.rename(
+                    os.path.join(self.path, info.filename),
+                    os.path.join(self.path, filename),
+                )
+            except FileNotFoundError:
+                continue
+            self._replace(info._replace(filename=filename))
+            taken.append(info.uid)
+        return taken
 
     def close(self) -> None:
         """Release what the mailbox holds open (the cache database)."""
