@@ -1273,3 +1273,30 @@ class OpenDirectoryTests(TestCase):
             parse_aliases(open(absolute).read(), absolute, ("a.test",)),
             {"team@a.test": ("x@a.test",)},
         )
+
+
+class ExampleFilesTests(SynchronousTestCase):
+    """The example files in etc/ are valid for the files backend."""
+
+    def test_examples_parse(self) -> None:
+        """etc/domains, etc/users and etc/aliases load and say what they show."""
+        from twistedmail.aliases.files import parse_aliases, parse_domains, parse_users
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+        def read(name: str) -> str:
+            with open(os.path.join(here, "etc", name)) as f:
+                return f.read()
+
+        domains = parse_domains(read("domains"), "etc/domains")
+        self.assertEqual(domains, ("example.org", "lists.example.org"))
+        users = parse_users(read("users"), "etc/users", domains)
+        self.assertEqual([u.address for u in users], ["alice@example.org", "bob@example.org"])
+        self.assertEqual(users[1].quota, 1073741824)
+        aliases = parse_aliases(read("aliases"), "etc/aliases", domains)
+        self.assertEqual(
+            aliases["team@example.org"],
+            ("alice@example.org", "bob@example.org", "carol@partner.example.net"),
+        )
+        self.assertEqual(aliases["@lists.example.org"], ("alice@example.org",))
+        self.assertEqual(aliases["root"], ("alice@example.org",))
