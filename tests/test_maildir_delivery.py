@@ -110,6 +110,18 @@ class DeliverTests(SynchronousTestCase):
             os.listdir(os.path.join(self.path, "new")), ["1789999999.Mx.host,S=22"]
         )
 
+    def test_crash_before_link_other_size(self) -> None:
+        """If the retried message differs in size from the recorded name, a
+        new name is recorded so that ,S= stays true."""
+        os.makedirs(self.path)
+        journal = DeliveryJournal(self.path)
+        with journal.lock():
+            journal.record(token_hash("Q1.alice"), "1789999999.Mx.host,S=99", 0)
+        base = self.deliver()
+        self.assertTrue(base.endswith(f",S={len(MESSAGE)}"), base)
+        self.assertEqual(self.deliver(), base)
+        self.assertEqual(os.listdir(os.path.join(self.path, "new")), [base])
+
     def test_torn_journal_line(self) -> None:
         """A half-written last journal line (crash while appending) is
         ignored and does not spoil later records."""

@@ -286,6 +286,10 @@ class MaildirStore:
             base = journal.lookup(token)
             if base is not None and find_delivered(path, base) is not None:
                 return base
+            if base is not None and size_from_base(base) not in (None, len(message)):
+                # Never linked, and this attempt's bytes differ in size: a
+                # fresh name keeps ",S=" truthful.
+                base = None
             if quota is not None:
                 used = self.mailbox_size(path)
                 if used + len(message) > quota:
