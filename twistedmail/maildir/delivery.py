@@ -21,8 +21,8 @@ Journal on-disk format, version 1 (UTF-8 text, one record a line)::
     twistedmail-delivered 1
     <token hash> <base name>
 
-The hash is the first 20 hex digits of SHA-256 of the token (the same hash
-is in the base name after ``U``).  Records are appended under
+The hash is the first 20 hex digits of SHA-256 of the token (its first 8
+are in the base name after ``U``, to trace a file to its delivery).  Records are appended under
 ``twistedmail-deliver.lock``; a torn last line (crash while appending) is
 ignored.  When the journal passes 1 MiB it is rewritten (temp, fsync,
 rename) keeping the records of the last 30 days, far longer than the queue

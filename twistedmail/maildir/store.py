@@ -298,9 +298,12 @@ class MaildirStore:
                         f"quota {quota} exceeded ({used} used, {len(message)} more)",
                     )
             if base is None:
-                base = self.new_base(len(message), token, now)
+                # Eight hex digits trace the file to its delivery; the
+                # journal holds the full hash.  Short names suit POP3 UIDL
+                # (at most 70 characters, RFC 1939 §7).
+                base = self.new_base(len(message), token[:8], now)
                 journal.record(token, base, now)
-        tmp = os.path.join(path, "tmp", self.new_base(len(message), token, now))
+        tmp = os.path.join(path, "tmp", self.new_base(len(message), token[:8], now))
         write_message(tmp, message)
         linked = False
         try:
