@@ -31,6 +31,7 @@ __all__ = [
     "DNSSettings",
     "DeliverySettings",
     "DirectorySettings",
+    "IMAPSettings",
     "ListenerSettings",
     "RelaySettings",
     "POP3Settings",
@@ -266,6 +267,19 @@ class POP3Settings:
 
 
 @dataclass(frozen=True)
+class IMAPSettings:
+    """``[imap]``: limits of the imap and imaps listeners.
+
+    ``max_line`` bounds one command's text (RFC 7162 §4 asks for at least
+    8192 octets); ``max_literal`` bounds the literal octets of one command
+    (an APPENDed message), refused before any is read.
+    """
+
+    max_line: int = _setting(64 * 1024, _positive)
+    max_literal: int = _setting(35 * 1024 * 1024, _positive)
+
+
+@dataclass(frozen=True)
 class SpoolSettings:
     """``[spool]``: the queue and the service that delivers from it."""
 
@@ -405,6 +419,7 @@ class Settings:
     srs: SRSSettings = field(default_factory=SRSSettings)
     smtp: SMTPSettings = field(default_factory=SMTPSettings)
     pop3: POP3Settings = field(default_factory=POP3Settings)
+    imap: IMAPSettings = field(default_factory=IMAPSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     dns: DNSSettings = field(default_factory=DNSSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
