@@ -1078,6 +1078,13 @@ class FramingTests(SynchronousTestCase):
             Append("a", "INBOX", body),
         )
 
+    def test_braces_in_quotes(self) -> None:
+        """Braces inside a quoted string are text, after it a literal."""
+        self.assertEqual(
+            parse(b'a LOGIN "p{3}" {1}\r\nx\r\n'),
+            [ContinuationNeeded(size=1), Login("a", "p{3}", "x")],
+        )
+
     def test_non_sync_no_continuation(self) -> None:
         """A {n+} literal is read at once, with no continuation (RFC 7888)."""
         self.assertEqual(
@@ -1119,6 +1126,12 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(events, [LiteralTooLarge("a", 2147483648)])
         self.assertEqual(parser.buffered_size, 0)
         self.assertEqual(parser.receive_data(b"b NOOP\r\n"), [Noop("b")])
+
+    def test_too_large_untagged(self) -> None:
+        """Without a readable tag, LiteralTooLarge has None."""
+        self.assertEqual(
+            parse(b"* APPEND x {999999999}\r\n"), [LiteralTooLarge(None, 999999999)]
+        )
 
     def test_huge_non_sync_literal_skipped(self) -> None:
         """A refused {n+} literal is skipped, then the rest of its line."""

@@ -1124,6 +1124,25 @@ _SEARCH_DATES: dict[str, tuple[Literal["before", "on", "since"], bool]] = {
 class CommandParser:
     """Turns the client's octets into IMAP command events (sans-I/O).
 
+    An adapter drives it like this (the server's own logic elided)::
+
+        def dataReceived(self, data: bytes) -> None:
+            self._handle(self._parser.receive_data(data))
+
+        def _handle(self, events: list[Event]) -> None:
+            for event in events:
+                if isinstance(event, ContinuationNeeded):
+                    self.transport.write(format_continuation(event.text))
+                elif isinstance(event, Idle):
+                    self.transport.write(format_continuation("idling"))
+                    self._handle(self._parser.expect_done())
+                ...
+
+    After L{StartTLS}, L{Authenticate}, L{Idle} and L{AuthenticateResponse}
+    the parser is paused until the server calls L{resume},
+    L{expect_sasl_response} or L{expect_done} (also when it refuses the
+    command); those return the events of the input held meanwhile.
+
     @param max_line: the most octets one command's text may take (the CRLFs
         included, the literals' contents not).
     @param max_literal: the most literal octets one command may carry.

@@ -512,9 +512,10 @@ class Search(Command):
 
     @ivar key: the whole query; several top-level keys form a L{SearchAnd}.
     @ivar charset: the upper-cased CHARSET, or None.  Strings are decoded as
-        UTF-8 for None, ``UTF-8`` and ``US-ASCII``; for any other charset they
-        are decoded with it when Python knows it (errors replaced), so the
-        server can answer ``NO [BADCHARSET]`` as it chooses.
+        UTF-8 for None, ``UTF-8`` and ``US-ASCII`` (invalid UTF-8 is BAD); for
+        any other charset they are decoded as UTF-8 with errors replaced, and
+        the server is expected to answer ``NO [BADCHARSET (UTF-8 US-ASCII)]``
+        (RFC 3501 §6.4.4) without using them.
     @ivar return_options: None without ``RETURN``; else the upper-cased
         ESEARCH options (``MIN``, ``MAX``, ``ALL``, ``COUNT``, ``SAVE``); an
         empty ``RETURN ()`` means ``ALL`` (RFC 4731 §3.1).
