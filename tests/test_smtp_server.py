@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import base64
+import os
+from collections.abc import Callable
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
-from tests.smtp_fakes import Mailbag, directory, expander_for, portal
+from tests.smtp_fakes import FakeAgent, Mailbag, directory, expander_for, portal
+from twistedmail.aliases.directory import MemoryDirectory
 from twistedmail.auth.throttle import LoginThrottle
-from twistedmail.config import ServerSettings, Settings, SMTPSettings
-from twistedmail.interfaces import IDirectory
+from twistedmail.config import AliasSettings, ServerSettings, Settings, SMTPSettings
+from twistedmail.interfaces import IDeliveryAgent, IDirectory
 from twistedmail.replies import PermanentError, Reply
 from twistedmail.smtp.server import (
     SMTPServerFactory,
     SMTPServerProtocol,
     received_header,
 )
+from twistedmail.spool.store import Spool
 
 HELLO = b"EHLO client.example\r\n"
 
@@ -33,19 +38,22 @@ def make_factory(
     auth: bool = False,
     trusted: tuple[str, ...] = (),
     dir_: IDirectory | None = None,
+    aliases: AliasSettings | None = None,
+    agents: Callable[[], IDeliveryAgent] | None = None,
 ) -> SMTPServerFactory:
     """A factory over the fake directory, agent and portal."""
     d = directory()
     settings = Settings().with_changes(
         server=ServerSettings(hostname="mx.local.example"),
         smtp=smtp or SMTPSettings(),
+        aliases=aliases or AliasSettings(),
     )
     clock = clock or Clock()
     return SMTPServerFactory(
         settings,
         clock,
         role=role,
-        delivery_agent_factory=(bag or Mailbag()).agent,
+        delivery_agent_factory=agents or (bag or Mailbag()).agent,
         expander=expander_for(d),
         directory=dir_ or d,
         portal=portal(d) if auth else None,
@@ -294,18 +302,137 @@ class RelayTests(SynchronousTestCase):
         c.send(b"MAIL FROM:<alice@local.example>\r\n")
         self.assertEqual(c.lines(b"RCPT TO:<v@foreign.example>\r\n"), ["250 2.1.5"])
 
-    def test_bare_postmaster(self) -> None:
-        """<Postmaster> is postmaster at our hostname (local here)."""
+
+class PostmasterTests(SynchronousTestCase):
+    """The bare <Postmaster> is always accepted (RFC 5321 §4.5.1) and goes to
+    a mailbox we can deliver to."""
+
+    def recipients(self, factory: SMTPServerFactory, bag: Mailbag) -> list[str]:
+        """Send a message to <Postmaster> (and alice); the agent's recipients."""
+        c = Client(factory)
+        out = c.lines(
+            HELLO + b"MAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\n"
+            b"RCPT TO:<alice@local.example>\r\nDATA\r\nhi\r\n.\r\n"
+        )
+        self.assertEqual(out[-4:], ["250 2.1.5", "250 2.1.5", "354", "250 2.0.0"])
+        (msg,) = bag.delivered
+        return [r.address for r in msg.recipients]
+
+    def test_hostname_local(self) -> None:
+        """Our hostname is a local domain: postmaster@hostname, which the
+        expander resolves (configured postmaster or built-in mailbox)."""
         d = directory()
         d._domains.add("mx.local.example")
-        factory = make_factory(dir_=d)
+        bag = Mailbag()
+        factory = make_factory(dir_=d, bag=bag)
         factory.expander = expander_for(d)
-        c = Client(factory)
+        self.assertEqual(
+            self.recipients(factory, bag),
+            ["postmaster@mx.local.example", "alice@local.example"],
+        )
+
+    def test_configured_postmaster(self) -> None:
+        """Our hostname is not local: the configured [aliases] postmaster."""
+        bag = Mailbag()
+        factory = make_factory(
+            bag=bag, aliases=AliasSettings(postmaster="bob@local.example")
+        )
+        self.assertEqual(
+            self.recipients(factory, bag), ["bob@local.example", "alice@local.example"]
+        )
+
+    def test_first_local_domain(self) -> None:
+        """Our hostname is not local and no postmaster is configured: the
+        postmaster of the first local domain (its built-in mailbox)."""
+        bag = Mailbag()
+        self.assertEqual(
+            self.recipients(make_factory(bag=bag), bag),
+            ["postmaster@local.example", "alice@local.example"],
+        )
+
+    def test_received_for_clause(self) -> None:
+        """The trace header names the address the message is delivered to."""
+        bag = Mailbag()
+        c = Client(make_factory(bag=bag))
+        c.send(HELLO + b"MAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nhi\r\n.\r\n")
+        self.assertIn(b"\tfor <postmaster@local.example>;", bag.delivered[0].data)
+
+    def test_explicit_address_untouched(self) -> None:
+        """Only the bare form is rewritten: postmaster@ a local domain stays."""
+        bag = Mailbag()
+        c = Client(make_factory(bag=bag))
+        c.send(
+            HELLO + b"MAIL FROM:<>\r\nRCPT TO:<postmaster@local.example>\r\n"
+            b"DATA\r\nhi\r\n.\r\n"
+        )
+        self.assertEqual(
+            [r.address for r in bag.delivered[0].recipients],
+            ["postmaster@local.example"],
+        )
+
+    def test_no_local_domain(self) -> None:
+        """With no local domain and no configured postmaster there is no
+        mailbox: 451 4.3.5, a configuration problem the operator can fix."""
+        c = Client(make_factory(dir_=MemoryDirectory()))
         c.send(HELLO + b"MAIL FROM:<>\r\n")
-        self.assertEqual(c.lines(b"RCPT TO:<Postmaster>\r\n"), ["250 2.1.5"])
-        c = Client(make_factory())
-        c.send(HELLO + b"MAIL FROM:<>\r\n")
-        self.assertEqual(c.lines(b"RCPT TO:<Postmaster>\r\n"), ["550 5.1.1"])
+        self.assertEqual(c.lines(b"RCPT TO:<Postmaster>\r\n"), ["451 4.3.5"])
+
+    def test_lmtp(self) -> None:
+        """LMTP accepts the bare <Postmaster> too (it never relays)."""
+        bag = Mailbag()
+        c = Client(make_factory("lmtp", bag=bag))
+        out = c.lines(b"LHLO f\r\nMAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\n")
+        self.assertEqual(out[-1], "250 2.1.5")
+
+
+@implementer(IDeliveryAgent)
+class _NumberedAgent(FakeAgent):
+    """A fake agent that, like the spool's, knows its queue id from start()."""
+
+    queue_id = "0123456789ABCDEF0123456"
+
+
+class AgentHandOverTests(SynchronousTestCase):
+    """What the agent is given."""
+
+    def test_queue_id_in_received(self) -> None:
+        """An agent with a queue id has it named in the Received: id clause."""
+        bag = Mailbag()
+        c = Client(make_factory(agents=lambda: _NumberedAgent(bag)))
+        c.send(HELLO + b"MAIL FROM:<>\r\nRCPT TO:<bob@local.example>\r\n")
+        c.send(b"DATA\r\nhi\r\n.\r\n")
+        self.assertIn(
+            b"\tid 0123456789ABCDEF0123456\r\n\tfor <bob@local.example>;",
+            bag.delivered[0].data,
+        )
+
+    def test_spool_entry_recipients_once(self) -> None:
+        """Through the real spool each recipient is recorded once, with its
+        DSN parameters, and the Received: header names the queue id."""
+        clock = Clock()
+        clock.advance(1700000000)
+        spool = Spool(self.mktemp(), clock, fsync=lambda fd: None)
+        c = Client(make_factory(clock=clock, agents=spool.agent))
+        c.send(
+            HELLO + b"MAIL FROM:<x@remote.example> RET=HDRS ENVID=e1\r\n"
+            b"RCPT TO:<alice@local.example> NOTIFY=FAILURE,DELAY"
+            b" ORCPT=rfc822;a@local.example\r\n"
+            b"RCPT TO:<bob@local.example>\r\nDATA\r\nhi\r\n.\r\n"
+        )
+        clock.advance(0)
+        self.assertIn(b"250 2.0.0 OK queued as ", c.transport.value())
+        (queue_id,) = os.listdir(spool.queue_dir)
+        entry = self.successResultOf(spool.load(queue_id))
+        self.assertEqual(
+            [(r.address, r.notify, r.orcpt) for r in entry.recipients],
+            [
+                ("alice@local.example", ("FAILURE", "DELAY"), "rfc822;a@local.example"),
+                ("bob@local.example", (), None),
+            ],
+        )
+        self.assertEqual((entry.envelope.ret, entry.envelope.envid), ("HDRS", "e1"))
+        message = self.successResultOf(spool.read_message(queue_id))
+        self.assertIn(b"\tid " + queue_id.encode() + b"; ", message)
 
 
 class SubmissionTests(SynchronousTestCase):

@@ -11,10 +11,17 @@ machine's questions through the rest of the system:
   - MAIL on the submission roles: the sender must be the authenticated user
     or an address that expands to that user (553 5.7.1 otherwise).
   - AUTH: L{twistedmail.auth.throttle.login} through the portal.
+  - RCPT of the bare ``<Postmaster>`` (RFC 5321 §4.5.1: always accepted,
+    no domain): it goes to ``postmaster@<hostname>`` when the hostname is a
+    local domain (the alias expander then picks the configured postmaster or
+    the domain's built-in postmaster mailbox), otherwise to the configured
+    C{[aliases] postmaster}, otherwise to ``postmaster@`` the first local
+    domain (sorted); with no local domain at all it gets 451 4.3.5.  The
+    envelope recipient is rewritten to that address before the agent sees it.
   - The message: a Received: trace header (RFC 5321 §4.4, RFC 3848 ``with``
-    keyword, TLS version and cipher) and then the text are streamed into a
-    fresh L{IDeliveryAgent}; ``250 2.0.0 OK queued as <id>`` is sent only
-    after C{commit()} fires.
+    keyword, TLS version and cipher, the agent's queue id when it has one)
+    and then the text are streamed into a fresh L{IDeliveryAgent};
+    ``250 2.0.0 OK queued as <id>`` is sent only after C{commit()} fires.
 
 Roles: C{smtp} (MX; AUTH only when C{[smtp] mx_auth}), C{submission} (AUTH
 required before MAIL, TLS before AUTH), C{submissions} (the same, for a
@@ -45,7 +52,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twistedmail.address import Address
+from twistedmail.address import Address, AddressError, normalize_domain
 from twistedmail.aliases.expander import AliasExpander, LocalMailbox
 from twistedmail.auth.throttle import LoginThrottle, login
 from twistedmail.config import Settings
@@ -54,6 +61,7 @@ from twistedmail.interfaces import (
     IDirectory,
     IPerRecipientDeliveryAgent,
     ISubmissionSender,
+    Recipient,
 )
 from twistedmail.logs import (
     log_connection_closed,
@@ -97,6 +105,7 @@ AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 VRFY_OK = Reply(250, "2.1.5", "OK")
+NO_POSTMASTER = Reply(451, "4.3.5", "No postmaster mailbox configured")
 
 _HELO_TOKEN = re.compile(r"[A-Za-z0-9.\-_:\[\]]{1,255}\Z")
 
@@ -113,6 +122,7 @@ def received_header(
     tls: str | None,
     recipients: list[str],
     when: float,
+    queue_id: str | None = None,
 ) -> bytes:
     """The Received: trace header to prepend (RFC 5321 §4.4), CRLF ended.
 
@@ -120,6 +130,9 @@ def received_header(
     @param tls: e.g. ``TLSv1.3 TLS_AES_256_GCM_SHA384``, stated as a comment.
     @param recipients: a ``for`` clause is added for exactly one recipient
         (more would disclose the other recipients).
+    @param queue_id: the id the message gets in our queue; the ``id`` clause
+        names it (so a trace header leads to the queue entry and the log),
+        or the session id when the agent has no queue id.
     """
     name = helo if _HELO_TOKEN.match(helo) else "unknown"
     try:
@@ -131,7 +144,7 @@ def received_header(
     lines = [
         f"Received: from {name} ({literal})",
         f"\tby {hostname} (twistedmail) with {protocol}" + (f" ({tls})" if tls else ""),
-        f"\tid {session_id}",
+        f"\tid {queue_id or session_id}",
     ]
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>")
@@ -162,6 +175,9 @@ class SMTPServerProtocol(Protocol):
         self._data_timer: Any = None
         self._logouts: list[Callable[[], None]] = []
         self._peer = ""
+        # The transaction's bare <Postmaster>: (the machine's address for it,
+        # the address it is delivered to).
+        self._postmaster: tuple[str, Address] | None = None
 
     @property
     def _transport(self) -> Any:
@@ -314,6 +330,7 @@ class SMTPServerProtocol(Protocol):
     # Decisions.
 
     async def _decide_mail(self, event: MailRequested) -> list[Event]:
+        self._postmaster = None
         try:
             reply = await self.factory.check_sender(
                 event.command.sender, self._session()
@@ -326,11 +343,13 @@ class SMTPServerProtocol(Protocol):
 
     async def _decide_rcpt(self, event: RcptRequested) -> list[Event]:
         try:
-            reply = await self.factory.check_recipient(
-                event.address,
-                self._session(),
-                bare_postmaster=event.command.recipient is None,
-            )
+            if event.command.recipient is None:
+                target = await self.factory.postmaster_address()
+                if target is None:
+                    return self._answer(NO_POSTMASTER)
+                self._postmaster = (str(event.address), target)
+                return self._answer(RECIPIENT_OK)
+            reply = await self.factory.check_recipient(event.address, self._session())
         except MailError as e:
             reply = e.reply
         except Exception:
@@ -388,13 +407,17 @@ class SMTPServerProtocol(Protocol):
         try:
             envelope = replace(
                 event.envelope,
+                recipients=self._rewrite_postmaster(event.envelope.recipients),
                 tls=self._tls_description(),
                 received_at=self.factory.reactor.seconds(),
             )
             agent = self._agent = self.factory.delivery_agent_factory()
-            agent.start(envelope)
+            # The recipients are handed over one by one, as IDeliveryAgent
+            # says; an envelope holding them too would list each twice.
+            agent.start(replace(envelope, recipients=()))
             for r in envelope.recipients:
                 agent.add_recipient(r)
+            queue_id = getattr(agent, "queue_id", None)
             agent.body(
                 received_header(
                     helo=envelope.client_name,
@@ -405,10 +428,23 @@ class SMTPServerProtocol(Protocol):
                     tls=envelope.tls,
                     recipients=[r.address for r in envelope.recipients],
                     when=envelope.received_at,
+                    queue_id=queue_id if isinstance(queue_id, str) else None,
                 )
             )
         except Exception:
             self._agent_failed("starting delivery")
+
+    def _rewrite_postmaster(
+        self, recipients: tuple[Recipient, ...]
+    ) -> tuple[Recipient, ...]:
+        """Give the bare <Postmaster> the address it is delivered to."""
+        if self._postmaster is None:
+            return recipients
+        machine_form, target = self._postmaster
+        return tuple(
+            replace(r, address=str(target)) if r.address == machine_form else r
+            for r in recipients
+        )
 
     def _feed_agent(self, data: bytes) -> None:
         if self._agent is None or self._agent_broken:
@@ -689,20 +725,40 @@ class SMTPServerFactory(Factory):
                 return SENDER_OK
         return NOT_YOUR_SENDER
 
-    async def check_recipient(
-        self, address: Address, session: Session, *, bare_postmaster: bool = False
-    ) -> Reply:
+    async def postmaster_address(self) -> Address | None:
+        """Where mail to the bare ``<Postmaster>`` goes (RFC 5321 §4.5.1).
+
+        ``postmaster@<hostname>`` when the hostname is a local domain (the
+        expander resolves it to the configured postmaster or the built-in
+        mailbox); else C{[aliases] postmaster} when set; else
+        ``postmaster@`` the first local domain; None with no local domain.
+        """
+        try:
+            hostname = normalize_domain(self.settings.server.hostname)
+        except AddressError:
+            hostname = self.settings.server.hostname.lower()
+        own = Address("postmaster", hostname)
+        if await self.directory.is_local_domain(own.domain):
+            return own
+        configured = self.settings.aliases.postmaster
+        if configured:
+            return Address.parse(configured, utf8=True)
+        domains = await self.directory.list_domains()
+        if domains:
+            return Address("postmaster", domains[0])
+        return None
+
+    async def check_recipient(self, address: Address, session: Session) -> Reply:
         """The reply to RCPT TO (after the machine's own checks).
 
         Local domains: the alias expander's verdict.  Other domains: relayed
         only for authenticated users and trusted networks, never on LMTP.
+        (The bare ``<Postmaster>`` does not come here: see
+        L{postmaster_address}.)
         """
         if await self.directory.is_local_domain(address.domain):
             expansion = await self.expander.expand(address)
             return expansion.rcpt_reply() or RECIPIENT_OK
-        if bare_postmaster:
-            # Our hostname is not one of our domains; nobody to hand it to.
-            return NO_SUCH_USER
         if self.role != "lmtp" and (
             session.auth_user is not None or self.is_trusted(session.peer)
         ):
