@@ -13,9 +13,10 @@ entry's recipient records and tells the sender what happened:
    one delay warning once the message has waited ``[queue] delay_warning``
    seconds (recorded as ``notice:delay`` in the record's ``done`` list);
  - ``delivered`` records whose NOTIFY asks for SUCCESS get a success report
-   (``notice:success``).  Only local deliveries: for relayed mail the ESMTP
-   client passes NOTIFY on to servers that offer DSN, and servers that do
-   not are not reported as ``relayed`` (a known simplification).
+   (``notice:success``): ``delivered`` for local deliveries, ``relayed``
+   for mail handed to a server that does not offer DSN (the relay records
+   ``notice:success`` itself when the server offers DSN: NOTIFY was passed
+   on and the report is that server's business).
 
 NOTIFY (RFC 3461 §4.1) is honoured per recipient: NEVER sends nothing;
 an explicit list sends only what it names; no NOTIFY means FAILURE and
@@ -81,6 +82,7 @@ __all__ = [
     "NOTICE_DELAY",
     "NOTICE_SUCCESS",
     "Notifier",
+    "RELAYED",
     "RecipientReport",
     "Report",
     "build_report",
@@ -101,6 +103,7 @@ MAX_FULL_RETURN = 10 * 1024 * 1024
 FAILED_ACTION = "failed"
 DELAYED = "delayed"
 DELIVERED_ACTION = "delivered"
+RELAYED = "relayed"
 
 #: Keys in a record's ``done`` list saying which notices were sent.
 NOTICE_DELAY = "notice:delay"
@@ -618,7 +621,14 @@ class Notifier:
         await self._send(
             entry,
             sender,
-            [self._record_report(entry, records[i], DELIVERED_ACTION) for i in due],
+            [
+                self._record_report(
+                    entry,
+                    records[i],
+                    RELAYED if remote_mta(records[i].reason) else DELIVERED_ACTION,
+                )
+                for i in due
+            ],
         )
         for i in due:
             records[i] = replace(records[i], done=(*records[i].done, NOTICE_SUCCESS))

@@ -577,6 +577,11 @@ class QueueRunner(Service):
                     next_attempt=None,
                     done=tuple(done),
                 )
+                if status == REMOTE:
+                    # From here on the attempts counted are the relay's.
+                    records[o.index] = replace(
+                        records[o.index], attempts=0, last_attempt=None
+                    )
         return records + children
 
     def _backoff(self, attempts: int) -> float:
