@@ -1291,7 +1291,9 @@ class ExampleFilesTests(SynchronousTestCase):
         domains = parse_domains(read("domains"), "etc/domains")
         self.assertEqual(domains, ("example.org", "lists.example.org"))
         users = parse_users(read("users"), "etc/users", domains)
-        self.assertEqual([u.address for u in users], ["alice@example.org", "bob@example.org"])
+        self.assertEqual(
+            [u.address for u in users], ["alice@example.org", "bob@example.org"]
+        )
         self.assertEqual(users[1].quota, 1073741824)
         aliases = parse_aliases(read("aliases"), "etc/aliases", domains)
         self.assertEqual(
