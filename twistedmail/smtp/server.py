@@ -614,6 +614,9 @@ class SMTPServerFactory(Factory):
         added to C{[smtp] trusted_networks}.
     """
 
+    # One log line per connection comes from the protocol; no "Starting factory".
+    noisy = False
+
     protocol = SMTPServerProtocol  # type: ignore[assignment]
 
     def __init__(
