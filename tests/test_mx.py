@@ -5,18 +5,36 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.names import dns
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from twistedmail.config import DNSSettings
+from twistedmail.config import DNSSettings, RelaySettings, ServerSettings, Settings
 from twistedmail.replies import PermanentError, TemporaryError
+from twistedmail.smtp._client import (
+    Credentials,
+    HostFailure,
+    OutboundMessage,
+    OutboundRecipient,
+)
 from twistedmail.smtp.mx import (
     MXHost,
     MXResolver,
     make_resolver,
     parse_nameserver,
+)
+from twistedmail.smtp.routing import (
+    ROUTING_LOOP,
+    Route,
+    RouteHost,
+    Router,
+    deliver_to_route,
+    make_router,
+    parse_host_port,
 )
 from twistedmail.testing import memory_resolver, start_test_dns
 
@@ -344,3 +362,204 @@ class NameserverTests(SynchronousTestCase):
         for text in ["ns.example", "127.0.0.1:0", "127.0.0.1:x", "[::1", "[::1]x"]:
             with self.assertRaises(ValueError, msg=text):
                 parse_nameserver(text)
+
+
+def relay_settings(**kw: Any) -> RelaySettings:
+    """[relay] settings with some changes."""
+    return RelaySettings(**kw)
+
+
+class RouterTests(SynchronousTestCase):
+    """L{Router}: MX hosts, smarthost rules, TLS policies, loops."""
+
+    def router(self, **kw: Any) -> Router:
+        """A router over the test zone, with smarthost.test resolvable."""
+        zone = dict(ZONE)
+        zone["smarthost.test"] = [A("192.0.2.25")]
+        zone["self.test"] = [
+            MX(10, b"me.a.test"),
+            MX(5, b"mx2.b.test"),
+            MX(20, b"mx1b.b.test"),
+        ]
+        zone["onlyself.test"] = [MX(10, b"me.a.test")]
+        zone["me.a.test"] = [A("192.0.2.1")]
+        local = kw.pop("local", ())
+        return Router(
+            relay_settings(**kw),
+            MXResolver(memory_resolver(zone), Clock(), shuffle=lambda x: None),
+            helo_name="me.a.test",
+            password="pw",
+            is_local=lambda d: succeed(d in local),
+        )
+
+    def test_mx_route(self) -> None:
+        """MX hosts with the default policy and port, or the domain's own."""
+        r = self.successResultOf(self.router(port=2525).route("b.test"))
+        self.assertFalse(r.smarthost)
+        self.assertIsNone(r.credentials)
+        self.assertEqual(
+            [(h.name, h.port, h.tls) for h in r.hosts],
+            [
+                ("mx1.b.test", 2525, "opportunistic"),
+                ("mx1b.b.test", 2525, "opportunistic"),
+                ("mx2.b.test", 2525, "opportunistic"),
+            ],
+        )
+        router = self.router(tls_policy={"b.test": "verify"}, tls="required")
+        r = self.successResultOf(router.route("B.test"))
+        self.assertEqual({h.tls for h in r.hosts}, {"verify"})
+        r = self.successResultOf(router.route("implicit.test"))
+        self.assertEqual(r.hosts[0].tls, "required")
+
+    def test_smarthost_everything(self) -> None:
+        """With a smarthost and no domain list, every domain goes there, by
+        address (no MX lookup), with the credentials."""
+        router = self.router(
+            smarthost="smarthost.test:587",
+            smarthost_username="me",
+            smarthost_tls="implicit",
+        )
+        r = self.successResultOf(router.route("nowhere.test"))
+        self.assertTrue(r.smarthost)
+        self.assertEqual(
+            r.hosts, (RouteHost("smarthost.test", ("192.0.2.25",), 587, "implicit"),)
+        )
+        self.assertEqual(r.credentials, Credentials("me", "pw"))
+        options = router.client_options(r, r.hosts[0])
+        self.assertEqual(
+            (options.tls, options.credentials), ("implicit", r.credentials)
+        )
+
+    def test_smarthost_literal(self) -> None:
+        """A bracketed address needs no DNS at all."""
+        r = self.successResultOf(
+            self.router(smarthost="[192.0.2.9]:25").route("x.test")
+        )
+        self.assertEqual(r.hosts[0].addresses, ("192.0.2.9",))
+
+    def test_smarthost_domains(self) -> None:
+        """Only the listed domains and their subdomains use the smarthost."""
+        router = self.router(
+            smarthost="smarthost.test", smarthost_domains=("corp.test",)
+        )
+        for domain, via in [
+            ("corp.test", True),
+            ("eu.corp.test", True),
+            ("notcorp.test", None),
+            ("b.test", False),
+        ]:
+            d = router.route(domain)
+            if via is None:
+                self.failureResultOf(d, PermanentError)  # NXDOMAIN by MX
+                continue
+            self.assertEqual(self.successResultOf(d).smarthost, via, domain)
+
+    def test_local_domain(self) -> None:
+        """Mail for a local domain never leaves: 550 5.4.6."""
+        e = self.failureResultOf(
+            self.router(local=("b.test",)).route("b.test"), PermanentError
+        ).value
+        self.assertEqual(e.reply.status, "5.4.6")
+
+    def test_mx_is_self(self) -> None:
+        """This server as an MX: it and worse hosts are dropped; only itself
+        is a loop (RFC 5321 §5.1)."""
+        router = self.router()
+        r = self.successResultOf(router.route("self.test"))
+        self.assertEqual([h.name for h in r.hosts], ["mx2.b.test"])
+        e = self.failureResultOf(router.route("onlyself.test"), PermanentError).value
+        self.assertEqual(e.reply, ROUTING_LOOP)
+
+    def test_make_router(self) -> None:
+        """make_router reads the password file and names us after the server."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("from-file\nignored\n")
+        settings = Settings().with_changes(
+            server=ServerSettings(hostname="mail.a.test"),
+            relay=relay_settings(
+                smarthost="[192.0.2.9]",
+                smarthost_username="u",
+                smarthost_password_file=path,
+            ),
+        )
+        router = make_router(settings, MXResolver(memory_resolver({}), Clock()))
+        self.assertEqual(router.helo_name, "mail.a.test")
+        r = self.successResultOf(router.route("x.test"))
+        self.assertEqual(r.credentials, Credentials("u", "from-file"))
+
+    def test_deliver_to_route(self) -> None:
+        """A refused first host, then the next host takes the message."""
+        reactor = MemoryReactorClock()
+        route = Route(
+            "b.test",
+            (
+                RouteHost("mx1.b.test", ("192.0.2.1", "192.0.2.2"), 25, "none"),
+                RouteHost("mx2.b.test", ("192.0.2.3",), 25, "none"),
+            ),
+        )
+        message = OutboundMessage(
+            "a@a.test", (OutboundRecipient("b@b.test"),), b"Subject: x\r\n\r\nhi\r\n"
+        )
+        d = Deferred.fromCoroutine(
+            deliver_to_route(reactor, self.router(), route, message)
+        )
+        for i in range(2):
+            reactor.tcpClients[i][2].clientConnectionFailed(
+                None, Failure(ConnectionRefusedError())
+            )
+        host, _, factory, _, _ = reactor.tcpClients[2]
+        self.assertEqual(host, "192.0.2.3")
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        for reply in [b"220 mx2\r\n", b"250 mx2\r\n", b"250 ok\r\n", b"250 ok\r\n"]:
+            protocol.dataReceived(reply)
+        protocol.dataReceived(b"354 go\r\n")
+        while transport.producer is not None:
+            transport.producer.resumeProducing()
+        protocol.dataReceived(b"250 ok\r\n")
+        protocol.dataReceived(b"221 bye\r\n")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        result = self.successResultOf(d)
+        self.assertEqual((result.host, result.address), ("mx2.b.test", "192.0.2.3"))
+        self.assertEqual(len(result.delivered), 1)
+
+    def test_deliver_to_route_all_down(self) -> None:
+        """Every host down: one HostFailure naming each."""
+        reactor = MemoryReactorClock()
+        route = Route(
+            "b.test",
+            (
+                RouteHost("mx1.b.test", ("192.0.2.1",), 25, "none"),
+                RouteHost("mx2.b.test", ("192.0.2.3",), 25, "none"),
+            ),
+        )
+        message = OutboundMessage("", (OutboundRecipient("b@b.test"),), b"x\r\n")
+        d = Deferred.fromCoroutine(
+            deliver_to_route(reactor, self.router(), route, message)
+        )
+        for i in range(2):
+            reactor.tcpClients[i][2].clientConnectionFailed(
+                None, Failure(ConnectionRefusedError())
+            )
+        e = self.failureResultOf(d, HostFailure).value
+        self.assertIn("mx1.b.test[192.0.2.1]", e.reason)
+        self.assertIn("mx2.b.test[192.0.2.3]", e.reason)
+
+
+class ParseHostPortTests(SynchronousTestCase):
+    """The smarthost setting's syntax."""
+
+    def test_forms(self) -> None:
+        """host, host:port, [address]:port, [IPv6:...]:port."""
+        self.assertEqual(parse_host_port("relay.test", 25), ("relay.test", 25))
+        self.assertEqual(parse_host_port("Relay.test:587", 25), ("relay.test", 587))
+        self.assertEqual(parse_host_port("[192.0.2.1]:465", 25), ("192.0.2.1", 465))
+        self.assertEqual(parse_host_port("[IPv6:2001:db8::1]", 25), ("2001:db8::1", 25))
+
+    def test_bad(self) -> None:
+        """Bad ports, empty hosts and broken brackets are refused."""
+        for text in ["relay:0", "relay:x", ":25", "[1.2.3.4", "bad_host!:25", "relay:"]:
+            with self.assertRaises(ValueError, msg=text):
+                parse_host_port(text, 25)
