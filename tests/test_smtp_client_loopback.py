@@ -121,8 +121,12 @@ class SMTPSinkTests(TestCase):
         self.assertIn("Grüße\n".encode(), text)
 
     async def test_deliver_message(self) -> None:
-        """deliver_message: connect, send, QUIT in one call."""
+        """deliver_message: connect, send, QUIT in one call; the message
+        read from a file."""
         port, dump = await self.start_sink()
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(MESSAGE)
         result = await deliver_message(
             reactor,
             "localhost",
@@ -131,12 +135,14 @@ class SMTPSinkTests(TestCase):
             helo_name="a.test",
             envelope_sender="",
             recipients=["b@b.test"],
-            message=MESSAGE,
+            message=path,
         )
         self.assertEqual(len(result.delivered), 1)
         self.assertFalse(result.tls)
         with open(dump, "rb") as f:
-            self.assertIn(b"X-Mail-Args: <>\n", f.read())
+            text = f.read()
+        self.assertIn(b"X-Mail-Args: <>\n", text)
+        self.assertIn(b"Hello.\n.dot\n", text)
 
 
 class _Factory(SMTPServerFactory):

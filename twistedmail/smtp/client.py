@@ -35,10 +35,12 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IPullProducer,
     IReactorTCP,
+    IReactorThreads,
     IReactorTime,
 )
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -79,6 +81,7 @@ __all__ = [
     "Timeouts",
     "connect",
     "deliver_message",
+    "load_trust_root",
     "tls_options",
 ]
 
@@ -484,7 +487,7 @@ def deliver_message(
     helo_name: str,
     envelope_sender: str,
     recipients: Sequence[OutboundRecipient | str],
-    message: bytes,
+    message: bytes | str,
     tls_policy: str = "opportunistic",
     trust_root: Any = None,
     credentials: Credentials | None = None,
@@ -496,6 +499,8 @@ def deliver_message(
 ) -> Deferred[DeliveryResult]:
     """Connect, send one message, QUIT.
 
+    @param message: the message bytes, or the path of a file holding them
+        (read in the reactor's thread pool when it has one).
     @return: a Deferred firing with the L{DeliveryResult}, or failing with
         L{HostFailure} (try the next host).
     """
@@ -508,6 +513,7 @@ def deliver_message(
     )
 
     async def run() -> DeliveryResult:
+        data = message if isinstance(message, bytes) else await _read(reactor, message)
         conn = await connect(
             reactor,
             host,
@@ -519,13 +525,25 @@ def deliver_message(
         )
         try:
             result = await conn.send(
-                envelope_sender, recipients, message, ret=ret, envid=envid
+                envelope_sender, recipients, data, ret=ret, envid=envid
             )
         finally:
             await conn.quit()
         return result
 
     return Deferred.fromCoroutine(run())
+
+
+async def _read(reactor: Any, path: str) -> bytes:
+    """A file's bytes, read off the reactor thread where possible."""
+
+    def read() -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    if IReactorThreads.providedBy(reactor):
+        return await deferToThreadPool(reactor, reactor.getThreadPool(), read)
+    return read()
 
 
 def load_trust_root(path: str) -> Any:
