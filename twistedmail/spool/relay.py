@@ -390,6 +390,10 @@ class RelayRunner(Service):
 
         return self._locks.run(queue_id, lambda: Deferred.fromCoroutine(go()))
 
+    def exists(self, queue_id: str) -> Deferred[None]:
+        """Fire when the entry exists; fail with KeyError otherwise."""
+        return self._spool.load(queue_id).addCallback(lambda _: None)
+
     def delete(self, queue_id: str) -> Deferred[None]:
         """Remove an entry without notices.  Fails with KeyError."""
 
