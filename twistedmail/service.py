@@ -310,9 +310,29 @@ def _smtp_role(role: str) -> RoleBuilder:
     return build
 
 
+def _lmtp_role(c: Components) -> IProtocolFactory:
+    from twistedmail.delivery.lmtp import LMTPDeliveryAgent
+    from twistedmail.smtp.server import SMTPServerFactory
+
+    # One agent per message: straight into the Maildirs, one reply per
+    # recipient (RFC 2033 §4.2); only what is left over goes to the spool.
+    return SMTPServerFactory(
+        c.settings,
+        c.reactor,
+        role="lmtp",
+        delivery_agent_factory=lambda: LMTPDeliveryAgent(
+            c.spool, c.expander, c.local_delivery
+        ),
+        expander=c.expander,
+        directory=c.directory,
+    )
+
+
 def default_roles() -> dict[str, RoleBuilder]:
     """The role builders this version serves."""
-    return {role: _smtp_role(role) for role in ("smtp", "submission", "submissions")}
+    roles = {role: _smtp_role(role) for role in ("smtp", "submission", "submissions")}
+    roles["lmtp"] = _lmtp_role
+    return roles
 
 
 def makeService(
