@@ -23,7 +23,7 @@ from twistedmail.spool.relay import (
     RecipientOutcome,
     RelayRunner,
 )
-from twistedmail.spool.runner import EntryLocks, QueueRunner
+from twistedmail.spool.runner import EntryLocks, Expander, QueueRunner
 from twistedmail.spool.store import Spool
 
 __all__ = ["FakeConnection", "FakeTransport", "Outbound", "RecordingAgent"]
@@ -158,6 +158,8 @@ class Outbound:
         clock: Clock | None = None,
         transport: FakeTransport | None = None,
         rewrite_sender: Callable[[str], str] | None = None,
+        wrap_expander: Callable[[AliasExpander, MemoryDirectory], Expander]
+        | None = None,
     ) -> None:
         if clock is None:
             clock = Clock()
@@ -174,7 +176,11 @@ class Outbound:
                 "team@a.test": ("bob", "carol@b.test"),
             },
         )
-        self.expander = AliasExpander(self.directory, AliasSettings())
+        self.expander: Expander = AliasExpander(self.directory, AliasSettings())
+        if wrap_expander is not None:
+            self.expander = wrap_expander(
+                AliasExpander(self.directory, AliasSettings()), self.directory
+            )
         self.agent = RecordingAgent()
         self.transport = transport or FakeTransport()
         self.locks = EntryLocks()
