@@ -7,19 +7,34 @@ import email
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.relay_helpers import FakeTransport, Outbound, wait
-from twistedmail.config import QueueSettings
-from twistedmail.interfaces import Recipient, User
+from tests.smtp_fakes import Mailbag, expander_for
+from tests.smtp_fakes import directory as smtp_directory
+from twistedmail.config import QueueSettings, RelaySettings, ServerSettings, Settings
+from twistedmail.interfaces import Envelope, Recipient, User
 from twistedmail.replies import PermanentError, Reply, TemporaryError
-from twistedmail.spool.dsn import NOTICE_DELAY
-from twistedmail.spool.relay import JITTER_FRACTION, retry_delay
+from twistedmail.smtp.mx import MXResolver
+from twistedmail.smtp.routing import Router
+from twistedmail.smtp.server import SMTPServerFactory
+from twistedmail.spool.dsn import NOTICE_DELAY, Notifier
+from twistedmail.spool.relay import (
+    JITTER_FRACTION,
+    RelayRunner,
+    SMTPTransport,
+    retry_delay,
+)
+from twistedmail.spool.runner import EntryLocks
 from twistedmail.spool.store import (
     DELIVERED,
     REMOTE,
     QueueEntry,
     RecipientRecord,
+    Spool,
 )
 
 BUSY = Reply(451, "4.3.0", "Try again later")
@@ -502,3 +517,73 @@ class OperatorTests(RelayTestCase):
         d2 = self.out.relay.delete("NOPE")
         self.out.turn()
         self.failureResultOf(d2, KeyError)
+
+
+class SMTPTransportTests(TestCase):
+    """The relay with the real ESMTP client, against our own server on
+    loopback (a smarthost route to 127.0.0.1)."""
+
+    async def _relay(self) -> None:
+        bag = Mailbag()
+        d = smtp_directory()
+        factory = SMTPServerFactory(
+            Settings().with_changes(server=ServerSettings(hostname="mx.local.example")),
+            reactor,
+            role="smtp",
+            delivery_agent_factory=bag.agent,
+            expander=expander_for(d),
+            directory=d,
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        relay_settings = RelaySettings(
+            smarthost=f"[127.0.0.1]:{port.getHost().port}",
+            smarthost_tls="opportunistic",
+        )
+        router = Router(relay_settings, MXResolver(None, reactor), helo_name="a.test")
+        spool = Spool(self.mktemp(), reactor)
+        spool.prepare()
+        agent = spool.agent()
+        agent.start(Envelope("joe@a.test", received_at=reactor.seconds()))  # type: ignore[attr-defined]
+        for rcpt in ("alice@local.example", "nobody@local.example"):
+            agent.add_recipient(Recipient(rcpt))
+        agent.body(b"Subject: hi\r\n\r\nHello.\r\n")
+        queue_id = await agent.commit()
+        records = [
+            RecipientRecord("alice@local.example", status=REMOTE),
+            RecipientRecord("nobody@local.example", status=REMOTE),
+        ]
+        await spool.update_status(queue_id, records)
+        notifier = Notifier(spool, reactor, "a.test", QueueSettings())
+        relay = RelayRunner(
+            spool,
+            SMTPTransport(reactor, router),
+            reactor,
+            notifier,
+            EntryLocks(),
+            QueueSettings(),
+        )
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        for _ in range(400):
+            if queue_id not in await spool.list():
+                break
+            await deferLater(reactor, 0.025, lambda: None)  # type: ignore[arg-type]
+        self.assertNotIn(queue_id, await spool.list())
+        [message] = bag.delivered
+        self.assertEqual(message.envelope.sender, "joe@a.test")
+        self.assertEqual(
+            [r.address for r in message.recipients], ["alice@local.example"]
+        )
+        # nobody@ was refused at RCPT: a bounce to joe is queued.
+        [bounce_id] = await spool.list()
+        bounce = await spool.load(bounce_id)
+        self.assertEqual(bounce.envelope.sender, "")
+        text = await spool.read_message(bounce_id)
+        self.assertIn(b"Final-Recipient: rfc822;nobody@local.example", text)
+        self.assertIn(b"Remote-MTA: dns;127.0.0.1", text)
+
+    def test_relay_over_smtp(self) -> None:
+        """One recipient accepted, one refused at RCPT: delivered and
+        bounced, the entry removed."""
+        return Deferred.fromCoroutine(self._relay())

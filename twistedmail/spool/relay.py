@@ -61,7 +61,7 @@ import collections
 import random as _random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
@@ -73,7 +73,16 @@ from twisted.python.failure import Failure
 from twistedmail.address import Address, AddressError
 from twistedmail.config import QueueSettings
 from twistedmail.interfaces import IDirectory
-from twistedmail.replies import INTERNAL_ERROR, MailError, Reply
+from twistedmail.replies import INTERNAL_ERROR, MailError, Reply, TemporaryError
+from twistedmail.smtp.client import (
+    DeliveryResult,
+    HostFailure,
+    SMTPClientConnection,
+    Timeouts,
+    connect,
+)
+from twistedmail.smtp.client import OutboundRecipient as ClientRecipient
+from twistedmail.smtp.routing import Router
 from twistedmail.spool.dsn import NOTICE_SUCCESS, Notifier, remote_reason, wants
 from twistedmail.spool.runner import EntryLocks
 from twistedmail.spool.store import (
@@ -95,6 +104,7 @@ __all__ = [
     "OutboundRecipient",
     "RecipientOutcome",
     "RelayRunner",
+    "SMTPTransport",
     "Transport",
     "retry_delay",
 ]
@@ -203,6 +213,93 @@ class Transport(Protocol):
         """A session with one of the domain's servers; fails with a
         L{MailError}: temporary (try later) or permanent (null MX, no such
         domain: bounce)."""
+
+
+class _SMTPConnection:
+    """L{Connection} over the ESMTP client's L{SMTPClientConnection}."""
+
+    def __init__(self, connection: SMTPClientConnection) -> None:
+        self._connection = connection
+
+    def send(self, message: OutboundMessage) -> Deferred[DeliveryReport]:
+        """One transaction; the client's result as a L{DeliveryReport}."""
+        recipients = [
+            ClientRecipient(r.address, r.notify, r.orcpt) for r in message.recipients
+        ]
+        d = self._connection.send(
+            message.sender,
+            recipients,
+            message.data,
+            ret=message.ret,
+            envid=message.envid,
+        )
+
+        def report(result: DeliveryResult) -> DeliveryReport:
+            return DeliveryReport(
+                tuple(
+                    RecipientOutcome(r.recipient.address, r.reply)
+                    for r in result.recipients
+                ),
+                host=result.host,
+                dsn=result.dsn,
+                session_error=result.session_error,
+            )
+
+        return d.addCallback(report)
+
+    def close(self) -> Deferred[None]:
+        """QUIT (never fails)."""
+        return self._connection.quit()
+
+
+class SMTPTransport:
+    """L{Transport} over the ESMTP client and the router
+    (L{twistedmail.smtp.routing.Router}): each host of the domain's route
+    and each of its addresses in turn until one holds a session (RFC 5321
+    §5.1); the session is kept for the relay to reuse.
+
+    @param reactor: IReactorTCP and IReactorTime.
+    @param router: says where a domain's mail goes and how.
+    """
+
+    def __init__(self, reactor: Any, router: Router) -> None:
+        self._reactor = reactor
+        self._router = router
+
+    def connect(self, domain: str) -> Deferred[Connection]:
+        """A session with one of the domain's servers."""
+        return Deferred.fromCoroutine(self._connect(domain))
+
+    async def _connect(self, domain: str) -> Connection:
+        router = self._router
+        route = await router.route(domain)
+        timeouts = Timeouts.from_settings(router.settings)
+        failures: list[str] = []
+        last: MailError | None = None
+        for host in route.hosts:
+            for address in host.addresses:
+                try:
+                    connection = await connect(
+                        self._reactor,
+                        host.name,
+                        address,
+                        host.port,
+                        router.client_options(route, host),
+                        timeouts=timeouts,
+                        trust_root=router.trust_root,
+                    )
+                except HostFailure as e:
+                    failures.append(f"{host.name}[{address}]: {e.reason}")
+                    last = e
+                    continue
+                return _SMTPConnection(connection)
+        reply = (
+            last.reply if last is not None else Reply(451, "4.4.4", "No host to try")
+        )
+        if not reply.is_temporary:
+            # A host's 5xx greeting is still a host failure: retry later.
+            reply = Reply(451, "4.4.1", "No mail server of the domain took mail")
+        raise TemporaryError(reply, "; ".join(failures) or f"no host for {domain}")
 
 
 class Kick(Protocol):
