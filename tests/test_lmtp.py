@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -32,8 +33,8 @@ from twistedmail.interfaces import Envelope, IPerRecipientDeliveryAgent, Recipie
 from twistedmail.maildir import MaildirStore
 from twistedmail.replies import MailError, Reply
 from twistedmail.service import MailService, makeService
-from twistedmail.spool.runner import QueueRunner
-from twistedmail.spool.store import DEFERRED, DELIVERED, REMOTE, Spool
+from twistedmail.spool.runner import QueueRunner, SettledHook
+from twistedmail.spool.store import DEFERRED, DELIVERED, REMOTE, QueueEntry, Spool
 
 D = "example.test"
 MESSAGE = b"Subject: lmtp\r\nMessage-ID: <m1@front.test>\r\n\r\nHello.\r\n"
@@ -108,10 +109,15 @@ class AgentTests(SynchronousTestCase):
         """The queue entries' ids."""
         return sorted(n for n in os.listdir(self.spool.queue_dir) if "." not in n)
 
-    def run_queue(self) -> QueueRunner:
+    def run_queue(self, settled: SettledHook | None = None) -> QueueRunner:
         """Start a queue runner on the spool and let it do what is due."""
         runner = QueueRunner(
-            self.spool, self.expander, self.local, self.clock, SpoolSettings()
+            self.spool,
+            self.expander,
+            self.local,
+            self.clock,
+            SpoolSettings(),
+            settled=settled,
         )
         runner.startService()
         self.addCleanup(runner.stopService)
@@ -194,6 +200,31 @@ class AgentTests(SynchronousTestCase):
         (record,) = entry.recipients
         self.assertEqual(record.status, DEFERRED)
         self.assertEqual(record.reply and record.reply.status, "4.2.2")
+        self.assertEqual(len(self.inbox("bob")), 1)
+
+    def test_success_notice_queued(self) -> None:
+        """NOTIFY=SUCCESS: the copy is made at once and the recipient queued,
+        so the runner (whose settled hook sends notices) settles it as
+        delivered, here removing the entry, without a second copy."""
+        agent = self.agent()
+        agent.start(Envelope("alice@front.test"))
+        agent.add_recipient(Recipient(f"bob@{D}", ("SUCCESS",)))
+        agent.body(MESSAGE)
+        d = agent.commit_each()
+        self.clock.advance(0)
+        (reply,) = self.successResultOf(d)
+        self.assertEqual(reply.code, 250)
+        self.assertEqual(self.queued(), [agent.queue_id])
+        self.assertEqual(len(self.inbox("bob")), 1)
+        settled: list[list[str]] = []
+
+        def hook(entry: QueueEntry) -> Deferred[QueueEntry]:
+            settled.append([r.status for r in entry.recipients])
+            return succeed(entry)
+
+        self.run_queue(hook)
+        self.assertEqual(settled, [[DELIVERED]])
+        self.assertEqual(self.queued(), [])
         self.assertEqual(len(self.inbox("bob")), 1)
 
     def test_program_left_to_runner(self) -> None:

@@ -19,10 +19,11 @@ code, trace headers and loop check as the queue runner).  Then:
     either: with a 4xx or 5xx reply the front MTA keeps the responsibility
     (it retries or bounces), so queueing it here as well would deliver it
     twice or bounce it twice;
-  - anything else (a remote alias target, a program or file target, or some
-    copies of an alias made and some not): ``250 2.0.0``, and the recipient
-    is written to the spool, so the queue runner finishes it with its retry,
-    bounce and relay machinery.
+  - anything else (a remote alias target, a program or file target, some
+    copies of an alias made and some not, or a DSN ``NOTIFY=SUCCESS`` whose
+    notice is to be sent): ``250 2.0.0``, and the recipient is written to
+    the spool, so the queue runner finishes it with its retry, bounce,
+    notice and relay machinery.
 
 Exactly once: the spooled entry keeps the queue id the agent reserved in
 L{start}, and a Maildir copy's unique name is made from the queue id and the
@@ -252,7 +253,10 @@ class LMTPDeliveryAgent:
                 reasons="; ".join(e.reason for e in failures),
             )
             return result
-        if others or result.temporary or result.permanent:
+        # A requested success notice (RFC 3461 §4.1) is the queue's to send:
+        # the runner finds the copies made and reports them delivered.
+        success_notice = "SUCCESS" in recipient.notify
+        if others or result.temporary or result.permanent or success_notice:
             result.queued = True
             result.reply = Reply(
                 250, "2.0.0", f"<{recipient.address}> queued as {queue_id}"
