@@ -272,11 +272,23 @@ class IMAPSettings:
 
     ``max_line`` bounds one command's text (RFC 7162 §4 asks for at least
     8192 octets); ``max_literal`` bounds the literal octets of one command
-    (an APPENDed message), refused before any is read.
+    (an APPENDed message), refused before any is read.  The rest is the
+    server's policy: LOGIN/AUTHENTICATE without TLS, the autologout timers
+    (RFC 3501 §5.4: at least 30 minutes once logged in), the IDLE keep-alive
+    period, how often a session looks for changes made outside this
+    process, BAD responses before a disconnect, and connection limits.
     """
 
     max_line: int = _setting(64 * 1024, _positive)
     max_literal: int = _setting(35 * 1024 * 1024, _positive)
+    allow_plaintext_auth: bool = _setting(False)
+    idle_timeout: float = _setting(1800.0, _positive)
+    login_timeout: float = _setting(60.0, _positive)
+    idle_keepalive: float = _setting(120.0, _positive)
+    check_interval: float = _setting(1.0, _positive)
+    max_errors: int = _setting(20, _positive)
+    max_connections: int = _setting(500, _positive)
+    max_connections_per_ip: int = _setting(20, _positive)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,252 @@
+# -*- test-case-name: tests.test_imap_server_sessions -*-
+"""One session's view of its selected mailbox: the IMAP step of the flow.
+
+Every session keeps its own list of UIDs (index + 1 is the message sequence
+number the client knows), the flags it last told the client, and the
+messages that are ``\\Recent`` for it.  The store's L{Mailbox} snapshot moves
+on when others deliver, change flags or expunge; L{MailboxView.poll} (in a
+thread) brings the snapshot and the mod-sequences up to date, and
+L{MailboxView.apply} (on the reactor thread) turns the difference into the
+untagged responses of RFC 3501 §7: ``EXPUNGE`` (or ``VANISHED`` with QRESYNC)
+only when the command in progress allows them, then ``EXISTS`` and
+``RECENT``, then ``FETCH (FLAGS ...)`` for flag changes.  Expunges that may
+not be told yet stay in the view (the sequence numbers stay as the client
+knows them) until a later command allows them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from twistedmail.imap._format import format_flags
+from twistedmail.imap._modseq import ModSeqIndex
+from twistedmail.imap._sequence import SequenceSet
+from twistedmail.maildir import Mailbox, MessageInfo
+
+__all__ = [
+    "LETTER_FLAGS",
+    "FLAG_LETTERS",
+    "MailboxView",
+    "Snapshot",
+    "UIDValidityChanged",
+    "imap_flags",
+    "ranges_to_set",
+    "split_flags",
+]
+
+#: Maildir letters and the IMAP flag each stands for (``P``, passed, is the
+#: ``$Forwarded`` keyword, as mbsync and others map it).
+LETTER_FLAGS = {
+    "D": "\\Draft",
+    "F": "\\Flagged",
+    "P": "$Forwarded",
+    "R": "\\Answered",
+    "S": "\\Seen",
+    "T": "\\Deleted",
+}
+#: IMAP flag names (upper-cased) to Maildir letters.
+FLAG_LETTERS = {name.upper(): letter for letter, name in LETTER_FLAGS.items()}
+
+
+def imap_flags(info: MessageInfo, recent: bool = False) -> list[str]:
+    """A message's IMAP flags, system flags first."""
+    names = [LETTER_FLAGS[c] for c in sorted(info.flags) if c in LETTER_FLAGS]
+    names.extend(sorted(info.keywords))
+    if recent:
+        names.append("\\Recent")
+    return names
+
+
+def split_flags(flags: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """IMAP flag names as (Maildir letters, keywords); ``\\Recent`` is
+    dropped (clients cannot set it, RFC 3501 §2.3.2)."""
+    letters = set()
+    keywords = set()
+    for flag in flags:
+        letter = FLAG_LETTERS.get(flag.upper())
+        if letter is not None:
+            letters.add(letter)
+        elif flag.upper() == "\\RECENT" or flag.startswith("\\"):
+            continue
+        else:
+            keywords.add(flag)
+    return frozenset(letters), frozenset(keywords)
+
+
+def ranges_to_set(numbers: Sequence[int]) -> bytes:
+    """An ascending list of numbers as a compact sequence set."""
+    return SequenceSet.from_numbers(numbers).to_bytes()
+
+
+class UIDValidityChanged(Exception):
+    """The folder got a new UIDVALIDITY while selected: the session must end."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What L{MailboxView.poll} found: the store's messages, the ones this
+    session claimed as recent, and HIGHESTMODSEQ."""
+
+    infos: list[MessageInfo]
+    recent: list[int]
+    highest: int
+    uidvalidity: int
+
+
+class MailboxView:
+    """A selected mailbox as one session sees it (see the module docstring).
+
+    @param mailbox: the open folder (owned by this view; closed by L{close}).
+    @param read_only: EXAMINE (or no right to change): \\Recent is not
+        claimed and flags are not changed.
+    """
+
+    def __init__(self, mailbox: Mailbox, read_only: bool) -> None:
+        self.mailbox = mailbox
+        self.read_only = read_only
+        self.modseqs = ModSeqIndex(mailbox.path)
+        self.uids: list[int] = []
+        self.infos: dict[int, MessageInfo] = {}
+        self.recent: set[int] = set()
+        self.highest_modseq = 1
+        self.uidvalidity = mailbox.uidvalidity
+        self.gone: set[int] = set()
+        self._last_sent_highest = 0
+
+    # --- blocking part (a thread) ------------------------------------------------
+
+    def poll(self, force: bool = False) -> Snapshot:
+        """Refresh the store snapshot and the mod-sequences (blocking)."""
+        self.mailbox.refresh(force)
+        recent = [] if self.read_only else self.mailbox.take_recent()
+        infos = self.mailbox.messages()
+        highest = self.modseqs.sync(self.mailbox.uidvalidity, infos)
+        return Snapshot(infos, recent, highest, self.mailbox.uidvalidity)
+
+    def open(self) -> None:
+        """Take the first snapshot (blocking; SELECT)."""
+        snap = self.poll()
+        self.uids = [i.uid for i in snap.infos]
+        self.infos = {i.uid: i for i in snap.infos}
+        self.recent = set(snap.recent)
+        self.highest_modseq = snap.highest
+        self.uidvalidity = snap.uidvalidity
+
+    def close(self) -> None:
+        """Release the folder and the index (blocking)."""
+        self.modseqs.close()
+        self.mailbox.close()
+
+    # --- reactor part ----------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        """The sequence number of a UID in this view, or None."""
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        return None
+
+    def flags_of(self, uid: int) -> list[str]:
+        """The IMAP flags of a message as this session knows them."""
+        return imap_flags(self.infos[uid], uid in self.recent)
+
+    def modseq_of(self, uid: int) -> int:
+        """A message's mod-sequence."""
+        return self.modseqs.modseq(uid)
+
+    def uids_for(self, sequence_set: SequenceSet, uid: bool) -> list[int]:
+        """The UIDs a (UID) sequence set names, ascending.
+
+        @raise ValueError: for message sequence numbers beyond the last.
+        """
+        if uid:
+            return list(sequence_set.iter_uids(self.uids))
+        if not sequence_set.is_within(len(self.uids)):
+            raise ValueError("no such message")
+        return [self.uids[n - 1] for n in sequence_set.iter_numbers(len(self.uids))]
+
+    def flag_line(self, uid: int, *, condstore: bool, with_uid: bool) -> bytes:
+        """An unsolicited ``* n FETCH (FLAGS ...)`` line."""
+        seq = self.seq_of(uid)
+        items = [b"FLAGS " + format_flags(self.flags_of(uid))]
+        if with_uid:
+            items.insert(0, b"UID %d" % uid)
+        if condstore:
+            items.append(b"MODSEQ (%d)" % self.modseq_of(uid))
+        return b"* %d FETCH (%s)\r\n" % (seq or 0, b" ".join(items))
+
+    def changed(self, info: MessageInfo) -> None:
+        """Record a change this session made (and tells the client itself)."""
+        if info.uid in self.infos:
+            self.infos[info.uid] = info
+
+    def apply(
+        self,
+        snap: Snapshot,
+        *,
+        allow_expunge: bool,
+        condstore: bool,
+        qresync: bool,
+    ) -> list[bytes]:
+        """Turn a snapshot into untagged responses and update the view.
+
+        @raise UIDValidityChanged: when the folder's UIDVALIDITY changed.
+        """
+        if snap.uidvalidity != self.uidvalidity:
+            raise UIDValidityChanged()
+        out: list[bytes] = []
+        current = {i.uid: i for i in snap.infos}
+        self.recent.update(snap.recent)
+        self.gone.update(u for u in self.uids if u not in current)
+        if allow_expunge and self.gone:
+            out.extend(self._expunge_lines(qresync))
+        last = self.uids[-1] if self.uids else 0
+        fresh = [i for i in snap.infos if i.uid > last]
+        fresh_uids = {i.uid for i in fresh}
+        for info in fresh:
+            self.uids.append(info.uid)
+            self.infos[info.uid] = info
+        self.highest_modseq = snap.highest
+        if fresh or snap.recent:
+            out.append(b"* %d EXISTS\r\n" % len(self.uids))
+            out.append(b"* %d RECENT\r\n" % len(self.recent))
+        for uid in self.uids:
+            new = current.get(uid)
+            if new is None or uid in fresh_uids:
+                continue
+            old = self.infos[uid]
+            if old.flags != new.flags or old.keywords != new.keywords:
+                self.infos[uid] = new
+                out.append(self.flag_line(uid, condstore=condstore, with_uid=qresync))
+            elif old is not new:
+                self.infos[uid] = new
+        return out
+
+    def expunge_now(self, qresync: bool) -> list[bytes]:
+        """The responses for expunges held back so far (now allowed)."""
+        return self._expunge_lines(qresync) if self.gone else []
+
+    def _expunge_lines(self, qresync: bool) -> list[bytes]:
+        gone = sorted(self.gone)
+        self.gone = set()
+        out: list[bytes] = []
+        if qresync:
+            out.append(b"* VANISHED " + ranges_to_set(gone) + b"\r\n")
+        else:
+            # Descending, so each number is still right when the client
+            # applies the responses one by one (RFC 3501 §7.4.1).
+            for uid in reversed(gone):
+                seq = self.seq_of(uid)
+                if seq is not None:
+                    out.append(b"* %d EXPUNGE\r\n" % seq)
+        drop = set(gone)
+        self.uids = [u for u in self.uids if u not in drop]
+        for uid in gone:
+            self.infos.pop(uid, None)
+            self.recent.discard(uid)
+        return out
