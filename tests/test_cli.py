@@ -208,3 +208,29 @@ class SendmailCommandTests(TestCase):
         script = os.path.join(os.path.dirname(sys.executable), "twistedmail")
         done = self._spawn([script, "sendmail", "--bogus"], b"")
         self.assertEqual(done.returncode, 64)
+
+
+class QueueCommandTests(TestCase):
+    """``twistedmail queue`` reaches the queue tools."""
+
+    async def test_list_and_bad_id(self) -> None:
+        """An empty queue lists nothing; an unknown id exits 1; no action exits 2."""
+        data = self.mktemp()
+        os.makedirs(data)
+        out, err = io.StringIO(), io.StringIO()
+        code = await execute(
+            ["--data-dir", data, "queue", "list"], reactor, _Stdin(""), out, err
+        )
+        self.assertEqual((code, err.getvalue()), (0, ""))
+        code = await execute(
+            ["--data-dir", data, "queue", "show", "NOSUCHID"],
+            reactor,
+            _Stdin(""),
+            out,
+            err,
+        )
+        self.assertEqual(code, 1)
+        code = await execute(
+            ["--data-dir", data, "queue"], reactor, _Stdin(""), out, err
+        )
+        self.assertEqual(code, 2)

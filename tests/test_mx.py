@@ -563,3 +563,24 @@ class ParseHostPortTests(SynchronousTestCase):
         for text in ["relay:0", "relay:x", ":25", "[1.2.3.4", "bad_host!:25", "relay:"]:
             with self.assertRaises(ValueError, msg=text):
                 parse_host_port(text, 25)
+
+
+class SystemNameserverTests(SynchronousTestCase):
+    """Reading resolv.conf once."""
+
+    def test_parse(self) -> None:
+        """nameserver lines in order; other lines ignored."""
+        from twistedmail.smtp.mx import system_nameservers
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                "# comment\nsearch example.org\nnameserver 192.0.2.53\nnameserver ::1\n"
+            )
+        self.assertEqual(system_nameservers(path), [("192.0.2.53", 53), ("::1", 53)])
+
+    def test_missing(self) -> None:
+        """No file, or no nameserver in it, means the local resolver."""
+        from twistedmail.smtp.mx import system_nameservers
+
+        self.assertEqual(system_nameservers(self.mktemp()), [("127.0.0.1", 53)])

@@ -7,6 +7,7 @@
     twistedmail [--config FILE] check-config
     twistedmail [--config FILE] resolve ADDRESS
     twistedmail [--config FILE] sendmail [sendmail options] [RECIPIENT...]
+    twistedmail [--config FILE] queue list|show|flush|hold|release|delete [ID]
 
 It works on the configured directory (the same one the server uses; safe
 while the server runs).  Passwords come from a prompt on a terminal, or the
@@ -101,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "sendmail", help="queue a message from standard input (sendmail(8) options)"
     ).add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser(
+        "queue", help="the mail queue: list, show, flush, hold, release, delete"
+    ).add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("resolve", help="show how an address expands").add_argument(
         "address"
     )
@@ -190,6 +194,12 @@ async def execute(
     try:
         args = _parser().parse_args(list(argv))
         settings = _settings(args)
+        if args.command == "queue":
+            # The queue tools talk to the running server (or the files) and
+            # need no directory.
+            from twistedmail.spool.tools import queue_command
+
+            return queue_command(args.args, settings, stdout, stderr)
         work = _plan(args, stdin, stderr)
     except UsageProblem as e:
         print(f"twistedmail: {e}", file=stderr)

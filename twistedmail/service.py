@@ -26,7 +26,12 @@ from twisted.application.service import MultiService, Service
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IResolver,
+)
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,8 +46,14 @@ from twistedmail.config import Settings
 from twistedmail.delivery.local import LocalDelivery
 from twistedmail.interfaces import IDirectoryAdmin, User
 from twistedmail.maildir import MaildirStore
-from twistedmail.spool.runner import QueueRunner
+from twistedmail.smtp.mx import MXResolver, make_resolver
+from twistedmail.smtp.routing import make_router
+from twistedmail.spool.dsn import Notifier
+from twistedmail.spool.relay import RelayRunner, SMTPTransport
+from twistedmail.spool.runner import EntryLocks, QueueRunner
+from twistedmail.spool.srs import SRS, SRSExpander, load_secret
 from twistedmail.spool.store import Spool
+from twistedmail.spool.tools import QueueControlService, control_path
 from twistedmail.tls import ServerTLS, make_server_tls
 
 __all__ = ["Components", "ListenerService", "MailService", "makeService"]
@@ -74,7 +85,7 @@ class Components:
     directory: IDirectoryAdmin
     portal: Portal
     throttle: LoginThrottle
-    expander: AliasExpander
+    expander: Any
     tls: ServerTLS | None
     store: MaildirStore
     spool: Spool
@@ -342,6 +353,7 @@ def makeService(
     directory: IDirectoryAdmin | None = None,
     portal: Portal | None = None,
     roles: dict[str, RoleBuilder] | None = None,
+    resolver: IResolver | None = None,
 ) -> MailService:
     """Build the whole mail server.
 
@@ -350,6 +362,8 @@ def makeService(
     @param directory: a directory to use instead of the configured backend.
     @param portal: a cred portal to use instead of the directory's.
     @param roles: role builders to use instead of L{default_roles}.
+    @param resolver: the DNS resolver for MX lookups (default: from
+        C{[dns]}: the configured nameservers or the system's).
     @return: a L{MailService}; add it to an application or start it.
     """
     os.makedirs(settings.server.data_dir, exist_ok=True)
@@ -379,7 +393,19 @@ def makeService(
         settings.auth.failure_window,
     )
     tls = make_server_tls(settings) if settings.listeners.roles() else None
-    expander = AliasExpander(directory, settings.aliases, include_reader(run_in_thread))
+    expander: Any = AliasExpander(
+        directory, settings.aliases, include_reader(run_in_thread)
+    )
+    srs = None
+    if settings.srs.enabled:
+        srs = SRS(
+            load_secret(settings),
+            settings.srs.domain or settings.server.hostname,
+            reactor,
+            settings.srs.max_age,
+        )
+        # Bounces to our SRS addresses are verified and go back to the sender.
+        expander = SRSExpander(expander, srs, directory)
     store = MaildirStore(
         settings.data_path("mail"), settings.server.hostname, reactor, run_in_thread
     )
@@ -402,8 +428,48 @@ def makeService(
         pools=pools,
     )
     service = MailService(components, default_roles() if roles is None else roles)
-    runner = QueueRunner(spool, expander, local, reactor, settings.spool)
+
+    # Outbound: the relay takes remote recipients from the runner, finds the
+    # MX hosts and delivers; the notifier bounces, warns and reports (RFC 3464).
+    locks = EntryLocks()
+    notifier = Notifier(
+        spool,
+        reactor,
+        settings.server.hostname,
+        settings.queue,
+        settings.aliases.postmaster,
+    )
+    mx = MXResolver(resolver or make_resolver(settings.dns, reactor), reactor)
+    router = make_router(settings, mx, is_local=directory.is_local_domain)
+    runner_box: list[QueueRunner] = []
+    relay = RelayRunner(
+        spool,
+        SMTPTransport(reactor, router),
+        reactor,
+        notifier,
+        locks,
+        settings.queue,
+        directory=directory,
+        rewrite_sender=srs.forward if srs is not None else None,
+        kick=lambda queue_id=None: runner_box[0].flush(queue_id),
+    )
+    runner = QueueRunner(
+        spool,
+        expander,
+        local,
+        reactor,
+        settings.spool,
+        locks=locks,
+        settled=relay.settled,
+        backoff=relay.backoff,
+    )
+    runner_box.append(runner)
     runner.setName("queue-runner")
     runner.setServiceParent(service)
-    components.extra["queue_runner"] = runner
+    relay.setName("relay")
+    relay.setServiceParent(service)
+    control = QueueControlService(control_path(settings), reactor, relay)
+    control.setName("queue-control")
+    control.setServiceParent(service)
+    components.extra.update(queue_runner=runner, relay=relay, router=router, srs=srs)
     return service

@@ -49,6 +49,7 @@ __all__ = [
     "NULL_MX",
     "DNS_FAILURE",
     "make_resolver",
+    "system_nameservers",
     "parse_nameserver",
 ]
 
@@ -381,8 +382,27 @@ def make_resolver(settings: Any, reactor: Any) -> Resolver:
     @return: an C{IResolver} to give to L{MXResolver}.
     """
     servers = [parse_nameserver(s) for s in settings.nameservers]
-    timeout = tuple(settings.timeout)
-    if servers:
-        return Resolver(servers=servers, timeout=timeout, reactor=reactor)
-    # The system's resolv.conf, re-read when it changes (twisted.names polls).
-    return Resolver(resolv="/etc/resolv.conf", timeout=timeout, reactor=reactor)
+    if not servers:
+        # The system's resolv.conf, read once: twisted.names' own re-reading
+        # keeps a timer that nothing can stop, so two services in one process
+        # (or a stopped one) would leave it behind.  A change needs a restart.
+        servers = system_nameservers()
+    return Resolver(servers=servers, timeout=tuple(settings.timeout), reactor=reactor)
+
+
+def system_nameservers(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
+    """The ``nameserver`` lines of a resolv.conf, as (host, 53) pairs.
+
+    @return: the servers in file order; C{[("127.0.0.1", 53)]} when the file
+        is missing or names none (what the C library does too).
+    """
+    servers: list[tuple[str, int]] = []
+    try:
+        with open(path) as f:
+            for line in f:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    servers.append((words[1], 53))
+    except OSError:
+        pass
+    return servers or [("127.0.0.1", 53)]
