@@ -73,7 +73,7 @@ def messages() -> list[bytes]:
     )
     big = b"From: big@example.test\r\nSubject: big\r\n\r\n" + b"".join(
         b"%sline %d of a long message\r\n" % (b"." if i % 5 == 0 else b"", i)
-        for i in range(6000)
+        for i in range(40000)
     )
     assert len(big) > SYNC_READ_LIMIT
     return [make_message(1), mime, big, make_message(4, body_lines=40)]

@@ -28,7 +28,7 @@ def tricky_messages() -> list[bytes]:
     """Messages that exercise byte-stuffing and the thread read path."""
     dots = b"Subject: dots\r\n\r\n.\r\n..\r\n.leading dot\r\nend\r\n"
     big = b"Subject: big\r\n\r\n" + b"".join(
-        b"%s line %d\r\n" % (b"." if i % 7 == 0 else b"", i) for i in range(12000)
+        b"%s line %d\r\n" % (b"." if i % 7 == 0 else b"", i) for i in range(100000)
     )
     assert len(big) > SYNC_READ_LIMIT
     return [make_message(1), dots, big, make_message(4, body_lines=50)]

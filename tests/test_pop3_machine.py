@@ -593,6 +593,14 @@ class FormatTests(SynchronousTestCase):
             format_message(b"A: b\n\n.x\r\ny"), (13, b"A: b\r\n\r\n..x\r\ny\r\n.\r\n")
         )
 
+    def test_mixed(self) -> None:
+        """A message whose first line ends in CRLF is sent as it is: a later
+        bare LF stays, and cannot end the response early."""
+        self.assertEqual(
+            format_message(b"A: b\r\n\r\nx\n.\r\n"),
+            (13, b"A: b\r\n\r\nx\n.\r\n.\r\n"),
+        )
+
     def test_empty(self) -> None:
         """An empty message is just the dot line."""
         self.assertEqual(format_message(b""), (0, b".\r\n"))
@@ -628,9 +636,10 @@ class FormatTests(SynchronousTestCase):
             (line[1:] if line.startswith(b".") else line) + b"\r\n"
             for line in lines_out
         )
-        normal = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        if data.count(b"\n") == data.count(b"\r\n"):
-            normal = data
+        first = data.find(b"\n")
+        normal = data
+        if first == 0 or (first > 0 and data[first - 1 : first] != b"\r"):
+            normal = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         expected = (
             normal if normal.endswith(b"\r\n") or not normal else normal + b"\r\n"
         )

@@ -520,7 +520,7 @@ class BigMessageTests(ServerTestCase):
         """A big message is read off the reactor thread and sent whole."""
         threads = QueuedThreads()
         world = make_world(self.mktemp(), run_in_thread=threads)
-        body = b"".join(b".line %d\r\n" % i for i in range(20000))
+        body = b"".join(b".line %d\r\n" % i for i in range(110000))
         message = b"Subject: big\r\n\r\n" + body
         self.assertGreater(len(message), SYNC_READ_LIMIT)
         world.store.deliver_sync(world.maildir(), message, "big")

@@ -53,6 +53,7 @@ import base64
 import binascii
 import enum
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -98,6 +99,7 @@ UIDL_MAX = 70
 _E = TypeVar("_E")
 
 _UIDL_CHARS = frozenset(range(0x21, 0x7F))
+_VALID_UIDL = re.compile("[\x21-\x7e]{1,%d}" % UIDL_MAX)
 
 
 def ok(text: str = "") -> bytes:
@@ -258,9 +260,9 @@ def uidl_for(base: str) -> str:
     of its SHA-256: the same for the same base name in every session and
     after restarts.
     """
-    raw = base.encode("utf-8", "surrogateescape")
-    if 0 < len(raw) <= UIDL_MAX and all(b in _UIDL_CHARS for b in raw):
+    if _VALID_UIDL.fullmatch(base):
         return base
+    raw = base.encode("utf-8", "surrogateescape")
     digest = hashlib.sha256(raw).hexdigest()[:24]
     keep = bytes(b for b in raw if b in _UIDL_CHARS and b != 0x7E)
     prefix = keep[: UIDL_MAX - 25].decode("ascii")
@@ -270,16 +272,22 @@ def uidl_for(base: str) -> str:
 def format_message(data: bytes, lines: int | None = None) -> tuple[int, bytes]:
     """The body of a RETR (or TOP) response for a stored message.
 
-    Bare LF line ends become CRLF (RFC 1939 §3 wants CRLF; Maildirs written
-    by other programs use LF); lines starting with ``.`` get another
-    (byte-stuffing); the result ends with CRLF and the ``.`` line.
+    A message whose first line ends in a bare LF (Maildirs written by
+    Dovecot, mutt, twisted.mail) has all its LF line ends made CRLF (RFC
+    1939 §3 wants CRLF).  A message whose first line ends in CRLF (ours)
+    is sent as it is: looking only at the first line end spares two scans
+    of every message, and a stray bare LF later on cannot break the
+    framing, since only CRLF ``.`` CRLF ends the response.  Lines starting
+    with ``.`` get another (byte-stuffing); the result ends with CRLF and
+    the ``.`` line.
 
     @param lines: for TOP: the headers, the blank line and this many body
         lines (RFC 1939 §7); None for the whole message.
     @return: (octets of the message as sent, before byte-stuffing; the
         response bytes after the status line).
     """
-    if data.count(b"\n") != data.count(b"\r\n"):
+    first = data.find(b"\n")
+    if first >= 0 and (first == 0 or data[first - 1] != 0x0D):
         data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if lines is not None:
         data = _top(data, lines)
@@ -453,7 +461,7 @@ class POP3Machine:
         """Answer L{MessageRequested} with L{format_message}'s result; the
         status line and the body go out as one write."""
         self._answering(MessageRequested)
-        self._reply(ok(f"{octets} octets") + body)
+        self._reply(b"+OK %d octets\r\n" % octets, body)
         return self._continue()
 
     def message_failed(self, reply: bytes = MESSAGE_GONE) -> list[Event]:
@@ -577,10 +585,12 @@ class POP3Machine:
         self._buffer.clear()
         self._events.append(CloseRequested(reason))
 
-    def _reply(self, reply: bytes) -> None:
+    def _reply(self, reply: bytes, body: bytes = b"") -> None:
         if self.state is State.CLOSED:
             return
         self._out.append(reply)
+        if body:
+            self._out.append(body)
         if reply.startswith(b"-"):
             self._errors += 1
             reason = reply[5:].decode("ascii", "replace").strip()
