@@ -99,7 +99,7 @@ UIDL_MAX = 70
 _E = TypeVar("_E")
 
 _UIDL_CHARS = frozenset(range(0x21, 0x7F))
-_VALID_UIDL = re.compile("[\x21-\x7e]{1,%d}" % UIDL_MAX)
+_VALID_UIDL = re.compile(f"[\x21-\x7e]{{1,{UIDL_MAX}}}")
 
 
 def ok(text: str = "") -> bytes:
