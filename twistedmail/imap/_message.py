@@ -79,6 +79,7 @@ __all__ = [
     "format_section",
     "header_block",
     "header_end",
+    "header_fields",
     "parse_message",
     "rfc822_header",
     "rfc822_size",
@@ -123,6 +124,15 @@ def header_end(data: bytes, start: int = 0, end: int | None = None) -> int | Non
     if data.find(b"\n", header_stop, stop) < 0:
         return None
     return header_stop
+
+
+def header_fields(msg: bytes) -> list[tuple[bytes, bytes]]:
+    """The fields of the message's header: ``(lower-cased name, value)``
+    with the value unfolded and stripped (encoded words left as they are),
+    in order, duplicates kept."""
+    fields: list[_Field] = []
+    _scan_header(msg, 0, len(msg), fields)
+    return [(f.name, _unfold(msg[f.colon + 1 : f.end])) for f in fields]
 
 
 def header_block(msg: bytes) -> bytes:
