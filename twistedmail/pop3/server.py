@@ -198,10 +198,29 @@ def _open_maildrop(
         raise
 
 
+def _read_message(mailbox: Mailbox, uid: int) -> bytes:
+    """A message's bytes, read from the file the store names
+    (L{Mailbox.get_file}) with plain system calls (open, read until the
+    end, close: about half of what a buffered file object makes); through
+    L{Mailbox.read} when the file was renamed since the snapshot."""
+    try:
+        fd = os.open(mailbox.get_file(uid), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return mailbox.read(uid)
+    try:
+        chunks = []
+        size = max(mailbox.get(uid).size + 1, 8192)
+        while chunk := os.read(fd, size):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _read_formatted(mailbox: Mailbox, uid: int, lines: int | None) -> tuple[int, bytes]:
     """Read a message and format it for RETR or TOP (in a thread for big
     messages)."""
-    return format_message(mailbox.read(uid), lines)
+    return format_message(_read_message(mailbox, uid), lines)
 
 
 def _peer_ip(peer: IAddress | None) -> str:
@@ -439,7 +458,9 @@ class POP3ServerProtocol(Protocol):
             self._transport.writeSequence(out)
 
     def _handle(self, event: Event) -> None:
-        if isinstance(event, Refused):
+        if isinstance(event, MessageRequested):
+            self._retrieve(event)
+        elif isinstance(event, Refused):
             _log.debug(
                 "pop3 -ERR: {reason} session={session}",
                 reason=event.reason,
@@ -454,8 +475,6 @@ class POP3ServerProtocol(Protocol):
             self._start_tls()
         elif isinstance(event, LoginRequested):
             self._background(self._login(event))
-        elif isinstance(event, MessageRequested):
-            self._retrieve(event)
         elif isinstance(event, UpdateRequested):
             self._background(self._update(event))
 
