@@ -300,6 +300,16 @@ class AuthorizationTests(SynchronousTestCase):
         self.assertEqual(m.receive_data(b"NOOP\r\n"), [])
         self.assertEqual(out(m), b"")
 
+    def test_answer_after_close(self) -> None:
+        """An answer that comes after close() (a timeout) changes nothing."""
+        m = machine(tls=True)
+        m.receive_data(b"USER a\r\nPASS b\r\n")
+        out(m)
+        m.close(b"-ERR Disconnected for inactivity\r\n")
+        self.assertEqual(m.login_succeeded(LISTING), [])
+        self.assertIs(m.state, State.CLOSED)
+        self.assertEqual(out(m), b"-ERR Disconnected for inactivity\r\n")
+
     def test_answer_without_request(self) -> None:
         """Answers that nothing asked for are programming errors."""
         m = machine()

@@ -122,7 +122,6 @@ TOO_MANY_CONNECTIONS = err("Too many connections, try again later", "SYS/TEMP")
 MESSAGE_GONE = err("Message was removed by another session")
 UPDATE_FAILED = err("Some deleted messages were not removed", "SYS/TEMP")
 TIMED_OUT = err("Disconnected for inactivity")
-SHUTTING_DOWN = err("Server shutting down", "SYS/TEMP")
 
 # Replies of the machine itself.
 LINE_TOO_LONG = err("Line too long")
@@ -441,6 +440,8 @@ class POP3Machine:
         """Answer L{LoginRequested}: logged in, maildrop locked; the listing
         stays fixed for the session (new mail shows in the next one)."""
         request = self._answering(LoginRequested)
+        if self.state is State.CLOSED:
+            return []
         self._user_name = None
         self._maildrop = _Maildrop(listing, size=sum(e.size for e in listing))
         self.session.user = request.username.decode("utf-8", "replace")
@@ -452,6 +453,8 @@ class POP3Machine:
         """Answer L{LoginRequested} with a refusal (``[AUTH]``,
         ``[IN-USE]`` or ``[SYS/TEMP]``)."""
         self._answering(LoginRequested)
+        if self.state is State.CLOSED:
+            return []
         self._user_name = None
         self.state = State.AUTHORIZATION
         self._reply(reply)
@@ -476,6 +479,8 @@ class POP3Machine:
         @param removed: whether every deleted message was removed.
         """
         self._answering(UpdateRequested)
+        if self.state is State.CLOSED:
+            return []
         if removed:
             self._out.append(ok(f"{self.config.hostname} POP3 signing off"))
         else:
@@ -566,6 +571,8 @@ class POP3Machine:
     # Internals.
 
     def _answering(self, kind: type[_E]) -> _E:
+        # After close() (a timeout while the adapter was busy) answers are
+        # taken and dropped: the callers return at once when CLOSED.
         pending = self._pending
         if not isinstance(pending, kind):
             raise RuntimeError(f"no {kind.__name__} is pending")
