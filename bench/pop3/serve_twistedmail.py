@@ -1,0 +1,65 @@
+"""twistedmail's POP3 server for the benchmark: one listener on loopback,
+plaintext logins allowed (as the peers are configured), users from the
+command line.
+
+Prints ``port <n>`` once listening.  Passwords are hashed with cheap argon2id
+parameters so that the benchmark measures POP3 and not the password hash
+(Dovecot's benchmark instance uses ``{PLAIN}`` passwords).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from argon2 import PasswordHasher
+from twisted.internet import reactor
+
+from twistedmail.aliases.directory import MemoryDirectory
+from twistedmail.auth.passwords import hash_password
+from twistedmail.auth.realm import make_portal
+from twistedmail.auth.throttle import LoginThrottle
+from twistedmail.config import POP3Settings, ServerSettings, Settings
+from twistedmail.interfaces import User
+from twistedmail.maildir import MaildirStore
+from twistedmail.pop3.server import POP3ServerFactory
+
+CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", required=True, help="mailboxes are in mail/")
+    parser.add_argument("--password", default="pass")
+    parser.add_argument("users", nargs="+", help="NAME=MAILDIR (under mail/)")
+    args = parser.parse_args()
+    stored = hash_password(args.password, CHEAP)
+    users = []
+    for spec in args.users:
+        name, _, path = spec.partition("=")
+        users.append(User(f"{name}@bench.test", stored, path))
+    directory = MemoryDirectory(domains=("bench.test",), users=tuple(users))
+    settings = Settings().with_changes(
+        server=ServerSettings(hostname="bench.test", data_dir=args.data_dir),
+        pop3=POP3Settings(
+            allow_plaintext_auth=True, max_connections=2000, max_connections_per_ip=2000
+        ),
+    )
+    reactor.suggestThreadPoolSize(4)  # type: ignore[attr-defined]
+    portal = make_portal(directory, settings, reactor, hasher=CHEAP)  # type: ignore[arg-type]
+    store = MaildirStore(settings.data_path("mail"), "bench.test", reactor)  # type: ignore[arg-type]
+    factory = POP3ServerFactory(
+        settings,
+        reactor,  # type: ignore[arg-type]
+        portal=portal,
+        throttle=LoginThrottle(reactor, 0.0, 0.0),  # type: ignore[arg-type]
+        store=store,
+        tls=None,
+    )
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    print(f"port {port.getHost().port}", flush=True)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
