@@ -154,6 +154,25 @@ class DeliverTests(SynchronousTestCase):
         self.deliver()
         self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 1)
 
+    def test_busy_journal_not_rewritten_each_time(self) -> None:
+        """A journal holding more than 1 MiB of recent records is rewritten
+        once, not on every delivery."""
+        os.makedirs(self.path)
+        journal = os.path.join(self.path, JOURNAL_NAME)
+        now = int(self.clock.seconds())
+        with open(journal, "wb") as f:
+            f.write(b"twistedmail-delivered 1\n")
+            for i in range(30_000):
+                f.write(b"%020x %d.M%dP1.host,S=1\n" % (i, now, i))
+        self.deliver(unique="Q1")
+        inode = os.stat(journal).st_ino
+        self.deliver(unique="Q2")
+        self.deliver(unique="Q3")
+        self.assertEqual(os.stat(journal).st_ino, inode)
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 3)
+        self.assertEqual(self.deliver(unique="Q1"), self.deliver(unique="Q1"))
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 3)
+
     def test_different_uniques(self) -> None:
         """Different deliveries make different files."""
         a = self.deliver(unique="Q1.alice")

@@ -24,9 +24,11 @@ Journal on-disk format, version 1 (UTF-8 text, one record a line)::
 The hash is the first 20 hex digits of SHA-256 of the token (its first 8
 are in the base name after ``U``, to trace a file to its delivery).  Records are appended under
 ``twistedmail-deliver.lock``; a torn last line (crash while appending) is
-ignored.  When the journal passes 1 MiB it is rewritten (temp, fsync,
-rename) keeping the records of the last 30 days, far longer than the queue
-retries a message.  A message expunged by the user after delivery and
+ignored.  When the journal passes 1 MiB, or twice its size after the last
+rewrite (a busy mailbox keeps more than 1 MiB of recent records, and must
+not rewrite them on every delivery), it is rewritten (temp, fsync, rename)
+keeping the records of the last 30 days, far longer than the queue retries
+a message.  A message expunged by the user after delivery and
 before a retry would be delivered again: the journal does not know of
 expunges.
 """
@@ -126,6 +128,7 @@ class DeliveryJournal:
         self._offset = 0
         self._torn = False
         self._records: dict[str, str] = {}
+        self._compact_at = _COMPACT_SIZE
 
     def lock(self) -> FolderLock:
         """A new (unlocked) lock object for this journal."""
@@ -159,26 +162,33 @@ class DeliveryJournal:
 
     def record(self, token: str, base: str, now: float) -> None:
         """Append a record and fsync it (compacting first when large)."""
+        self.record_many([(token, base)], now)
+
+    def record_many(self, records: list[tuple[str, str]], now: float) -> None:
+        """Append records with one write and one fsync (compacting first
+        when large)."""
         self._catch_up()
-        if self._offset > _COMPACT_SIZE:
+        if self._offset > self._compact_at:
             self._compact(now)
         created = self._inode is None
         fd = os.open(
             self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         try:
-            line = f"{token} {base}\n".encode()
+            data = "".join(f"{token} {base}\n" for token, base in records).encode()
             if created:
-                line = _HEADER + line
+                data = _HEADER + data
             elif self._torn:
-                line = b"\n" + line
-            os.write(fd, line)
+                data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
         if created:
             fsync_directory(self.maildir)
-        self._records[token] = base
+        self._records.update(records)
         self._catch_up()
 
     def _compact(self, now: float) -> None:
@@ -193,6 +203,7 @@ class DeliveryJournal:
         write_file_atomic(self.path, _HEADER + b"".join(keep))
         self._inode = None
         self._catch_up()
+        self._compact_at = max(_COMPACT_SIZE, 2 * self._offset)
 
 
 class SizeCache:
