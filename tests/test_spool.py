@@ -254,7 +254,6 @@ class DurabilityTests(SpoolTestCase):
         """Order: file fsync, folder fsync, then the commit's callback."""
         d = _commit(self.spool)
         d.addCallback(lambda _: self.fsync.events.append("committed"))
-        self.assertEqual(self.fsync.events, ["file"])
         self.assertNoResult(d)
         self.clock.advance(0)
         self.assertEqual(self.fsync.events, ["file", "dir", "committed"])
@@ -316,20 +315,65 @@ class GroupCommitTests(SpoolTestCase):
         self.assertEqual(self.successResultOf(self.spool.list()), sorted(ids))
 
     def test_while_fsync_runs(self) -> None:
-        """Commits that become ready while a folder fsync runs share the next
-        one: five commits, two folder fsyncs."""
+        """Commits that become ready while a batch runs share the next one:
+        five commits, two thread jobs, two folder fsyncs."""
         threads = ManualThreads()
         spool = Spool(self.path, self.clock, threads, fsync=self.fsync)
-        ds = [_commit(spool) for _ in range(5)]
-        threads.run_one()  # the first message's file
-        self.clock.advance(0)  # its batch starts: rename + folder fsync queued
-        threads.run_all()  # the other files, then the first batch
+        first = _commit(spool)
+        self.clock.advance(0)  # its batch starts: one thread job
+        self.assertEqual(len(threads.jobs), 1)
+        others = [_commit(spool) for _ in range(4)]
         self.clock.advance(0)
-        threads.run_all()
-        for d in ds:
+        self.assertEqual(len(threads.jobs), 1)  # they wait for the batch
+        threads.run_one()  # the first batch; the second one starts
+        self.successResultOf(first)
+        self.assertEqual(len(threads.jobs), 1)
+        threads.run_one()
+        for d in others:
             self.successResultOf(d)
         self.assertEqual(self.fsync.events.count("file"), 5)
         self.assertEqual(self.fsync.dirs, 2)
+        self.assertEqual(threads.jobs, [])
+
+    def test_one_failure(self) -> None:
+        """A commit whose file fsync fails is refused alone (451, its
+        temporary file removed); the others in its batch are committed."""
+        calls: list[int] = []
+
+        def flaky(fd: int) -> None:
+            calls.append(fd)
+            if len(calls) == 2:
+                raise OSError(errno.EIO, "bad block")
+            os.fsync(fd)
+
+        spool = Spool(self.path, self.clock, fsync=flaky)
+        ds = [_commit(spool) for _ in range(3)]
+        self.clock.advance(0)
+        first, third = self.successResultOf(ds[0]), self.successResultOf(ds[2])
+        failure = self.failureResultOf(ds[1], TemporaryError)
+        self.assertEqual(failure.value.reply.code, 451)
+        self.assertEqual(len(calls), 4)  # three files, one folder
+        self.assertEqual(self.files("queue"), sorted([first, third]))
+        self.assertEqual(self.files("tmp"), [])
+
+    def test_removal_batched(self) -> None:
+        """Removals handed over while a batch runs go into the next one, with
+        no folder fsync of their own."""
+        queue_id = self.commit()
+        threads = ManualThreads()
+        spool = Spool(self.path, self.clock, threads, fsync=self.fsync)
+        pending = _commit(spool)
+        self.clock.advance(0)
+        removed = spool.remove(queue_id)
+        self.assertEqual(len(threads.jobs), 1)
+        threads.run_one()
+        self.successResultOf(pending)
+        self.assertNoResult(removed)
+        dirs = self.fsync.dirs
+        threads.run_one()
+        self.successResultOf(removed)
+        self.assertEqual(self.fsync.dirs, dirs)
+        self.assertNotIn(queue_id, self.files("queue"))
 
 
 class IncomingTests(SpoolTestCase):

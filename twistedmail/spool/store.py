@@ -56,10 +56,11 @@ a newer version number is left alone and logged.
 
 Durability: an entry is written to ``tmp/``, fsynced, renamed into
 ``queue/``, and ``queue/`` is fsynced before the transaction's commit fires.
-Renames that become ready while a directory fsync is running (or within one
-reactor turn) share the next one (group commit), so many concurrent SMTP
-transactions cost one directory fsync, not one each.  File fsyncs run in the
-thread pool.
+Commits handed over while a batch is running (or within one reactor turn)
+form the next batch (group commit): one thread-pool job writes and fsyncs
+each file, renames it, and fsyncs ``queue/`` once, so many concurrent SMTP
+transactions cost one directory fsync and one trip to the thread pool, not
+one each.  Status rewrites and removals ride in the same batches.
 """
 
 from __future__ import annotations
@@ -504,11 +505,16 @@ def submit_incoming(
 
 
 class _GroupCommit:
-    """Batches renames into one folder so that they share a folder fsync.
+    """Batches the queue's file work so that it shares one folder fsync and
+    one trip to the thread pool.
 
-    Renames handed over in one reactor turn, or while the previous batch's
-    fsync runs, go into the next batch: one thread job renames them all and
-    fsyncs the folder once, then each caller's Deferred fires.
+    Each item is an optional C{prepare} step (write and fsync a file, or
+    unlink files) and renames into the folder.  Items handed over in one
+    reactor turn, or while the previous batch runs, go into the next batch:
+    one thread job does every item in order (one item's failure touches no
+    other), fsyncs the folder once when an item that asked for it succeeded,
+    and then each caller's Deferred fires.  Items that need no folder fsync
+    (removals) start a batch at once when none runs.
     """
 
     def __init__(
@@ -522,60 +528,87 @@ class _GroupCommit:
         self._clock = clock
         self._run = run
         self._fsync = fsync
-        self._waiting: list[tuple[list[tuple[str, str]], Deferred[None]]] = []
+        self._waiting: list[_Batched] = []
         self._busy = False
         self._scheduled: IDelayedCall | None = None
         #: How many folder fsyncs were done (for tests and statistics).
         self.flushes = 0
 
-    def commit(self, renames: list[tuple[str, str]]) -> Deferred[None]:
-        """Rename (source, target) pairs and fsync the folder; fire after."""
+    def commit(
+        self,
+        renames: list[tuple[str, str]],
+        prepare: Callable[[], None] | None = None,
+        *,
+        sync: bool = True,
+    ) -> Deferred[None]:
+        """Run C{prepare}, rename (source, target) pairs and (when C{sync})
+        fsync the folder; fire after, or fail with C{prepare}'s or the
+        rename's error."""
         d: Deferred[None] = Deferred()
-        self._waiting.append((renames, d))
-        if not self._busy and self._scheduled is None:
-            self._scheduled = self._clock.callLater(0, self._flush)
+        self._waiting.append(_Batched(prepare, renames, sync, d))
+        if not self._busy:
+            if not sync:
+                self._flush()
+            elif self._scheduled is None:
+                self._scheduled = self._clock.callLater(0, self._flush)
         return d
 
     def _flush(self) -> None:
-        self._scheduled = None
+        if self._scheduled is not None:
+            if self._scheduled.active():
+                self._scheduled.cancel()
+            self._scheduled = None
         batch, self._waiting = self._waiting, []
         if not batch:
             return
         self._busy = True
-        self.flushes += 1
-        run = self._run(lambda: self._apply([r for r, _ in batch]))
+        if any(item.sync for item in batch):
+            self.flushes += 1
+        run = self._run(lambda: self._apply(batch))
         run.addCallbacks(
             lambda errors: self._finished(batch, errors),
             lambda f: self._finished(batch, [f.value] * len(batch)),
         )
 
-    def _apply(self, batch: list[list[tuple[str, str]]]) -> list[BaseException | None]:
+    def _apply(self, batch: list[_Batched]) -> list[BaseException | None]:
         errors: list[BaseException | None] = []
-        for renames in batch:
+        synced = False
+        for item in batch:
             try:
-                for source, target in renames:
+                if item.prepare is not None:
+                    item.prepare()
+                for source, target in item.renames:
                     os.rename(source, target)
-            except OSError as e:
+            except Exception as e:
                 errors.append(e)
             else:
                 errors.append(None)
-        if any(e is None for e in errors):
+                synced = synced or item.sync
+        if synced:
             _fsync_dir(self._directory, self._fsync)
         return errors
 
     def _finished(
-        self,
-        batch: list[tuple[list[tuple[str, str]], Deferred[None]]],
-        errors: Sequence[BaseException | None],
+        self, batch: list[_Batched], errors: Sequence[BaseException | None]
     ) -> None:
         self._busy = False
-        for (_, d), error in zip(batch, errors, strict=True):
+        for item, error in zip(batch, errors, strict=True):
             if error is None:
-                d.callback(None)
+                item.done.callback(None)
             else:
-                d.errback(Failure(error))
-        if self._waiting:
+                item.done.errback(Failure(error))
+        if self._waiting and not self._busy:
             self._flush()
+
+
+@dataclass
+class _Batched:
+    """One item of a L{_GroupCommit} batch."""
+
+    prepare: Callable[[], None] | None
+    renames: list[tuple[str, str]]
+    sync: bool
+    done: Deferred[None]
 
 
 class Spool:
@@ -667,13 +700,20 @@ class Spool:
     # Writing
 
     def commit_file(
-        self, tmp: str, entry: QueueEntry, message: bytes | None
+        self,
+        tmp: str,
+        entry: QueueEntry,
+        message: bytes | None,
+        write: Callable[[], None] | None = None,
     ) -> Deferred[str]:
         """Rename a written, fsynced entry file into the queue and announce it.
 
         @param message: the message bytes to cache, when at hand.
+        @param write: writes and fsyncs the file first (blocking; run in the
+            group commit's thread job, so a message costs one trip to the
+            thread pool).
         """
-        d = self._committer.commit([(tmp, self.entry_path(entry.queue_id))])
+        d = self._committer.commit([(tmp, self.entry_path(entry.queue_id))], write)
 
         def committed(_: None) -> str:
             if message is not None:
@@ -695,9 +735,9 @@ class Spool:
         folder fsync)."""
         tmp = self.tmp_path(entry.queue_id + ".status")
         data = _status_bytes(entry)
-        d = self.run(lambda: _write_file(tmp, [data], self.fsync))
-        return d.addCallback(
-            lambda _: self._committer.commit([(tmp, self.status_path(entry.queue_id))])
+        return self._committer.commit(
+            [(tmp, self.status_path(entry.queue_id))],
+            lambda: _write_file(tmp, [data], self.fsync),
         )
 
     def update_status(
@@ -732,7 +772,10 @@ class Spool:
                 except FileNotFoundError:
                     pass
 
-        return self.run(unlink)
+        # Batched with the commits (no folder fsync: a removal lost in a
+        # crash only means a delivery is retried, and deliveries are
+        # idempotent).
+        return self._committer.commit([], unlink, sync=False)
 
     # Reading
 
@@ -1016,8 +1059,9 @@ class _Transaction:
 
         self.queue_io(write)
 
-    def finish(self) -> bytes | None:
-        """Queue the final write and fsync; return the whole message when it
+    def finish(self) -> tuple[Callable[[], None], bytes | None]:
+        """The final write and fsync (blocking, for the group commit's thread
+        job, after the jobs queued so far), and the whole message when it
         never left memory (for the spool's cache)."""
         self.freeze()
         chunks, self.chunks, self.buffered = self.chunks, [], 0
@@ -1039,8 +1083,7 @@ class _Transaction:
             finally:
                 f.close()
 
-        self.queue_io(write)
-        return message
+        return write, message
 
     def discard(self) -> None:
         """Close and remove the temporary file once pending jobs are done."""
@@ -1119,16 +1162,16 @@ class SpoolDeliveryAgent:
         if not tx.recipients:
             tx.discard()
             return _failed(PermanentError(NO_RECIPIENTS, "commit without recipients"))
-        message = tx.finish()
+        write, message = tx.finish()
         entry = replace(tx.freeze(), size=tx.size)
         spool = self._spool
 
         async def go() -> str:
-            await tx.io
+            await tx.io  # the writes of a large message's first parts
             error = tx.error
             if error is None:
                 try:
-                    return await spool.commit_file(tx.tmp, entry, message)
+                    return await spool.commit_file(tx.tmp, entry, message, write)
                 except OSError as e:
                     error = e
             tx.discard()
