@@ -9,10 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from twistedmail.imap._format import format_nstring, format_string
 from twistedmail.imap._message import (
     CACHE_KEY,
     MAX_DEPTH,
     Structure,
+    _format_address_list,
+    _format_addresses,
+    _nquote,
+    _quote,
     bodystructure,
     cached_header,
     cached_structure,
@@ -757,6 +762,51 @@ class RobustnessTests(SynchronousTestCase):
         for text in text_parts(msg):
             self.assertIsInstance(text, str)
         self.assertIsInstance(parse_message(msg).header_text(), str)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=1100) | st.sampled_from([b"", b"\\", b'"', b"x" * 1025]))
+    def test_quote_is_format_string(self, value: bytes) -> None:
+        """The fast string formatter gives what L{format_string} gives."""
+        self.assertEqual(_quote(value), format_string(value))
+        self.assertEqual(_nquote(value), format_nstring(value))
+        self.assertEqual(_nquote(None), b"NIL")
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.lists(
+            st.sampled_from(
+                [
+                    b"a",
+                    b"Bob",
+                    b"x.y",
+                    b"+",
+                    b"@",
+                    b".",
+                    b"<",
+                    b">",
+                    b" ",
+                    b"\t",
+                    b"-",
+                    b"example.com",
+                    b'"',
+                    b"(c)",
+                    b",",
+                    b"\xc3\xa4",
+                    b"_",
+                    b"=",
+                    b"[1]",
+                    b":",
+                    b";",
+                    b"a@b",
+                    b"A B <c@d>",
+                ]
+            ),
+            max_size=12,
+        ).map(b"".join)
+    )
+    def test_address_fast_path(self, value: bytes) -> None:
+        """The shortcut for plain addresses agrees with the tokenizer."""
+        self.assertEqual(_format_addresses(value), _format_address_list(value))
 
     @settings(max_examples=200, deadline=None)
     @given(messages)

@@ -60,7 +60,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol
 
-from twistedmail.imap._format import format_list, format_nstring, format_string
+from twistedmail.imap._format import MAX_QUOTED, format_list
 from twistedmail.imap._types import BodySection
 
 __all__ = [
@@ -103,6 +103,23 @@ _IDENTITY_ENCODINGS = frozenset({b"7BIT", b"8BIT", b"BINARY"})
 _TSPECIALS = frozenset(b'()<>@,;:\\"/[]?=')
 _TOKEN_CHARS = frozenset(c for c in range(0x21, 0x7F) if c not in _TSPECIALS)
 _WSP = b" \t\r\n"
+# Octets a quoted string may hold (RFC 3501 §9 QUOTED-CHAR, as _format sends).
+_QUOTABLE = bytes(range(0x20, 0x7F))
+
+
+def _quote(value: bytes) -> bytes:
+    """L{twistedmail.imap.format_string} for bytes, without its per-octet
+    loop (the same output; BODYSTRUCTURE formats many short strings)."""
+    if len(value) <= MAX_QUOTED and not value.translate(None, _QUOTABLE):
+        if b"\\" in value or b'"' in value:
+            value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return b'"' + value + b'"'
+    return b"{%d}\r\n" % len(value) + value
+
+
+def _nquote(value: bytes | None) -> bytes:
+    """L{_quote}, or ``NIL`` for None."""
+    return b"NIL" if value is None else _quote(value)
 
 
 # --- headers ------------------------------------------------------------------
@@ -227,6 +244,7 @@ class _Entity:
         "default",
         "end",
         "fields",
+        "first",
         "header_stop",
         "message",
         "params",
@@ -242,6 +260,7 @@ class _Entity:
         self.body_start = start
         self.end = end
         self.fields: list[_Field] = []
+        self.first: dict[bytes, _Field] = {}
         self.type = b"TEXT"
         self.subtype = b"PLAIN"
         self.params: list[tuple[bytes, bytes]] = []
@@ -268,6 +287,9 @@ class MessageParts:
         entity.header_stop, entity.body_start = _scan_header(
             data, start, end, entity.fields
         )
+        first = entity.first
+        for field in reversed(entity.fields):
+            first[field.name] = field
         parsed = _content_type(self._value(entity, b"content-type"))
         if parsed is not None:
             entity.type, entity.subtype, entity.params = parsed
@@ -299,15 +321,10 @@ class MessageParts:
         return entity
 
     def _value(self, entity: _Entity, name: bytes) -> bytes | None:
-        for field in entity.fields:
-            if field.name == name:
-                return _unfold(self.data[field.colon + 1 : field.end])
-        return None
-
-    def _values(self, entity: _Entity, name: bytes) -> Iterator[bytes]:
-        for field in entity.fields:
-            if field.name == name:
-                yield _unfold(self.data[field.colon + 1 : field.end])
+        field = entity.first.get(name)
+        if field is None:
+            return None
+        return _unfold(self.data[field.colon + 1 : field.end])
 
     def _encoding(self, entity: _Entity) -> bytes:
         value = self._value(entity, b"content-transfer-encoding")
@@ -321,7 +338,7 @@ class MessageParts:
         e = self.root if entity is None else entity
 
         def text(name: bytes) -> bytes:
-            return format_nstring(self._value(e, name))
+            return _nquote(self._value(e, name))
 
         def addresses(name: bytes) -> bytes | None:
             value = self._value(e, name)
@@ -350,34 +367,46 @@ class MessageParts:
 
     def bodystructure(self, *, extensible: bool) -> bytes:
         """BODYSTRUCTURE (C{extensible}) or BODY of the message."""
-        return self._body(self.root, extensible)
+        return self.structures()[1 if extensible else 0]
 
-    def _body(self, e: _Entity, ext: bool) -> bytes:
+    def structures(self) -> tuple[bytes, bytes]:
+        """BODY and BODYSTRUCTURE of the message, made in one pass."""
+        return self._body(self.root)
+
+    def _body(self, e: _Entity) -> tuple[bytes, bytes]:
         data = self.data
         if e.parts:
-            out = b"(" + b"".join(self._body(p, ext) for p in e.parts)
-            out += b" " + format_string(e.subtype)
-            if ext:
-                out += b" " + self._extension(e, _format_params(e.params))
-            return out + b")"
-        items = [
-            format_string(e.type),
-            format_string(e.subtype),
-            _format_params(e.params),
-            format_nstring(self._value(e, b"content-id")),
-            format_nstring(self._value(e, b"content-description")),
-            format_string(self._encoding(e)),
-            b"%d" % (e.end - e.body_start),
-        ]
+            inner = [self._body(p) for p in e.parts]
+            subtype = b" " + _quote(e.subtype)
+            body = b"(" + b"".join(b for b, _ in inner) + subtype + b")"
+            extension = self._extension(e, _format_params(e.params))
+            full = b"(" + b"".join(s for _, s in inner) + subtype
+            return body, full + b" " + extension + b")"
+        head = b" ".join(
+            [
+                _quote(e.type),
+                _quote(e.subtype),
+                _format_params(e.params),
+                _nquote(self._value(e, b"content-id")),
+                _nquote(self._value(e, b"content-description")),
+                _quote(self._encoding(e)),
+                b"%d" % (e.end - e.body_start),
+            ]
+        )
         if e.message is not None:
-            items.append(self.envelope(e.message))
-            items.append(self._body(e.message, ext))
-            items.append(b"%d" % _count_lines(data, e.body_start, e.end))
+            envelope = self.envelope(e.message)
+            lines = b"%d" % _count_lines(data, e.body_start, e.end)
+            body, full = self._body(e.message)
+            body = b" ".join([head, envelope, body, lines])
+            full = b" ".join([head, envelope, full, lines])
         elif e.type == b"TEXT":
-            items.append(b"%d" % _count_lines(data, e.body_start, e.end))
-        if ext:
-            items.append(self._extension(e, b"NIL"))
-        return format_list(items)
+            body = full = head + b" %d" % _count_lines(data, e.body_start, e.end)
+        else:
+            body = full = head
+        return (
+            b"(" + body + b")",
+            b"(" + full + b" " + self._extension(e, b"NIL") + b")",
+        )
 
     def _extension(self, e: _Entity, first: bytes) -> bytes:
         """MD5-or-parameters, disposition, language, location."""
@@ -387,7 +416,7 @@ class MessageParts:
             parsed = _disposition(value)
             if parsed is not None:
                 kind, params = parsed
-                disposition = format_list([format_string(kind), _format_params(params)])
+                disposition = format_list([_quote(kind), _format_params(params)])
         language = b"NIL"
         value = self._value(e, b"content-language")
         if value is not None:
@@ -397,8 +426,8 @@ class MessageParts:
                 if t
             ]
             if tags:
-                language = format_list(format_string(t) for t in tags)
-        location = format_nstring(_nonempty(self._value(e, b"content-location")))
+                language = format_list(_quote(t) for t in tags)
+        location = _nquote(_nonempty(self._value(e, b"content-location")))
         return b" ".join([first, disposition, language, location])
 
     # Sections
@@ -587,12 +616,8 @@ def _decode_structure(value: bytes) -> Structure | None:
 def compute_structure(msg: bytes) -> Structure:
     """Parse a message and format everything L{Structure} holds."""
     parts = MessageParts(msg)
-    return Structure(
-        parts.envelope(),
-        parts.bodystructure(extensible=False),
-        parts.bodystructure(extensible=True),
-        msg[: parts.root.body_start],
-    )
+    body, full = parts.structures()
+    return Structure(parts.envelope(), body, full, msg[: parts.root.body_start])
 
 
 def cached_structure(
@@ -759,7 +784,7 @@ def _param(params: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 def _format_params(params: list[tuple[bytes, bytes]]) -> bytes:
     if not params:
         return b"NIL"
-    return format_list(format_string(k) + b" " + format_string(v) for k, v in params)
+    return format_list(_quote(k) + b" " + _quote(v) for k, v in params)
 
 
 def _count_lines(data: bytes, start: int, end: int) -> int:
@@ -822,66 +847,84 @@ class _Token(NamedTuple):
     space: bool  # whitespace or a comment came before it
 
 
+_TOKEN = re.compile(
+    rb"""
+    (?P<ws>[ \t\r\n]+)
+    |"(?P<q>(?:[^"\\]|\\.)*)\\?(?:"|\Z)
+    |(?P<lit>\[[^\]]*(?:\]|\Z))
+    |(?P<sp>[<>@,;:.])
+    |(?P<c>\()
+    |(?P<w>[^ \t\r\n"(<>@,;:.\[]+)
+    """,
+    re.S | re.X,
+)
+_QUOTED_PAIR = re.compile(rb"\\(.)", re.S)
+_CRLF = re.compile(rb"[\r\n]")
+
+
+def _comment_end(value: bytes, i: int) -> tuple[bytes, int]:
+    """The text of the (nested) comment opening at C{i}, and its end."""
+    depth = 1
+    text = bytearray()
+    i += 1
+    n = len(value)
+    while i < n and depth:
+        d = value[i]
+        if d == 0x5C and i + 1 < n:
+            i += 1
+            text.append(value[i])
+        elif d == 0x28:
+            depth += 1
+            text.append(d)
+        elif d == 0x29:
+            depth -= 1
+            if depth:
+                text.append(d)
+        else:
+            text.append(d)
+        i += 1
+    return bytes(text).strip(_WSP), i
+
+
 def _tokens(value: bytes) -> list[_Token]:
     out: list[_Token] = []
-    i = 0
+    pos = 0
     n = len(value)
     space = False
-    while i < n:
-        c = value[i]
-        if c in _WSP:
+    match = _TOKEN.match
+    while pos < n:
+        m = match(value, pos)
+        if m is None:  # cannot happen: every octet starts an alternative
+            out.append(_Token(_WORD, value[pos : pos + 1], space))
+            pos += 1
+            continue
+        kind = m.lastgroup
+        if kind == "ws":
             space = True
-            i += 1
-        elif c == 0x22:
-            text = bytearray()
-            i += 1
-            while i < n and value[i] != 0x22:
-                if value[i] == 0x5C and i + 1 < n:
-                    i += 1
-                if value[i] not in b"\r\n":
-                    text.append(value[i])
-                i += 1
-            i += 1
-            out.append(_Token(_QUOTED, bytes(text), space))
+        elif kind == "w":
+            out.append(_Token(_WORD, m.group("w"), space))
             space = False
-        elif c == 0x28:
-            depth = 1
-            text = bytearray()
-            i += 1
-            while i < n and depth:
-                d = value[i]
-                if d == 0x5C and i + 1 < n:
-                    i += 1
-                    text.append(value[i])
-                elif d == 0x28:
-                    depth += 1
-                    text.append(d)
-                elif d == 0x29:
-                    depth -= 1
-                    if depth:
-                        text.append(d)
-                else:
-                    text.append(d)
-                i += 1
-            out.append(_Token(_COMMENT, bytes(text).strip(_WSP), space))
-            space = True
-        elif c == 0x5B:
-            close = value.find(b"]", i)
-            stop = n if close < 0 else close + 1
-            out.append(_Token(_LITERAL, value[i:stop], space))
+        elif kind == "sp":
+            out.append(_Token(_SPECIAL, m.group("sp"), space))
             space = False
-            i = stop
-        elif c in b"<>@,;:.":
-            out.append(_Token(_SPECIAL, bytes([c]), space))
+        elif kind == "q":
+            text = m.group("q")
+            if b"\\" in text:
+                text = _QUOTED_PAIR.sub(rb"\1", text)
+            if b"\r" in text or b"\n" in text:
+                text = _CRLF.sub(b"", text)
+            out.append(_Token(_QUOTED, text, space))
             space = False
-            i += 1
+        elif kind == "lit":
+            out.append(_Token(_LITERAL, m.group("lit"), space))
+            space = False
         else:
-            j = i
-            while j < n and value[j] not in b' \t\r\n"(<>@,;:.[':
-                j += 1
-            out.append(_Token(_WORD, value[i:j], space))
-            space = False
-            i = j
+            text, end = _comment_end(value, pos)
+            out.append(_Token(_COMMENT, text, space))
+            space = True
+            pos = end
+            continue
+        pos = m.end()
     return out
 
 
@@ -915,10 +958,10 @@ def _address(
 ) -> bytes:
     return format_list(
         [
-            format_nstring(name or None),
-            format_nstring(route or None),
-            format_string(local or b"MISSING_MAILBOX"),
-            format_string(domain or b"MISSING_DOMAIN"),
+            _nquote(name or None),
+            _nquote(route or None),
+            _quote(local or b"MISSING_MAILBOX"),
+            _quote(domain or b"MISSING_DOMAIN"),
         ]
     )
 
@@ -956,9 +999,35 @@ def _mailbox(tokens: list[_Token]) -> bytes | None:
     return _address(name, route, local, domain)
 
 
+# The common shapes, ``local@domain`` and ``Some Name <local@domain>``,
+# answered without the tokenizer (tests check both ways agree).
+_PLAIN_ADDRESS = re.compile(
+    rb"[ \t\r\n]*(?:([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:[ \t\r\n]+"
+    rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)[ \t\r\n]*<)?"
+    rb"([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+)@([A-Za-z0-9.-]+)(>?)[ \t\r\n]*\Z"
+)
+_SPACES = re.compile(rb"[ \t\r\n]+")
+_HARD = re.compile(rb'["():;\[\\]')
+
+
 def _format_addresses(value: bytes) -> bytes:
     """The formatted ``address`` items of an address list, concatenated
     inside parentheses (RFC 3501 §9, ``env-from``), or empty for none."""
+    if not _HARD.search(value):
+        out = []
+        for piece in value.split(b","):
+            m = _PLAIN_ADDRESS.match(piece)
+            if m is None or (m.group(1) is None) != (m.group(4) == b""):
+                break
+            name = None if m.group(1) is None else _SPACES.sub(b" ", m.group(1))
+            out.append(_address(name, None, m.group(2), m.group(3)))
+        else:
+            return b"(" + b"".join(out) + b")"
+    return _format_address_list(value)
+
+
+def _format_address_list(value: bytes) -> bytes:
+    """L{_format_addresses} the general way, with the tokenizer."""
     tokens = _tokens(value)
     out: list[bytes] = []
     current: list[_Token] = []
@@ -1000,7 +1069,7 @@ def _format_addresses(value: bytes) -> bytes:
 
 
 def _address_group(name: bytes) -> bytes:
-    return b"(NIL NIL " + format_string(name or b"MISSING_GROUP") + b" NIL)"
+    return b"(NIL NIL " + _quote(name or b"MISSING_GROUP") + b" NIL)"
 
 
 # --- decoding for SEARCH (RFC 2047, RFC 2045 §6) ----------------------------------------
