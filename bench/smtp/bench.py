@@ -168,7 +168,8 @@ class Server:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.data = os.path.join(args.base, "data", self.name.replace(".", "-"))
+        slug = "".join(c if c.isalnum() else "-" for c in self.name)
+        self.data = os.path.join(args.base, "data", slug)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = None
@@ -234,12 +235,43 @@ class Server:
 
 
 class Twistedmail(Server):
+    """twistedmail from a source tree (this checkout unless told otherwise),
+    with the SQLite (default) or the files directory backend."""
+
     name = "twistedmail"
     note = (
-        "this checkout, `twistd -n twistedmail`; SQLite directory (the default); "
-        "250 only after the spool file and folder fsync (group commit); the queue "
-        "runner delivers into Maildir with file, journal and new/ fsyncs"
+        "this checkout, `twistd -n twistedmail`, the SQLite directory (the "
+        "default); 250 only after the spool file and folder fsync (group "
+        "commit); the queue runner delivers into Maildir with file, journal "
+        "and new/ fsyncs"
     )
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        name: str = "twistedmail",
+        directory: str = "sqlite",
+        source: str | None = None,
+    ) -> None:
+        self.name = name
+        self.directory = directory
+        self.source = source or args.repo
+        if directory != "sqlite":
+            self.note = (
+                f"the same with the {directory} directory backend (users and "
+                "aliases read from text files into memory, as Postfix's "
+                "texthash tables are)"
+            )
+        if source is not None:
+            self.note = f"twistedmail from {source}, {directory} directory"
+        super().__init__(args)
+
+    def _env(self) -> dict[str, str]:
+        # The source tree first on the path: twistd's plugin and the package
+        # come from there (the venv's editable install points at the repo).
+        env = dict(os.environ)
+        env["PYTHONPATH"] = self.source
+        return env
 
     @property
     def maildir(self) -> str:
@@ -265,6 +297,9 @@ pop3s = false
 imap = false
 imaps = false
 
+[directory]
+backend = "{self.directory}"
+
 [smtp]
 # smtp-source opens up to 50 connections from 127.0.0.1 (the default is 20).
 max_connections_per_ip = 200
@@ -272,12 +307,14 @@ max_connections_per_ip = 200
             )
         venv = os.path.join(self.args.repo, ".venv", "bin")
         admin = [os.path.join(venv, "twistedmail"), "--config", config]
-        if not os.path.exists(os.path.join(self.data, "var", "directory.sqlite")):
-            subprocess.run([*admin, "domain", "add", DOMAIN], check=True)
+        if not os.path.exists(os.path.join(self.data, "var")):
+            env = self._env()
+            subprocess.run([*admin, "domain", "add", DOMAIN], check=True, env=env)
             subprocess.run(
                 [*admin, "user", "add", RECIPIENT],
                 input=b"bench-password\n",
                 check=True,
+                env=env,
             )
         self._spawn(
             [
@@ -291,6 +328,7 @@ max_connections_per_ip = 200
                 config,
             ],
             cwd=self.data,
+            env=self._env(),
         )
 
     def idle(self) -> None:
@@ -516,7 +554,25 @@ class Postfix(Server):
             time.sleep(0.05)
 
 
-SERVER_CLASSES = [Twistedmail, TwistedMail, Aiosmtpd, Postfix]
+PEERS = ("twisted.mail", "postfix", "aiosmtpd")
+
+
+def make_servers(args: argparse.Namespace) -> list[Server]:
+    """The servers to run, ours first, each with its own data folder."""
+    wanted = set(args.servers.split(","))
+    servers: list[Server] = []
+    if "twistedmail" in wanted:
+        if args.directory in ("sqlite", "both"):
+            servers.append(Twistedmail(args))
+        if args.directory in ("files", "both"):
+            servers.append(Twistedmail(args, "twistedmail (files)", "files"))
+    if args.baseline:
+        backend = "sqlite" if args.directory == "sqlite" else "files"
+        servers.append(Twistedmail(args, "baseline", backend, args.baseline))
+    for cls in (TwistedMail, Postfix, Aiosmtpd):
+        if cls.name in wanted:
+            servers.append(cls(args))
+    return servers
 
 
 # One run
@@ -624,6 +680,8 @@ class Summary:
     date: str
     machine: str
     command: str
+    servers: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     medians: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -637,15 +695,15 @@ def summarise(results: list[Result], summary: Summary) -> None:
             )
     for scenario, _, _ in SCENARIOS:
         row: dict[str, dict[str, float]] = {}
-        for cls in SERVER_CLASSES:
+        for name in summary.servers:
             runs = [
                 r
                 for r in results
-                if r.ok and r.server == cls.name and r.scenario == scenario
+                if r.ok and r.server == name and r.scenario == scenario
             ]
             if not runs:
                 continue
-            row[cls.name] = {
+            row[name] = {
                 key: statistics.median(getattr(r, key) for r in runs)
                 for key in (
                     "accepted_per_s",
@@ -654,7 +712,7 @@ def summarise(results: list[Result], summary: Summary) -> None:
                     "peak_rss_mib",
                 )
             }
-            row[cls.name]["runs"] = len(runs)
+            row[name]["runs"] = len(runs)
         summary.medians[scenario] = row
 
 
@@ -674,37 +732,43 @@ def table(summary: Summary) -> str:
                 f"{m['delivered_per_s']:.0f} | {m['cpu_ms_per_msg']:.2f} | "
                 f"{m['peak_rss_mib']:.0f} |"
             )
+    ours = [n for n in summary.servers if n not in PEERS]
+    peers = [n for n in PEERS if n in summary.servers]
+    if not ours:
+        return "\n".join(lines)
     lines += [
         "",
-        "Ratios twistedmail / peer (delivered msgs/s; accepted msgs/s in brackets);"
-        " targets at c=10 and c=50: "
+        "Ratios ours / peer: delivered msgs/s (accepted msgs/s in brackets). "
+        "Targets at c=10 and c=50: "
         + ", ".join(f"{p} {t}x" for p, t in TARGET_RATIOS.items())
-        + f", CPU at most {TARGET_CPU_MS} ms/msg.",
+        + f"; CPU at most {TARGET_CPU_MS} ms/msg.",
         "",
-        "| load | vs twisted.mail | vs postfix | vs aiosmtpd | twistedmail CPU ms/msg |",
-        "|---|---:|---:|---:|---:|",
+        "| load | ours | " + " | ".join(f"vs {p}" for p in peers) + " | CPU ms/msg |",
+        "|---|---|" + "---:|" * (len(peers) + 1),
     ]
     for scenario, row in summary.medians.items():
-        tm = row.get("twistedmail")
-        if tm is None:
-            continue
-        cells = []
-        for peer in ("twisted.mail", "postfix", "aiosmtpd"):
-            m = row.get(peer)
-            if m is None:
-                cells.append("n/a")
+        for name in ours:
+            tm = row.get(name)
+            if tm is None:
                 continue
-            d = tm["delivered_per_s"] / m["delivered_per_s"]
-            mark = ""
+            cells = []
+            for peer in peers:
+                m = row.get(peer)
+                if m is None:
+                    cells.append("n/a")
+                    continue
+                d = tm["delivered_per_s"] / m["delivered_per_s"]
+                mark = ""
+                if scenario in TARGET_SCENARIOS:
+                    mark = " ok" if d >= TARGET_RATIOS[peer] else " missed"
+                accepted = ratio(tm["accepted_per_s"], m["accepted_per_s"])
+                cells.append(f"{d:.2f}x ({accepted}){mark}")
+            cpu = f"{tm['cpu_ms_per_msg']:.2f}"
             if scenario in TARGET_SCENARIOS:
-                mark = " ok" if d >= TARGET_RATIOS[peer] else " MISSED"
-            cells.append(
-                f"{d:.2f}x ({ratio(tm['accepted_per_s'], m['accepted_per_s'])}){mark}"
+                cpu += " ok" if tm["cpu_ms_per_msg"] <= TARGET_CPU_MS else " missed"
+            lines.append(
+                f"| {scenario} | {name} | " + " | ".join(cells) + f" | {cpu} |"
             )
-        cpu = f"{tm['cpu_ms_per_msg']:.2f}"
-        if scenario in TARGET_SCENARIOS:
-            cpu += " ok" if tm["cpu_ms_per_msg"] <= TARGET_CPU_MS else " MISSED"
-        lines.append(f"| {scenario} | " + " | ".join(cells) + f" | {cpu} |")
     return "\n".join(lines)
 
 
@@ -713,8 +777,9 @@ SECTION = "## SMTP (bench/smtp)"
 
 def section_text(summary: Summary, notes: str) -> str:
     servers = "\n".join(
-        f"- **{cls.name}** ({summary.versions.get(cls.name, '')}): {cls.note}."
-        for cls in SERVER_CLASSES
+        f"- **{name}** ({summary.versions.get(name.split()[0], '')}): "
+        f"{summary.notes[name]}."
+        for name in summary.servers
     )
     failures = ""
     if summary.failures:
@@ -781,7 +846,22 @@ def main() -> None:
     )
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--servers", default=",".join(c.name for c in SERVER_CLASSES))
+    parser.add_argument(
+        "--servers",
+        default="twistedmail,twisted.mail,postfix,aiosmtpd",
+        help="comma-separated",
+    )
+    parser.add_argument(
+        "--directory",
+        choices=("sqlite", "files", "both"),
+        default="both",
+        help="twistedmail's directory backend(s)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="also run twistedmail from this source tree (before/after figures)",
+    )
     parser.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
     parser.add_argument(
         "--no-docs", action="store_true", help="do not write docs/performance.md"
@@ -792,13 +872,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.count, args.repetitions, args.no_docs = 300, 1, True
-    wanted = set(args.servers.split(","))
     scenarios = [s for s in SCENARIOS if s[0] in set(args.scenarios.split(","))]
 
     data = os.path.join(args.base, "data")
     if os.path.exists(data):
         shutil.rmtree(data)
-    servers = [cls(args) for cls in SERVER_CLASSES if cls.name in wanted]
+    servers = make_servers(args)
     own = sys.argv[sys.argv.index("--peer-python") + 2 :]
     command = " ".join(["bench/smtp/run", *own])
     summary = Summary(
@@ -810,6 +889,8 @@ def main() -> None:
         command=command,
     )
     summary.versions = versions(args)
+    summary.servers = [s.name for s in servers]
+    summary.notes = {s.name: s.note for s in servers}
     results: list[Result] = []
     try:
         for s in servers:
@@ -880,6 +961,13 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
         capture_output=True,
         text=True,
     ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", args.repo, "status", "--porcelain", "--", "twistedmail"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if dirty:
+        rev += " with uncommitted changes"
     return {
         "twistedmail": f"git {rev}, Twisted "
         + py(repo_python, "import twisted; print(twisted.__version__)"),
