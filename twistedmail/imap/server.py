@@ -58,7 +58,6 @@ from twistedmail.imap._format import (
     format_list,
     format_mailbox,
     format_status,
-    format_string,
 )
 from twistedmail.imap._listing import SPECIAL_USE, ListEntry, list_entries, lsub_entries
 from twistedmail.imap._mailbox_view import (
@@ -69,18 +68,26 @@ from twistedmail.imap._mailbox_view import (
     ranges_to_set,
     split_flags,
 )
+from twistedmail.imap._message import (
+    Structure,
+    cached_header,
+    cached_structure,
+    fetch_section,
+    rfc822_text,
+)
 from twistedmail.imap._modseq import ModSeqIndex
 from twistedmail.imap._mutf7 import MailboxNameError
 from twistedmail.imap._parser import CommandParser
-from twistedmail.imap._sequence import SequenceSet
-from twistedmail.imap._stopgap import (
-    SearchContext,
-    bodystructure,
-    envelope,
+from twistedmail.imap._search import (
+    SUPPORTED_CHARSETS,
     evaluate_search,
-    fetch_section,
-    parse_message,
+    format_esearch,
+    format_search,
+    highest_modseq,
+    search_cost,
+    uses_modseq,
 )
+from twistedmail.imap._sequence import SequenceSet
 from twistedmail.imap._types import (
     Append,
     Authenticate,
@@ -118,11 +125,6 @@ from twistedmail.imap._types import (
     Noop,
     Rename,
     Search,
-    SearchAnd,
-    SearchKey,
-    SearchModSeq,
-    SearchNot,
-    SearchOr,
     Select,
     StartTLS,
     Status,
@@ -270,18 +272,6 @@ def _store_refusal(tag: str, error: Exception) -> bytes:
     if isinstance(error, KeywordError):
         return _no(tag, text, "LIMIT")
     return _no(tag, text)
-
-
-def _uses_modseq(key: SearchKey) -> bool:
-    if isinstance(key, SearchModSeq):
-        return True
-    if isinstance(key, SearchAnd):
-        return any(_uses_modseq(k) for k in key.keys)
-    if isinstance(key, SearchOr):
-        return _uses_modseq(key.left) or _uses_modseq(key.right)
-    if isinstance(key, SearchNot):
-        return _uses_modseq(key.key)
-    return False
 
 
 def _missing_uids(spans: Sequence[tuple[int, int]], uids: Sequence[int]) -> list[int]:
@@ -1556,49 +1546,68 @@ class IMAPServerProtocol(Protocol):
         info: MessageInfo,
         attributes: list[Any],
     ) -> list[bytes] | None:
+        """The items of one FETCH response (blocking when message data is
+        read), or None when the message is gone.
+
+        ENVELOPE, BODY, BODYSTRUCTURE and header sections come from the
+        folder's structure cache (L{cached_structure}); only the other
+        items read the message file, once."""
         uid = info.uid
         data: bytes | None = None
-        parsed: Any = None
+        structure: Structure | None = None
+
+        def load() -> bytes:
+            nonlocal data
+            if data is None:
+                data = mailbox.read(uid)
+            return data
+
         items: list[bytes] = []
-        for attr in attributes:
-            if attr is FetchItem.UID:
-                items.append(b"UID %d" % uid)
-            elif attr is FetchItem.FLAGS:
-                items.append(
-                    b"FLAGS " + format_flags(imap_flags(info, uid in view.recent))
-                )
-            elif attr is FetchItem.INTERNALDATE:
-                when = datetime.datetime.fromtimestamp(info.internal_date, datetime.UTC)
-                items.append(b"INTERNALDATE " + format_date_time(when))
-            elif attr is FetchItem.RFC822_SIZE:
-                items.append(b"RFC822.SIZE %d" % info.size)
-            elif attr is FetchItem.MODSEQ:
-                items.append(b"MODSEQ (%d)" % view.modseq_of(uid))
-            else:
-                if data is None:
-                    try:
-                        data = mailbox.read(uid)
-                    except NoSuchMessageError:
-                        return None
-                    parsed = parse_message(data)
-                if attr is FetchItem.ENVELOPE:
-                    items.append(b"ENVELOPE " + envelope(parsed))
-                elif attr is FetchItem.BODYSTRUCTURE:
-                    items.append(b"BODYSTRUCTURE " + bodystructure(parsed, True))
-                elif attr is FetchItem.BODY:
-                    items.append(b"BODY " + bodystructure(parsed, False))
+        try:
+            for attr in attributes:
+                if attr is FetchItem.UID:
+                    items.append(b"UID %d" % uid)
+                elif attr is FetchItem.FLAGS:
+                    items.append(
+                        b"FLAGS " + format_flags(imap_flags(info, uid in view.recent))
+                    )
+                elif attr is FetchItem.INTERNALDATE:
+                    when = datetime.datetime.fromtimestamp(
+                        info.internal_date, datetime.UTC
+                    )
+                    items.append(b"INTERNALDATE " + format_date_time(when))
+                elif attr is FetchItem.RFC822_SIZE:
+                    items.append(b"RFC822.SIZE %d" % info.size)
+                elif attr is FetchItem.MODSEQ:
+                    items.append(b"MODSEQ (%d)" % view.modseq_of(uid))
                 elif attr is FetchItem.RFC822:
-                    items.append(b"RFC822 " + _literal(data))
-                elif attr is FetchItem.RFC822_HEADER:
-                    items.append(b"RFC822.HEADER " + _literal(parsed.header))
+                    items.append(b"RFC822 " + _literal(load()))
                 elif attr is FetchItem.RFC822_TEXT:
-                    items.append(b"RFC822.TEXT " + _literal(parsed.body))
-                elif isinstance(attr, BodySection):
-                    value = fetch_section(parsed, attr)
-                    if attr.partial is not None:
-                        origin, length = attr.partial
-                        value = value[origin : origin + length]
+                    items.append(b"RFC822.TEXT " + _literal(rfc822_text(load())))
+                elif isinstance(attr, BodySection) and not _header_only(attr):
+                    value = fetch_section(load(), attr)
                     items.append(attr.response_name() + b" " + _literal(value))
+                else:
+                    if structure is None:
+                        if data is not None:
+                            structure = cached_structure(
+                                mailbox, info.base, lambda: data or b""
+                            )
+                        else:
+                            structure = cached_structure(mailbox, info.base, load)
+                    if attr is FetchItem.ENVELOPE:
+                        items.append(b"ENVELOPE " + structure.envelope)
+                    elif attr is FetchItem.BODYSTRUCTURE:
+                        items.append(b"BODYSTRUCTURE " + structure.bodystructure)
+                    elif attr is FetchItem.BODY:
+                        items.append(b"BODY " + structure.body)
+                    elif attr is FetchItem.RFC822_HEADER:
+                        items.append(b"RFC822.HEADER " + _literal(structure.header))
+                    elif isinstance(attr, BodySection):
+                        value = fetch_section(structure.header, attr)
+                        items.append(attr.response_name() + b" " + _literal(value))
+        except NoSuchMessageError:
+            return None
         return items
 
     async def _do_store(self, command: Store) -> bytes:
@@ -1739,47 +1748,62 @@ class IMAPServerProtocol(Protocol):
     async def _do_search(self, command: Search) -> bytes:
         view = self._view
         assert view is not None
-        if command.charset not in (None, "UTF-8", "US-ASCII"):
+        if command.charset not in (None, *SUPPORTED_CHARSETS):
             return _no(
-                command.tag, "Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)"
+                command.tag,
+                "Unsupported charset",
+                "BADCHARSET (" + " ".join(SUPPORTED_CHARSETS) + ")",
             )
-        uses_modseq = _uses_modseq(command.key)
-        if uses_modseq:
+        with_modseq = uses_modseq(command.key)
+        if with_modseq:
             self._enabled.add("CONDSTORE")
-        context = SearchContext(
-            uids=list(view.uids),
-            flags=lambda uid: frozenset(view.flags_of(uid)),
-            size=lambda uid: view.infos[uid].size,
-            internal_date=lambda uid: view.infos[uid].internal_date,
-            modseq=view.modseq_of,
-            read=lambda uid: _read_or_none(view.mailbox, uid),
-        )
-        seqs = await self._in_thread(evaluate_search, command.key, context)
-        numbers = [view.uids[s - 1] for s in seqs] if command.uid else seqs
-        matched_uids = [view.uids[s - 1] for s in seqs]
-        modseq = max((view.modseq_of(u) for u in matched_uids), default=0)
-        if command.return_options is None:
-            line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
-            if uses_modseq and numbers:
-                line += b" (MODSEQ %d)" % modseq
-            self._send(line + b"\r\n")
-            return _ok(command.tag, "SEARCH completed")
-        options = set(command.return_options) or {"ALL"}
-        parts = [b"* ESEARCH (TAG " + format_string(command.tag) + b")"]
+        mailbox = view.mailbox
+        messages = [view.infos[u] for u in view.uids]
+
+        def load(uid: int) -> bytes | None:
+            return _read_or_none(mailbox, uid)
+
+        def load_header(uid: int) -> bytes | None:
+            info = view.infos.get(uid)
+            if info is None:
+                return None
+            try:
+                return cached_header(mailbox, info.base, lambda: mailbox.read(uid))
+            except NoSuchMessageError:
+                return None
+
+        def search() -> list[int]:
+            return evaluate_search(
+                command.key,
+                messages,
+                load=load,
+                load_header=load_header,
+                recent=view.recent,
+                modseq_of=view.modseq_of,
+                uid=True,
+            )
+
+        if search_cost(command.key) == 0:
+            matched = search()
+        else:
+            matched = await self._in_thread(search)
         if command.uid:
-            parts.append(b"UID")
-        if numbers:
-            if "MIN" in options:
-                parts.append(b"MIN %d" % min(numbers))
-            if "MAX" in options:
-                parts.append(b"MAX %d" % max(numbers))
-            if "ALL" in options:
-                parts.append(b"ALL " + ranges_to_set(numbers))
-        if "COUNT" in options:
-            parts.append(b"COUNT %d" % len(numbers))
-        if uses_modseq and numbers:
-            parts.append(b"MODSEQ %d" % modseq)
-        self._send(b" ".join(parts) + b"\r\n")
+            numbers = matched
+        else:
+            numbers = [view.seq_of(u) or 0 for u in matched]
+        modseq = highest_modseq(matched, view.modseq_of) if with_modseq else None
+        if command.return_options is None:
+            self._send(format_search(numbers, modseq))
+        else:
+            self._send(
+                format_esearch(
+                    command.tag,
+                    numbers,
+                    command.return_options,
+                    uid=command.uid,
+                    modseq=modseq,
+                )
+            )
         return _ok(command.tag, "SEARCH completed")
 
 
@@ -1788,6 +1812,15 @@ def _read_or_none(mailbox: Mailbox, uid: int) -> bytes | None:
         return mailbox.read(uid)
     except NoSuchMessageError:
         return None
+
+
+def _header_only(section: BodySection) -> bool:
+    """Whether a section is read from the message's header alone."""
+    return not section.part and section.text in (
+        "HEADER",
+        "HEADER.FIELDS",
+        "HEADER.FIELDS.NOT",
+    )
 
 
 def _literal(data: bytes) -> bytes:
