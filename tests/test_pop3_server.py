@@ -428,6 +428,42 @@ class InUseTests(ServerTestCase):
         first.drop()
         self.assertFree()
 
+    def test_released_before_quit_reply(self) -> None:
+        """QUIT unlocks before its +OK goes out: a client that logs in again
+        as soon as it reads the +OK is not refused, though the old
+        connection has not closed yet."""
+        self.world.deliver(make_message(1))
+        first = connect(self.world)
+        first.login()
+        self.assertEqual(
+            first.send(b"DELE 1\r\nQUIT\r\n"),
+            b"+OK Message 1 deleted\r\n"
+            + f"+OK {HOSTNAME} POP3 signing off\r\n".encode(),
+        )
+        self.assertTrue(first.transport.disconnecting)
+        self.assertFree()
+        first.drop()
+
+    def test_released_when_lost_during_update(self) -> None:
+        """A connection lost while QUIT's deletions are applied in a thread
+        keeps the lock until they are done, then releases it."""
+        threads = QueuedThreads()
+        world = make_world(self.mktemp(), run_in_thread=threads)
+        world.deliver(make_message(1))
+        s = connect(world)
+        s.proto.dataReceived(LOGIN)
+        world.clock.advance(0)
+        threads.run_all()
+        s.proto.dataReceived(b"DELE 1\r\nQUIT\r\n")
+        self.assertEqual(len(threads.calls), 1)
+        s.drop()
+        lock = MaildropLock(world.maildir())
+        self.assertFalse(lock.acquire())
+        threads.run_all()
+        self.assertTrue(lock.acquire())
+        lock.release()
+        self.assertEqual(os.listdir(os.path.join(world.maildir(), "new")), [])
+
     def test_released_on_timeout(self) -> None:
         """The idle timeout releases the lock (when the connection closes)."""
         first = self.assertFree()

@@ -339,10 +339,28 @@ def _lmtp_role(c: Components) -> IProtocolFactory:
     )
 
 
+def _pop3_role(role: str) -> RoleBuilder:
+    def build(c: Components) -> IProtocolFactory:
+        from twistedmail.pop3.server import POP3ServerFactory
+
+        return POP3ServerFactory(
+            c.settings,
+            c.reactor,
+            portal=c.portal,
+            throttle=c.throttle,
+            store=c.store,
+            tls=c.tls,
+            implicit_tls=role in IMPLICIT_TLS_ROLES,
+        )
+
+    return build
+
+
 def default_roles() -> dict[str, RoleBuilder]:
     """The role builders this version serves."""
     roles = {role: _smtp_role(role) for role in ("smtp", "submission", "submissions")}
     roles["lmtp"] = _lmtp_role
+    roles.update({role: _pop3_role(role) for role in ("pop3", "pop3s")})
     return roles
 
 

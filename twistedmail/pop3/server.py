@@ -643,10 +643,11 @@ class POP3ServerProtocol(Protocol):
                 removed = False
             finally:
                 self._busy -= 1
-        if self._gone:
-            self._release_when_idle()
-            return
-        self._answer(self.machine.update_done(removed))
+        # RFC 1939 §6: the maildrop is unlocked before the +OK goes out, so a
+        # client that logs in again at once is not refused [IN-USE].
+        self._release_when_idle()
+        if not self._gone:
+            self._answer(self.machine.update_done(removed))
 
     # Letting go of the maildrop.
 
