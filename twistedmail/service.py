@@ -356,10 +356,28 @@ def _pop3_role(role: str) -> RoleBuilder:
     return build
 
 
+def _imap_role(role: str) -> RoleBuilder:
+    def build(c: Components) -> IProtocolFactory:
+        from twistedmail.imap.server import IMAPServerFactory
+
+        return IMAPServerFactory(
+            c.settings,
+            c.reactor,
+            portal=c.portal,
+            throttle=c.throttle,
+            store=c.store,
+            tls=c.tls,
+            implicit_tls=role in IMPLICIT_TLS_ROLES,
+        )
+
+    return build
+
+
 def default_roles() -> dict[str, RoleBuilder]:
     """The role builders this version serves."""
     roles = {role: _smtp_role(role) for role in ("smtp", "submission", "submissions")}
     roles["lmtp"] = _lmtp_role
+    roles.update({role: _imap_role(role) for role in ("imap", "imaps")})
     roles.update({role: _pop3_role(role) for role in ("pop3", "pop3s")})
     return roles
 
