@@ -1,0 +1,213 @@
+"""Interoperability: Python's imaplib and imapclient (PyPI) against the IMAP
+server on 127.0.0.1, port 0, over STARTTLS and implicit TLS.
+
+Each test drives one client step by step from the reactor thread (the
+client calls run in threads), so mail can be delivered through the store
+while a client idles.  What the clients read is compared byte for byte with
+what was delivered.
+"""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import re
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from tests.imap_client_helpers import (
+    ALICE,
+    PASSWORD,
+    in_thread,
+    make_server,
+    messages,
+)
+
+
+def _ok(result: tuple[str, Any]) -> Any:
+    """The data of an imaplib response that must be OK."""
+    typ, data = result
+    assert typ == "OK", (typ, data)
+    return data
+
+
+def _fetch_parts(data: list[Any]) -> dict[int, dict[bytes, bytes]]:
+    """imaplib FETCH data: sequence number to {item name: literal}, e.g.
+    ``BODY[]``, for the items sent as literals."""
+    out: dict[int, dict[bytes, bytes]] = {}
+    seq = 0
+    for entry in data:
+        if isinstance(entry, tuple):
+            head, literal = entry
+            first = re.match(rb"(\d+) \(", head)
+            if first is not None:
+                seq = int(first.group(1))
+            m = re.search(rb"([A-Z0-9.]+(?:\[[^\]]*\])?(?:<\d+>)?) \{\d+\}$", head)
+            assert m is not None, head
+            out.setdefault(seq, {})[m.group(1)] = literal
+    return out
+
+
+def _d(coro: Any) -> Deferred[None]:
+    return Deferred.fromCoroutine(coro)
+
+
+class ImaplibTests(TestCase):
+    """Python's imaplib: every command it has a method for."""
+
+    def setUp(self) -> None:
+        self.server = make_server(self)
+        self.mail = messages()
+        self.bases = self.server.seed(self.mail)
+
+    async def connect(self, implicit: bool = False) -> imaplib.IMAP4:
+        """An imaplib session over STARTTLS (or implicit TLS), logged in."""
+        port = self.server.listen(implicit)
+        client = await in_thread(self.server.imaplib, port, implicit=implicit)
+        _ok(await in_thread(client.login, ALICE, PASSWORD))
+        return client
+
+    async def logout(self, client: imaplib.IMAP4) -> None:
+        """LOGOUT: the server says BYE."""
+        typ, data = await in_thread(client.logout)
+        self.assertEqual((typ, data), ("BYE", [b"Logging out"]))
+
+    async def starttls_session(self) -> None:
+        port = self.server.listen()
+        client = await in_thread(self.server.imaplib, port, starttls=False)
+        self.assertIn("STARTTLS", client.capabilities)
+        self.assertIn("LOGINDISABLED", client.capabilities)
+        with self.assertRaises(imaplib.IMAP4.error):
+            await in_thread(client.login, ALICE, PASSWORD)
+        _ok(await in_thread(client.starttls, self.server.ssl_context()))
+        self.assertNotIn("STARTTLS", client.capabilities)
+        self.assertIn("AUTH=PLAIN", client.capabilities)
+        _ok(await in_thread(client.login, ALICE, PASSWORD))
+        caps = _ok(await in_thread(client.capability))[0].split()
+        for cap in (b"IMAP4rev1", b"IDLE", b"UIDPLUS", b"MOVE", b"CONDSTORE"):
+            self.assertIn(cap, caps)
+        listed = _ok(await in_thread(client.list))
+        names = {line.rsplit(b" ", 1)[1].strip(b'"') for line in listed}
+        self.assertTrue({b"INBOX", b"Sent", b"Drafts", b"Trash"} <= names, listed)
+        count = _ok(await in_thread(client.select, "INBOX"))
+        self.assertEqual(count, [str(len(self.mail)).encode()])
+        self.assertEqual(client.untagged_responses.get("RECENT"), [b"5"])
+        # Full bodies, as delivered.
+        data = _ok(await in_thread(client.fetch, "1:*", "(BODY.PEEK[])"))
+        bodies = _fetch_parts(data)
+        self.assertEqual([bodies[n][b"BODY[]"] for n in range(1, 6)], self.mail)
+        # RFC822.HEADER and RFC822.TEXT split each message at the blank line.
+        data = _ok(await in_thread(client.fetch, "3", "(RFC822.HEADER)"))
+        header = _fetch_parts(data)[3][b"RFC822.HEADER"]
+        self.assertEqual(header, self.mail[2].split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+        # BODY.PEEK did not set \Seen.
+        flags = _ok(await in_thread(client.fetch, "1:*", "(FLAGS)"))
+        self.assertEqual(
+            flags, [b"%d (FLAGS (\\Recent))" % n for n in range(1, 6)], flags
+        )
+        await self.logout(client)
+
+    def test_starttls_session(self) -> None:
+        """STARTTLS (LOGIN refused before it), LOGIN, CAPABILITY, LIST,
+        SELECT, FETCH of whole messages byte for byte, BODY.PEEK."""
+        return _d(self.starttls_session())  # type: ignore[return-value]
+
+    async def imaps_authenticate(self) -> None:
+        port = self.server.listen(implicit=True)
+        client = await in_thread(self.server.imaplib, port, implicit=True)
+        self.assertIn("AUTH=PLAIN", client.capabilities)
+        self.assertNotIn("STARTTLS", client.capabilities)
+        with self.assertRaises(imaplib.IMAP4.error):
+            await in_thread(
+                client.authenticate, "PLAIN", lambda _: f"\0{ALICE}\0wrong".encode()
+            )
+        _ok(
+            await in_thread(
+                client.authenticate,
+                "PLAIN",
+                lambda _: f"\0{ALICE}\0{PASSWORD}".encode(),
+            )
+        )
+        self.assertEqual(client.state, "AUTH")
+        _ok(await in_thread(client.select, "INBOX", True))
+        data = _ok(await in_thread(client.fetch, "2", "(RFC822)"))
+        self.assertEqual(_fetch_parts(data)[2][b"RFC822"], self.mail[1])
+        # EXAMINE is read-only: RFC822 leaves \Seen alone.
+        flags = _ok(await in_thread(client.fetch, "2", "(FLAGS)"))
+        self.assertNotIn(b"\\Seen", flags[0])
+        await self.logout(client)
+
+    def test_imaps_authenticate_plain(self) -> None:
+        """Implicit TLS, AUTHENTICATE PLAIN (a wrong password refused),
+        EXAMINE, FETCH RFC822."""
+        return _d(self.imaps_authenticate())  # type: ignore[return-value]
+
+    async def structure(self) -> None:
+        client = await self.connect()
+        _ok(await in_thread(client.select, "INBOX"))
+        data = _ok(
+            await in_thread(
+                client.fetch,
+                "3",
+                "(UID RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE)",
+            )
+        )
+        line = data[0] if isinstance(data[0], bytes) else b"".join(data[0])
+        self.assertIn(b"RFC822.SIZE %d" % len(self.mail[2]), line)
+        self.assertIn(
+            b'ENVELOPE ("Tue, 8 Feb 2022 10:00:00 +0100" '
+            b'"=?utf-8?q?r=C3=A9sum=C3=A9_attached?=" '
+            b'(("=?utf-8?q?Ren=C3=A9?=" NIL "rene" "example.test"))',
+            line,
+        )
+        self.assertIn(b'"<1@example.test>" "<3@example.test>")', line)
+        self.assertRegex(
+            line,
+            rb'BODYSTRUCTURE \(\("TEXT" "PLAIN" \("CHARSET" "utf-8"\) NIL NIL '
+            rb'"QUOTED-PRINTABLE" \d+ 1.*\)\("APPLICATION" "PDF" \("NAME" "cv.pdf"\)'
+            rb' NIL NIL "BASE64" \d+ .*"MIXED" \("BOUNDARY" "b1"\)',
+        )
+        internal = imaplib.Internaldate2tuple(line)
+        self.assertIsNotNone(internal)
+        # Sections: the text part, its MIME header, the attachment decoded.
+        data = _ok(
+            await in_thread(client.fetch, "3", "(BODY.PEEK[1] BODY.PEEK[2.MIME])")
+        )
+        parts = _fetch_parts(data)[3]
+        self.assertEqual(
+            parts[b"BODY[1]"],
+            b"Gr=C3=BC=C3=9Fe aus K=C3=B6ln, voil=C3=A0 mon r=C3=A9sum=C3=A9.",
+        )
+        self.assertTrue(
+            parts[b"BODY[2.MIME]"].startswith(b"Content-Type: application/pdf")
+        )
+        data = _ok(await in_thread(client.fetch, "3", "(BODY.PEEK[2])"))
+        pdf = base64.b64decode(_fetch_parts(data)[3][b"BODY[2]"])
+        self.assertTrue(pdf.startswith(b"%PDF-1.4"))
+        # A partial fetch and HEADER.FIELDS.
+        data = _ok(
+            await in_thread(
+                client.fetch,
+                "5",
+                "(BODY.PEEK[TEXT]<0.20> BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+            )
+        )
+        parts = _fetch_parts(data)[5]
+        self.assertEqual(parts[b"BODY[TEXT]<0>"], b"line 0 of a longer m")
+        self.assertEqual(
+            parts[b"BODY[HEADER.FIELDS (SUBJECT)]"], b"Subject: a bigger one\r\n\r\n"
+        )
+        # A non-peek fetch sets \Seen.
+        data = _ok(await in_thread(client.fetch, "1", "(BODY[TEXT])"))
+        self.assertIn(
+            b"\\Seen", b"".join(x if isinstance(x, bytes) else x[0] for x in data)
+        )
+        flags = _ok(await in_thread(client.fetch, "1", "(FLAGS)"))
+        self.assertIn(b"\\Seen", flags[0])
+
+    def test_envelope_bodystructure_sections(self) -> None:
+        """ENVELOPE, BODYSTRUCTURE, RFC822.SIZE, INTERNALDATE, BODY[n],
+        BODY[n.MIME], partial fetches, HEADER.FIELDS; BODY[] sets \\Seen."""
+        return _d(self.structure())  # type: ignore[return-value]
