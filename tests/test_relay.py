@@ -300,6 +300,20 @@ class RetryTests(RelayTestCase):
         status = bounce.get_payload()[1].get_payload()[1]  # type: ignore[index]
         self.assertEqual(status["Status"], "5.1.10")
 
+    def test_reason_names_domain_once(self) -> None:
+        """A reason that already names the domain (the MX resolver's
+        ``b.test: NXDOMAIN``) is not prefixed with it again; the bounce's
+        text shows it once."""
+        self.transport.connect_errors["b.test"] = PermanentError(
+            Reply(550, "5.1.2", "Recipient domain does not exist"), "b.test: NXDOMAIN"
+        )
+        queue_id = self.out.submit("bob@b.test")
+        self.assertNotIn(queue_id, self.out.queue_ids())
+        [(_, bounce)] = self.bounces()
+        human = bounce.get_payload()[0].get_payload(decode=True)  # type: ignore[index]
+        self.assertIn(b"<bob@b.test>: b.test: NXDOMAIN\r\n", human)
+        self.assertNotIn(b"b.test: b.test:", human)
+
 
 class NullSenderTests(RelayTestCase):
     """Mail from <> is never bounced."""

@@ -289,6 +289,14 @@ class SMTPTransport:
                         trust_root=router.trust_root,
                     )
                 except HostFailure as e:
+                    # Logged even when a later host takes the mail, so a
+                    # dead MX host shows in the log.
+                    log.info(
+                        "{host} [{address}]: {reason}",
+                        host=host.name,
+                        address=address,
+                        reason=e.reason,
+                    )
                     failures.append(f"{host.name}[{address}]: {e.reason}")
                     last = e
                     continue
@@ -327,6 +335,14 @@ class _Domain:
 
     jobs: collections.deque[_Job] = field(default_factory=collections.deque)
     workers: int = 0
+
+
+def _naming(domain: str, reason: str) -> str:
+    """C{reason} with the destination domain in front, unless it starts
+    with it already (the MX resolver's reasons do: ``b.test: NXDOMAIN``)."""
+    if reason == domain or reason.startswith((f"{domain}:", f"{domain} ")):
+        return reason
+    return f"{domain}: {reason}"
 
 
 def _domain_of(address: str) -> str | None:
@@ -678,8 +694,7 @@ class RelayRunner(Service):
         try:
             connection = await self._transport.connect(name)
         except MailError as e:
-            reason = f"{name}: {e.reason}"
-            await self._fail_waiting(domain, e.reply, reason)
+            await self._fail_waiting(domain, e.reply, _naming(name, e.reason))
             return
         except Exception as e:
             log.failure("relay: cannot connect to {domain}", domain=name)
