@@ -19,10 +19,12 @@ from twisted.trial.unittest import TestCase
 
 from tests.imap_client_helpers import (
     ALICE,
+    BOB,
     PASSWORD,
     in_thread,
     make_server,
     messages,
+    plain_message,
 )
 
 
@@ -211,3 +213,238 @@ class ImaplibTests(TestCase):
         """ENVELOPE, BODYSTRUCTURE, RFC822.SIZE, INTERNALDATE, BODY[n],
         BODY[n.MIME], partial fetches, HEADER.FIELDS; BODY[] sets \\Seen."""
         return _d(self.structure())  # type: ignore[return-value]
+
+    async def search_store(self) -> None:
+        client = await self.connect()
+        _ok(await in_thread(client.select, "INBOX"))
+        search = client.search
+        self.assertEqual(_ok(await in_thread(search, None, "ALL")), [b"1 2 3 4 5"])
+        self.assertEqual(_ok(await in_thread(search, None, "SUBJECT", "lunch")), [b"2"])
+        self.assertEqual(
+            _ok(await in_thread(search, None, "OR", "FROM", "rene", "LARGER", "10000")),
+            [b"3 5"],
+        )
+        self.assertEqual(
+            _ok(await in_thread(search, None, "NOT", "BODY", "message")), [b"3 4"]
+        )
+        self.assertEqual(
+            _ok(await in_thread(search, None, "SENTSINCE", "8-Feb-2022")), [b"3"]
+        )
+        self.assertEqual(
+            _ok(await in_thread(search, None, "HEADER", "Message-ID", "<4@")), [b"4"]
+        )
+        # CHARSET UTF-8 with the key as a literal: the encoded-word subject
+        # and the UTF-8 body text both match when decoded.
+        client.literal = "r\u00e9sum\u00e9".encode()
+        self.assertEqual(_ok(await in_thread(search, "UTF-8", "SUBJECT")), [b"3"])
+        client.literal = "gr\u00fc\u00dfe".encode()
+        self.assertEqual(_ok(await in_thread(search, "UTF-8", "TEXT")), [b"3 4"])
+        # STORE: +FLAGS, -FLAGS, FLAGS with a keyword, .SILENT.
+        data = _ok(await in_thread(client.store, "1:2", "+FLAGS", "(\\Seen \\Flagged)"))
+        self.assertEqual(
+            data,
+            [
+                b"1 (FLAGS (\\Flagged \\Seen \\Recent))",
+                b"2 (FLAGS (\\Flagged \\Seen \\Recent))",
+            ],
+        )
+        data = _ok(await in_thread(client.store, "2", "-FLAGS", "(\\Flagged)"))
+        self.assertEqual(data, [b"2 (FLAGS (\\Seen \\Recent))"])
+        data = _ok(await in_thread(client.store, "3", "FLAGS.SILENT", "($Label1)"))
+        self.assertEqual(data, [None])
+        self.assertEqual(
+            _ok(await in_thread(search, None, "KEYWORD", "$Label1")), [b"3"]
+        )
+        self.assertEqual(_ok(await in_thread(search, None, "UNSEEN")), [b"3 4 5"])
+        self.assertEqual(_ok(await in_thread(search, None, "FLAGGED", "SEEN")), [b"1"])
+        # The flags survive a new session.
+        await self.logout(client)
+        client = await self.connect()
+        _ok(await in_thread(client.select, "INBOX"))
+        data = _ok(await in_thread(client.fetch, "1:3", "(FLAGS)"))
+        self.assertEqual(
+            data,
+            [
+                b"1 (FLAGS (\\Flagged \\Seen))",
+                b"2 (FLAGS (\\Seen))",
+                b"3 (FLAGS ($Label1))",
+            ],
+        )
+        await self.logout(client)
+
+    def test_search_and_store(self) -> None:
+        """SEARCH over headers, bodies, dates, sizes and flags (CHARSET
+        UTF-8 with a literal too); STORE with every mode; flags persist."""
+        return _d(self.search_store())  # type: ignore[return-value]
+
+    async def copy_move_append(self) -> None:
+        client = await self.connect()
+        _ok(await in_thread(client.create, "Work"))
+        _ok(await in_thread(client.create, "Work.Projects"))
+        listed = _ok(await in_thread(client.list, '""', "Work*"))
+        self.assertEqual(
+            sorted(listed),
+            [
+                b'(\\HasChildren) "." Work',
+                b'(\\HasNoChildren) "." Work.Projects',
+            ],
+        )
+        _ok(await in_thread(client.select, "INBOX"))
+        # COPY answers COPYUID (UIDPLUS).
+        typ, data = await in_thread(client.copy, "1:2", "Work")
+        self.assertEqual(typ, "OK")
+        client.untagged_responses.pop("COPYUID", None)
+        self.assertRegex(data[0], rb"^\[COPYUID \d+ 1:2 1:2\]")
+        # MOVE (RFC 6851): untagged COPYUID, then EXPUNGEs.
+        typ, data = await in_thread(
+            client._simple_command, "MOVE", "3", "Work.Projects"
+        )
+        self.assertEqual(typ, "OK", data)
+        self.assertEqual(client.untagged_responses.pop("EXPUNGE"), [b"3"])
+        data = _ok(
+            await in_thread(
+                client.fetch, "1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+            )
+        )
+        ids = [
+            p[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"] for p in _fetch_parts(data).values()
+        ]
+        self.assertEqual(
+            ids, [b"Message-ID: <%d@example.test>\r\n\r\n" % n for n in (1, 2, 4, 5)]
+        )
+        # A COPY into a missing mailbox: NO [TRYCREATE].
+        typ, data = await in_thread(client.copy, "1", "Nowhere")
+        self.assertEqual(typ, "NO")
+        self.assertTrue(data[0].startswith(b"[TRYCREATE]"), data)
+        # APPEND with flags and an internal date, read back exactly.
+        when = imaplib.Time2Internaldate(1_600_000_000)
+        new = plain_message(9, "appended")
+        typ, data = await in_thread(
+            client.append, "Work.Projects", "(\\Seen $Todo)", when, new
+        )
+        self.assertEqual(typ, "OK", data)
+        self.assertRegex(data[0], rb"^\[APPENDUID \d+ 2\]")
+        _ok(await in_thread(client.select, "Work.Projects"))
+        data = _ok(
+            await in_thread(
+                client.uid, "FETCH", "1:*", "(FLAGS INTERNALDATE BODY.PEEK[])"
+            )
+        )
+        parts = _fetch_parts(data)
+        self.assertEqual(parts[1][b"BODY[]"], self.mail[2])
+        self.assertEqual(parts[2][b"BODY[]"], new)
+        heads = [e[0] for e in data if isinstance(e, tuple)]
+        self.assertIn(b"FLAGS (\\Seen $Todo)", heads[1])
+        self.assertEqual(
+            imaplib.Internaldate2tuple(heads[1]),
+            imaplib.Internaldate2tuple(b"INTERNALDATE " + when.encode()),
+        )
+        # STATUS of the folders.
+        data = _ok(await in_thread(client.status, "Work", "(MESSAGES UIDNEXT UNSEEN)"))
+        self.assertEqual(data, [b"Work (MESSAGES 2 UIDNEXT 3 UNSEEN 2)"])
+        # Delete the parent: its child stays.
+        _ok(await in_thread(client.close))
+        typ, data = await in_thread(client.delete, "Work")
+        listed = _ok(await in_thread(client.list, '""', "Work*"))
+        self.assertEqual(typ, "OK", data)
+        # RFC 3501 §6.3.4: it stays as \Noselect while it has children.
+        self.assertEqual(
+            listed,
+            [
+                b'(\\Noselect \\HasChildren) "." Work',
+                b'(\\HasNoChildren) "." Work.Projects',
+            ],
+        )
+        typ, data = await in_thread(client.select, "Work")
+        self.assertEqual(typ, "NO", data)
+        await self.logout(client)
+
+    def test_copy_move_append(self) -> None:
+        """CREATE a folder tree, LIST it, COPY (COPYUID), MOVE, COPY to a
+        missing mailbox (TRYCREATE), APPEND with flags and a date (APPENDUID),
+        STATUS, DELETE of a parent."""
+        return _d(self.copy_move_append())  # type: ignore[return-value]
+
+    async def uid_expunge(self) -> None:
+        client = await self.connect()
+        _ok(await in_thread(client.select, "INBOX"))
+        self.assertEqual(
+            _ok(await in_thread(client.uid, "SEARCH", "SUBJECT", "lunch")),
+            [b"2"],
+        )
+        self.assertEqual(
+            _ok(await in_thread(client.uid, "SEARCH", "UID", "2:4")), [b"2 3 4"]
+        )
+        data = _ok(await in_thread(client.uid, "STORE", "2,4", "+FLAGS", "(\\Deleted)"))
+        self.assertEqual(
+            data,
+            [
+                b"2 (UID 2 FLAGS (\\Deleted \\Recent))",
+                b"4 (UID 4 FLAGS (\\Deleted \\Recent))",
+            ],
+        )
+        data = _ok(
+            await in_thread(client._simple_command, "UID", "COPY", "1:3", "Trash")
+        )
+        self.assertRegex(data[0], rb"^\[COPYUID \d+ 1:3 1:3\]")
+        # UID EXPUNGE (UIDPLUS) removes only the UIDs named.
+        typ, data = await in_thread(client.uid, "EXPUNGE", "4")
+        self.assertEqual(typ, "OK", data)
+        self.assertEqual(client.untagged_responses.pop("EXPUNGE"), [b"4"])
+        data = _ok(await in_thread(client.expunge))
+        self.assertEqual(data, [b"2"])
+        data = _ok(await in_thread(client.uid, "FETCH", "1:*", "(FLAGS)"))
+        self.assertEqual(
+            data,
+            [
+                b"1 (UID 1 FLAGS (\\Recent))",
+                b"2 (UID 3 FLAGS (\\Recent))",
+                b"3 (UID 5 FLAGS (\\Recent))",
+            ],
+        )
+        # NAMESPACE, CHECK, UNSELECT, ID.
+        self.assertEqual(
+            _ok(await in_thread(client.namespace)), [b'(("" ".")) NIL NIL']
+        )
+        _ok(await in_thread(client.check))
+        _ok(await in_thread(client.unselect))
+        self.assertEqual(client.state, "AUTH")
+        typ, data = await in_thread(client.xatom, "ID", '("name" "imaplib")')
+        self.assertEqual(typ, "OK")
+        await self.logout(client)
+
+    def test_uid_commands_and_expunge(self) -> None:
+        """UID SEARCH, STORE, COPY, FETCH, UID EXPUNGE and EXPUNGE keep UIDs
+        and sequence numbers straight; NAMESPACE, CHECK, UNSELECT, ID."""
+        return _d(self.uid_expunge())  # type: ignore[return-value]
+
+    async def quota(self) -> None:
+        server = make_server(self, quota=5000)
+        port = server.listen(implicit=True)
+        client = await in_thread(server.imaplib, port, implicit=True)
+        _ok(await in_thread(client.login, BOB, PASSWORD))
+        caps = _ok(await in_thread(client.capability))[0].split()
+        self.assertIn(b"QUOTA", caps)
+        typ, data = await in_thread(client.getquotaroot, "INBOX")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(data, [[b'INBOX ""'], [b'"" (STORAGE 0 4)']])
+        typ, data = await in_thread(
+            client.append, "INBOX", None, None, plain_message(1, body=b"x" * 3000)
+        )
+        self.assertEqual(typ, "OK")
+        used = -(-len(plain_message(1, body=b"x" * 3000)) // 1024)
+        typ, data = await in_thread(
+            client.append, "INBOX", None, None, plain_message(2, body=b"x" * 3000)
+        )
+        self.assertEqual(typ, "NO")
+        self.assertTrue(data[0].startswith(b"[OVERQUOTA]"), data)
+        self.assertEqual(
+            _ok(await in_thread(client.getquota, '""')),
+            [b'"" (STORAGE %d 4)' % used],
+        )
+        await self.logout(client)
+
+    def test_quota(self) -> None:
+        """A user with a quota: QUOTA capability, GETQUOTAROOT, GETQUOTA,
+        an APPEND over it refused with OVERQUOTA."""
+        return _d(self.quota())  # type: ignore[return-value]
