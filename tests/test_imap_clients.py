@@ -10,10 +10,12 @@ what was delivered.
 from __future__ import annotations
 
 import base64
+import datetime
 import imaplib
 import re
 from typing import Any
 
+from imapclient import IMAPClient
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
@@ -21,6 +23,7 @@ from tests.imap_client_helpers import (
     ALICE,
     BOB,
     PASSWORD,
+    TIMEOUT,
     in_thread,
     make_server,
     messages,
@@ -448,3 +451,208 @@ class ImaplibTests(TestCase):
         """A user with a quota: QUOTA capability, GETQUOTAROOT, GETQUOTA,
         an APPEND over it refused with OVERQUOTA."""
         return _d(self.quota())  # type: ignore[return-value]
+
+
+class IMAPClientTests(TestCase):
+    """imapclient (PyPI): its parsed responses, IDLE and CONDSTORE."""
+
+    def setUp(self) -> None:
+        self.server = make_server(self)
+        self.mail = messages()
+        self.server.seed(self.mail)
+
+    async def connect(self, implicit: bool = True) -> IMAPClient:
+        """An imapclient session (UIDs by default) over implicit TLS or
+        STARTTLS, not yet logged in."""
+        port = self.server.listen(implicit)
+        context = self.server.ssl_context()
+
+        def connect() -> IMAPClient:
+            client = IMAPClient(
+                "127.0.0.1", port, ssl=implicit, ssl_context=context, timeout=TIMEOUT
+            )
+            if not implicit:
+                client.starttls(context)
+            return client
+
+        client = await in_thread(connect)
+
+        def close() -> None:
+            if client._imap.state != "LOGOUT":
+                client.shutdown()
+
+        self.addCleanup(close)
+        return client
+
+    async def session(self) -> None:
+        client = await self.connect(implicit=False)
+        await in_thread(client.plain_login, ALICE, PASSWORD)
+        caps = await in_thread(client.capabilities)
+        self.assertIn(b"IDLE", caps)
+        self.assertIn(b"LIST-STATUS", caps)
+        self.assertEqual(
+            await in_thread(client.id_, {"name": "imapclient"}),
+            ((b"name", b"twistedmail"),),
+        )
+        ns = await in_thread(client.namespace)
+        self.assertEqual((ns.personal, ns.other, ns.shared), ((("", "."),), None, None))
+        folders = await in_thread(client.list_folders)
+        self.assertIn(((b"\\HasNoChildren",), b".", "INBOX"), folders)
+        self.assertEqual(await in_thread(client.find_special_folder, b"\\Sent"), "Sent")
+        self.assertEqual(
+            await in_thread(client.find_special_folder, b"\\Trash"), "Trash"
+        )
+        # Modified UTF-7 names, both ways.
+        await in_thread(client.create_folder, "Caf\u00e9 & R\u00e9sum\u00e9s")
+        await in_thread(client.create_folder, "Caf\u00e9.\u65e5\u672c")
+        names = {f[2] for f in await in_thread(client.list_folders)}
+        self.assertIn("Caf\u00e9 & R\u00e9sum\u00e9s", names)
+        self.assertIn("Caf\u00e9.\u65e5\u672c", names)
+        info = await in_thread(client.select_folder, "INBOX")
+        self.assertEqual(info[b"EXISTS"], 5)
+        self.assertEqual(info[b"UIDNEXT"], 6)
+        self.assertIn(b"\\Seen", info[b"PERMANENTFLAGS"])
+        uids = await in_thread(client.search)
+        self.assertEqual(uids, [1, 2, 3, 4, 5])
+        self.assertEqual(
+            await in_thread(client.search, ["SUBJECT", "caf\u00e9"], "UTF-8"), [4]
+        )
+        self.assertEqual(
+            await in_thread(client.search, ["TEXT", "K\u00f6ln"], "UTF-8"), [3]
+        )
+        fetched = await in_thread(
+            client.fetch, [3], ["ENVELOPE", "BODYSTRUCTURE", "RFC822.SIZE", "FLAGS"]
+        )
+        data = fetched[3]
+        env = data[b"ENVELOPE"]
+        self.assertEqual(env.subject, b"=?utf-8?q?r=C3=A9sum=C3=A9_attached?=")
+        self.assertEqual(env.message_id, b"<3@example.test>")
+        self.assertEqual(env.in_reply_to, b"<1@example.test>")
+        self.assertEqual(
+            [str(a) for a in env.to], ["alice@example.test", "Bob <bob@example.test>"]
+        )
+        self.assertEqual(env.cc[0].mailbox, b"carol")
+        self.assertEqual(env.from_[0].host, b"example.test")
+        body = data[b"BODYSTRUCTURE"]
+        self.assertTrue(body.is_multipart)
+        parts, subtype = body[0], body[1]
+        self.assertEqual(subtype, b"MIXED")
+        self.assertEqual(parts[0][:2], (b"TEXT", b"PLAIN"))
+        self.assertEqual(parts[1][:2], (b"APPLICATION", b"PDF"))
+        self.assertEqual(data[b"RFC822.SIZE"], len(self.mail[2]))
+        # Whole messages as delivered.
+        bodies = await in_thread(
+            client.fetch, await in_thread(client.search), ["BODY.PEEK[]"]
+        )
+        self.assertEqual([bodies[u][b"BODY[]"] for u in range(1, 6)], self.mail)
+        # Flags, copy, move, expunge, append.
+        await in_thread(client.add_flags, [1, 2], [b"\\Seen", b"$Work"])
+        await in_thread(client.remove_flags, [2], [b"$Work"])
+        flags = await in_thread(client.get_flags, [1, 2])
+        self.assertEqual(set(flags[1]), {b"\\Seen", b"$Work", b"\\Recent"})
+        self.assertEqual(set(flags[2]), {b"\\Seen", b"\\Recent"})
+        await in_thread(client.copy, [1, 2], "Archive")
+        await in_thread(client.move, [3], "Caf\u00e9 & R\u00e9sum\u00e9s")
+        self.assertEqual(await in_thread(client.search), [1, 2, 4, 5])
+        await in_thread(client.set_flags, [4], [b"\\Deleted"])
+        await in_thread(client.uid_expunge, [4])
+        self.assertEqual(await in_thread(client.search), [1, 2, 5])
+        when = datetime.datetime(2021, 5, 4, 3, 2, 1, tzinfo=datetime.UTC)
+        result = await in_thread(
+            client.append, "Archive", plain_message(7), [b"\\Answered"], when
+        )
+        self.assertRegex(result, rb"^\[APPENDUID \d+ 3\]")
+        status = await in_thread(
+            client.folder_status, "Archive", [b"MESSAGES", b"UNSEEN", b"UIDNEXT"]
+        )
+        self.assertEqual(status, {b"MESSAGES": 3, b"UNSEEN": 1, b"UIDNEXT": 4})
+        await in_thread(client.select_folder, "Archive", readonly=True)
+        fetched = await in_thread(
+            client.fetch, [3], ["INTERNALDATE", "FLAGS", "BODY.PEEK[]"]
+        )
+        self.assertEqual(fetched[3][b"INTERNALDATE"].astimezone(datetime.UTC), when)
+        self.assertEqual(fetched[3][b"FLAGS"], (b"\\Answered",))
+        self.assertEqual(fetched[3][b"BODY[]"], plain_message(7))
+        await in_thread(client.select_folder, "Caf\u00e9 & R\u00e9sum\u00e9s")
+        moved = await in_thread(
+            client.fetch, await in_thread(client.search), ["BODY.PEEK[]"]
+        )
+        self.assertEqual(moved, {1: {b"BODY[]": self.mail[2], b"SEQ": 1}})
+        self.assertEqual(await in_thread(client.logout), b"Logging out")
+
+    def test_session(self) -> None:
+        """imapclient over STARTTLS with AUTHENTICATE PLAIN: ID, NAMESPACE,
+        special-use folders, UTF-7 folder names, SEARCH with UTF-8,
+        parsed ENVELOPE and BODYSTRUCTURE, bodies, flags, COPY, MOVE, UID
+        EXPUNGE, APPEND with a date, STATUS."""
+        return _d(self.session())  # type: ignore[return-value]
+
+    async def idle(self) -> None:
+        client = await self.connect()
+        await in_thread(client.login, ALICE, PASSWORD)
+        await in_thread(client.select_folder, "INBOX")
+        other = await self.connect()
+        await in_thread(other.login, ALICE, PASSWORD)
+        await in_thread(other.select_folder, "INBOX")
+        await in_thread(client.idle)
+        # Mail delivered through the store is pushed.
+        await self.server.deliver(plain_message(6, "new mail"), "idle-6")
+        seen = await in_thread(client.idle_check, TIMEOUT)
+        self.assertIn((6, b"EXISTS"), seen)
+        # So are another session's flag changes and expunges.
+        await in_thread(other.add_flags, [2], [b"\\Flagged"])
+        seen = await in_thread(client.idle_check, TIMEOUT)
+        # This session selected first: \Recent is its own.
+        self.assertEqual(seen, [(2, b"FETCH", (b"FLAGS", (b"\\Flagged", b"\\Recent")))])
+        await in_thread(other.delete_messages, [1])
+        seen = await in_thread(client.idle_check, TIMEOUT)
+        self.assertEqual(seen, [(1, b"FETCH", (b"FLAGS", (b"\\Deleted", b"\\Recent")))])
+        await in_thread(other.expunge)
+        seen = await in_thread(client.idle_check, TIMEOUT)
+        self.assertEqual(seen, [(1, b"EXPUNGE")])
+        text, responses = await in_thread(client.idle_done)
+        self.assertEqual(responses, [])
+        # The client's view agrees with the other session.
+        self.assertEqual(await in_thread(client.search), [2, 3, 4, 5, 6])
+        fetched = await in_thread(client.fetch, [6], ["BODY.PEEK[]"])
+        self.assertEqual(fetched[6][b"BODY[]"], plain_message(6, "new mail"))
+        await in_thread(client.logout)
+        await in_thread(other.logout)
+
+    def test_idle(self) -> None:
+        """IDLE sees a delivery (EXISTS), another session's STORE (FETCH)
+        and EXPUNGE as they happen; DONE ends it cleanly."""
+        return _d(self.idle())  # type: ignore[return-value]
+
+    async def condstore(self) -> None:
+        client = await self.connect()
+        await in_thread(client.login, ALICE, PASSWORD)
+        self.assertEqual(await in_thread(client.enable, "CONDSTORE"), [b"CONDSTORE"])
+        info = await in_thread(client.select_folder, "INBOX")
+        highest = info[b"HIGHESTMODSEQ"]
+        fetched = await in_thread(client.fetch, [1, 2, 3, 4, 5], ["MODSEQ"])
+        self.assertTrue(all(f[b"MODSEQ"][0] <= highest for f in fetched.values()))
+        await in_thread(client.add_flags, [2, 4], [b"\\Answered"])
+        changed = await in_thread(
+            client.fetch, [1, 2, 3, 4, 5], ["FLAGS"], [f"CHANGEDSINCE {highest}"]
+        )
+        self.assertEqual(sorted(changed), [2, 4])
+        modseqs = {u: changed[u][b"MODSEQ"][0] for u in changed}
+        self.assertTrue(all(m > highest for m in modseqs.values()), modseqs)
+        self.assertEqual(
+            await in_thread(client.search, ["MODSEQ", str(highest + 1)]), [2, 4]
+        )
+        status = await in_thread(client.folder_status, "INBOX", [b"HIGHESTMODSEQ"])
+        self.assertEqual(status[b"HIGHESTMODSEQ"], max(modseqs.values()))
+        # The mod-sequences survive a new session.
+        await in_thread(client.logout)
+        again = await self.connect()
+        await in_thread(again.login, ALICE, PASSWORD)
+        info = await in_thread(again.select_folder, "INBOX")
+        self.assertEqual(info[b"HIGHESTMODSEQ"], max(modseqs.values()))
+        await in_thread(again.logout)
+
+    def test_condstore(self) -> None:
+        """ENABLE CONDSTORE, HIGHESTMODSEQ, FETCH MODSEQ, FETCH CHANGEDSINCE,
+        SEARCH MODSEQ and STATUS HIGHESTMODSEQ after a STORE."""
+        return _d(self.condstore())  # type: ignore[return-value]
