@@ -44,7 +44,7 @@ class IMAPServiceTests(TestCase):
         self.cert = cert
         settings = Settings(
             server=ServerSettings(hostname=HOSTNAME, data_dir=data),
-            listeners=ListenerSettings(  # type: ignore[arg-type]
+            listeners=ListenerSettings(
                 **{
                     **_OFF,
                     "imap": "tcp:port=0:interface=127.0.0.1",

@@ -154,7 +154,13 @@ from twistedmail.maildir import (
 )
 from twistedmail.tls import ServerTLS
 
-__all__ = ["FIRST_LOGIN_MARKER", "IMAPServerFactory", "IMAPServerProtocol", "State"]
+__all__ = [
+    "FIRST_LOGIN_MARKER",
+    "PRE_AUTH_MAX_LITERAL",
+    "IMAPServerFactory",
+    "IMAPServerProtocol",
+    "State",
+]
 
 #: Written into a Maildir once its special-use folders were made, so that a
 #: user who deletes one does not get it back at the next login.
@@ -162,6 +168,11 @@ FIRST_LOGIN_MARKER = "twistedmail-imap-folders"
 
 #: Queued commands past which the protocol stops reading from the socket.
 _MAX_QUEUED = 32
+
+#: The literal octets one command may carry before login (a LOGIN with
+#: literal strings fits): an unauthenticated client cannot make the server
+#: hold a message-sized literal.
+PRE_AUTH_MAX_LITERAL = 8192
 
 _BASE_CAPABILITIES = (
     "IMAP4rev1",
@@ -420,6 +431,9 @@ class IMAPServerFactory(Factory):
         role; wrap this factory with L{ServerTLS.wrap_implicit}).
     """
 
+    # The protocol logs one line per connection; no start/stop lines.
+    noisy = False
+
     def __init__(
         self,
         settings: Settings,
@@ -544,7 +558,8 @@ class IMAPServerProtocol(Protocol):
         self._ip = _peer_ip(self._peer)
         self.tls_active = factory.implicit_tls
         self._parser = CommandParser(
-            max_line=limits.max_line, max_literal=limits.max_literal
+            max_line=limits.max_line,
+            max_literal=min(limits.max_literal, PRE_AUTH_MAX_LITERAL),
         )
         log_connection_opened(_log, factory.role, self._peer, self.session_id)
         if not factory._opened(self, self._ip):
@@ -958,6 +973,8 @@ class IMAPServerProtocol(Protocol):
         self._quota = getattr(account.user, "quota", None)
         self._logout = logout
         self.state = State.AUTHENTICATED
+        if self._parser is not None:
+            self._parser.max_literal = factory.settings.imap.max_literal
         self._start_timer()
         caps = " ".join(self._capabilities())
         return _ok(tag, "Logged in", "CAPABILITY " + caps)
