@@ -1,0 +1,317 @@
+"""Interoperability: mbsync (Debian package ``isync``) keeps a local Maildir
+in two-way sync with the IMAP server, over STARTTLS and over IMAPS.
+
+The scenario: INBOX and a folder tree (Work, Work.Projects) are seeded on
+the server; a first sync copies them; then both sides change (flags set and
+cleared, a message deleted, one marked \\Deleted, new messages, a new
+folder) and a second sync must leave both sides holding the same messages
+(by Message-ID) with the same flags, the expunged ones gone everywhere, and
+agreeing with what the changes should give; a third sync changes nothing.
+
+mbsync runs as a subprocess with a private HOME and configuration; it
+trusts exactly the test certificate (``CertificateFile``) and keeps its
+local folders with ``SubFolders Verbatim`` (``Work/Projects`` locally for
+the server's ``Work.Projects``).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import os
+import shutil
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from tests.imap_client_helpers import (
+    ALICE,
+    PASSWORD,
+    Server,
+    in_thread,
+    make_server,
+    plain_message,
+)
+
+#: Flags both sides keep: Maildir letters (draft, flagged, replied, seen,
+#: trashed).  mbsync 1.4 syncs no keywords.
+_FLAGS = frozenset("DFRST")
+
+#: A folder's contents: Message-ID to its flag letters.
+Contents = dict[str, str]
+
+_HEADERS = email.parser.BytesHeaderParser()
+
+
+def _message_id(data: bytes) -> str:
+    value = _HEADERS.parsebytes(data)["Message-ID"]
+    assert value is not None, data[:200]
+    return str(value).strip()
+
+
+def _mid(n: int) -> str:
+    return f"<{n}@example.test>"
+
+
+def _letters(flags: object) -> str:
+    return "".join(sorted(set(str(f) for f in flags) & _FLAGS))  # type: ignore[attr-defined]
+
+
+class MbsyncTests(TestCase):
+    """mbsync against a server on 127.0.0.1, port 0."""
+
+    def setUp(self) -> None:
+        if shutil.which("mbsync") is None:
+            self.fail("mbsync is not installed (apt-get install isync)")
+        self.server: Server = make_server(self)
+        self.home = os.path.abspath(self.mktemp())
+        self.local = os.path.join(self.home, "Mail")
+        os.makedirs(self.local)
+        self.outputs: list[str] = []
+        self.seed_server()
+
+    # The server side
+
+    def seed_server(self) -> None:
+        """INBOX: 1-5 (2 flagged); Work: 11, 12; Work.Projects: 21, 22
+        (22 seen)."""
+        store = self.server.store
+        path = self.server.maildir()
+        self.server.seed([plain_message(n) for n in range(1, 6)])
+        for folder, numbers in (("Work", (11, 12)), ("Work.Projects", (21, 22))):
+            store.create_folder(path, folder)
+            mailbox = store.open_mailbox(path, folder)
+            try:
+                for n in numbers:
+                    mailbox.add(plain_message(n), "S" if n == 22 else "")
+            finally:
+                mailbox.close()
+        mailbox = store.open_mailbox(path)
+        try:
+            mailbox.set_flags(2, frozenset("F"), frozenset())
+        finally:
+            mailbox.close()
+
+    def server_folders(self) -> dict[str, Contents]:
+        """Every folder on the server with its messages (read from disk)."""
+        store = self.server.store
+        path = self.server.maildir()
+        result: dict[str, Contents] = {}
+        for folder in ["INBOX", *store.list_folders(path)]:
+            mailbox = store.open_mailbox(path, folder)
+            try:
+                result[folder] = {
+                    _message_id(mailbox.read(info.uid)): _letters(info.flags)
+                    for info in mailbox.messages()
+                }
+            finally:
+                mailbox.close()
+        return result
+
+    # The local side
+
+    def local_folders(self) -> dict[str, Contents]:
+        """Every local folder (``Work/Projects`` named ``Work.Projects``)."""
+        result: dict[str, Contents] = {}
+        for directory, subdirs, _ in os.walk(self.local):
+            if "cur" not in subdirs:
+                continue
+            name = os.path.relpath(directory, self.local).replace(os.sep, ".")
+            contents: Contents = {}
+            for sub in ("new", "cur"):
+                for filename in os.listdir(os.path.join(directory, sub)):
+                    with open(os.path.join(directory, sub, filename), "rb") as f:
+                        mid = _message_id(f.read())
+                    info = filename.partition(":2,")[2]
+                    contents[mid] = _letters(info)
+            result[name] = contents
+        return result
+
+    def local_file(self, folder: str, n: int) -> str:
+        """The local file holding message ``n``."""
+        directory = os.path.join(self.local, *folder.split("."))
+        for sub in ("new", "cur"):
+            for filename in os.listdir(os.path.join(directory, sub)):
+                path = os.path.join(directory, sub, filename)
+                with open(path, "rb") as f:
+                    if _message_id(f.read()) == _mid(n):
+                        return path
+        raise AssertionError(f"message {n} is not in local {folder}")
+
+    def set_local_flags(self, folder: str, n: int, letters: str) -> None:
+        """Rename a local message's file to carry these flags, in cur/."""
+        path = self.local_file(folder, n)
+        base = os.path.basename(path).partition(":2,")[0]
+        target = os.path.join(os.path.dirname(os.path.dirname(path)), "cur")
+        os.rename(path, os.path.join(target, f"{base}:2,{''.join(sorted(letters))}"))
+
+    def add_local(self, folder: str, n: int, subject: str = "") -> None:
+        """Put a new message into a local folder's new/ (making the
+        folder if needed)."""
+        directory = os.path.join(self.local, *folder.split("."))
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(directory, sub), exist_ok=True)
+        name = f"1790000000.local{n}.test"
+        with open(os.path.join(directory, "tmp", name), "wb") as f:
+            f.write(plain_message(n, subject))
+        os.rename(
+            os.path.join(directory, "tmp", name), os.path.join(directory, "new", name)
+        )
+
+    # mbsync
+
+    def write_config(self, port: int, implicit: bool) -> str:
+        """The mbsyncrc: our server far, the local Maildir near."""
+        rc = os.path.join(self.home, "mbsyncrc")
+        with open(rc, "w") as f:
+            f.write(
+                "IMAPAccount twistedmail\n"
+                "Host 127.0.0.1\n"
+                f"Port {port}\n"
+                f"User {ALICE}\n"
+                f'Pass "{PASSWORD}"\n'
+                f"SSLType {'IMAPS' if implicit else 'STARTTLS'}\n"
+                f"CertificateFile {self.server.cert}\n"
+                "AuthMechs PLAIN\n"
+                "\n"
+                "IMAPStore far\n"
+                "Account twistedmail\n"
+                "\n"
+                "MaildirStore near\n"
+                f"Path {self.local}/\n"
+                f"Inbox {self.local}/INBOX\n"
+                "SubFolders Verbatim\n"
+                "\n"
+                "Channel mail\n"
+                "Far :far:\n"
+                "Near :near:\n"
+                "Patterns *\n"
+                "Create Both\n"
+                "Expunge Both\n"
+                "SyncState *\n"
+                "CopyArrivalDate yes\n"
+            )
+        os.chmod(rc, 0o600)
+        return rc
+
+    async def mbsync(self, rc: str) -> str:
+        """Run ``mbsync -a``; fail the test (with its output) if it fails."""
+        path = shutil.which("mbsync")
+        assert path is not None
+        env = {"HOME": self.home, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        out, err, code = await getProcessOutputAndValue(
+            path, ["-V", "-c", rc, "-a"], env=env, path=self.home, reactor=reactor
+        )
+        text = (out + err).decode("utf-8", "replace")
+        self.outputs.append(text)
+        self.assertEqual(code, 0, f"mbsync failed ({code}):\n{text}")
+        return text
+
+    # Server-side changes through IMAP
+
+    def change_server(self, port: int, implicit: bool) -> None:
+        """Blocking: flag changes, an expunge, an APPEND and a new folder
+        on the server, as another client would make them."""
+        client = self.server.imaplib(port, implicit=implicit)
+        try:
+            assert client.login(ALICE, PASSWORD)[0] == "OK"
+            assert client.select("INBOX")[0] == "OK"
+            # 1: seen and answered; 2: unflagged; 3: expunged.
+            _, ids = client.search(None, "HEADER", "Message-ID", "<1@")
+            assert client.store(ids[0], "+FLAGS", "(\\Seen \\Answered)")[0] == "OK"
+            _, ids = client.search(None, "HEADER", "Message-ID", "<2@")
+            assert client.store(ids[0], "-FLAGS", "(\\Flagged)")[0] == "OK"
+            _, ids = client.search(None, "HEADER", "Message-ID", "<3@")
+            assert client.store(ids[0], "+FLAGS", "(\\Deleted)")[0] == "OK"
+            assert client.expunge()[0] == "OK"
+            # Work: 12 marked \Deleted (not expunged), a new flagged message.
+            assert client.select("Work")[0] == "OK"
+            _, ids = client.search(None, "HEADER", "Message-ID", "<12@")
+            assert client.store(ids[0], "+FLAGS", "(\\Deleted)")[0] == "OK"
+            typ, _ = client.append("Work", "(\\Flagged)", None, plain_message(13))
+            assert typ == "OK"
+            # Work.Projects: 22 unseen again.
+            assert client.select("Work.Projects")[0] == "OK"
+            _, ids = client.search(None, "HEADER", "Message-ID", "<22@")
+            assert client.store(ids[0], "-FLAGS", "(\\Seen)")[0] == "OK"
+            # A new folder under Work, with a draft in it.
+            assert client.create("Work.Later")[0] == "OK"
+            typ, _ = client.append("Work.Later", "(\\Draft)", None, plain_message(31))
+            assert typ == "OK"
+            client.logout()
+        finally:
+            if client.state != "LOGOUT":
+                client.shutdown()
+
+    # The scenario
+
+    async def two_way_sync(self, implicit: bool) -> None:
+        port = self.server.listen(implicit)
+        rc = self.write_config(port, implicit)
+        await self.mbsync(rc)
+        # The first login made the special-use folders (Sent, Trash...).
+        first = self.server_folders()
+        self.assertEqual(self.local_folders(), first, self.outputs[-1])
+        self.assertEqual(self.server_folders(), first)
+        self.assertEqual(
+            {k: first[k] for k in ("INBOX", "Work", "Work.Projects")},
+            {
+                "INBOX": {_mid(n): "F" if n == 2 else "" for n in range(1, 6)},
+                "Work": {_mid(11): "", _mid(12): ""},
+                "Work.Projects": {_mid(21): "", _mid(22): "S"},
+            },
+        )
+        # Changes on the local side.
+        self.set_local_flags("INBOX", 4, "SF")
+        os.unlink(self.local_file("INBOX", 5))
+        self.set_local_flags("Work", 11, "T")
+        self.set_local_flags("Work.Projects", 21, "RS")
+        self.add_local("INBOX", 6)
+        self.add_local("Work.Projects", 23)
+        self.add_local("Personal", 41)
+        # Changes on the server side, over IMAP and by delivery.
+        await in_thread(self.change_server, port, implicit)
+        await self.server.deliver(plain_message(7), "mbsync-7")
+        await self.mbsync(rc)
+        expected = {
+            "INBOX": {
+                _mid(1): "RS",
+                _mid(2): "",
+                _mid(4): "FS",
+                _mid(6): "",
+                _mid(7): "",
+            },
+            "Work": {_mid(13): "F"},
+            "Work.Projects": {_mid(21): "RS", _mid(22): "", _mid(23): ""},
+            "Work.Later": {_mid(31): "D"},
+            "Personal": {_mid(41): ""},
+        }
+        server = self.server_folders()
+        self.assertEqual(self.local_folders(), server, self.outputs[-1])
+        self.assertEqual({k: server[k] for k in expected}, expected, self.outputs[-1])
+        self.assertEqual(
+            set(server), {*expected, "Sent", "Drafts", "Trash", "Junk", "Archive"}
+        )
+        # A third sync finds nothing to do.
+        before = self.snapshot()
+        await self.mbsync(rc)
+        self.assertEqual(self.snapshot(), before, self.outputs[-1])
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """The file names on both sides and the server's UID lists."""
+        names = []
+        for root in (self.local, self.server.maildir()):
+            for directory, _, files in os.walk(root):
+                if os.path.basename(directory) in ("new", "cur"):
+                    names.extend(os.path.join(directory, f) for f in files)
+        return tuple(sorted(names))
+
+    def test_starttls(self) -> None:
+        """A two-way sync over STARTTLS: both sides' changes meet."""
+        return Deferred.fromCoroutine(self.two_way_sync(False))  # type: ignore[return-value]
+
+    def test_imaps(self) -> None:
+        """A two-way sync over IMAPS: both sides' changes meet."""
+        return Deferred.fromCoroutine(self.two_way_sync(True))  # type: ignore[return-value]
