@@ -1,0 +1,247 @@
+"""Tests for twistedmail.imap.server with many sessions on one mailbox
+(RFC 3501 §7, §5.2), IDLE (RFC 2177), and changes made by deliveries, the
+store (as POP3 makes them) and other programs."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.imap_server_helpers import make_message, make_world
+
+
+class TwoSessionTests(SynchronousTestCase):
+    """Two sessions with INBOX selected."""
+
+    def setUp(self) -> None:
+        self.world = make_world(self.mktemp())
+        for n in (1, 2, 3):
+            self.world.deliver(make_message(n))
+        self.first = self.world.logged_in()
+        self.second = self.world.logged_in()
+        self.first.ok("SELECT INBOX")
+        self.second.ok("SELECT INBOX")
+
+    def test_recent_to_one_session(self) -> None:
+        """\\Recent goes to the session that selected first, and a new
+        message's \\Recent to exactly one session."""
+        self.assertEqual(
+            self.second.ok("SEARCH RECENT"), [b"* SEARCH"], "second saw \\Recent"
+        )
+        self.assertEqual(self.first.ok("SEARCH RECENT"), [b"* SEARCH 1 2 3"])
+        self.world.deliver(make_message(4))
+        self.assertEqual(self.second.ok("NOOP"), [b"* 4 EXISTS", b"* 1 RECENT"])
+        self.assertEqual(self.first.ok("NOOP"), [b"* 4 EXISTS", b"* 3 RECENT"])
+        self.assertEqual(
+            self.second.ok("FETCH 4 FLAGS"), [b"* 4 FETCH (FLAGS (\\Recent))"]
+        )
+        self.assertEqual(self.first.ok("FETCH 4 FLAGS"), [b"* 4 FETCH (FLAGS ())"])
+
+    def test_flag_changes_reach_the_other(self) -> None:
+        """A STORE in one session is an unsolicited FETCH in the other, at
+        its next command."""
+        self.first.ok("STORE 2 +FLAGS.SILENT (\\Flagged)")
+        self.assertEqual(self.second.ok("NOOP"), [b"* 2 FETCH (FLAGS (\\Flagged))"])
+        self.assertEqual(self.second.ok("NOOP"), [])
+
+    def test_seen_by_fetch_reaches_the_other(self) -> None:
+        """\\Seen set by a non-peek FETCH is told to the other session."""
+        self.first.ok("FETCH 1 BODY[TEXT]")
+        self.assertEqual(self.second.ok("NOOP"), [b"* 1 FETCH (FLAGS (\\Seen))"])
+
+    def test_no_expunge_during_fetch_store_search(self) -> None:
+        """EXPUNGE is held back during FETCH, STORE and SEARCH (RFC 3501
+        §7.4.1); sequence numbers stay as the client knows them until a
+        command that allows it (NOOP)."""
+        self.first.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(self.first.ok("EXPUNGE"), [b"* 2 EXPUNGE"])
+        lines = self.second.ok("FETCH 1:* (UID)")
+        self.assertEqual(
+            lines,
+            [
+                b"* 1 FETCH (UID 1)",
+                b"* 2 FETCH (UID 2)",
+                b"* 3 FETCH (UID 3)",
+            ],
+        )
+        self.assertEqual(
+            self.second.ok("STORE 3 +FLAGS (\\Seen)"), [b"* 3 FETCH (FLAGS (\\Seen))"]
+        )
+        self.assertEqual(self.second.ok("SEARCH ALL"), [b"* SEARCH 1 2 3"])
+        self.assertEqual(self.second.ok("UID SEARCH ALL"), [b"* SEARCH 1 2 3"])
+        self.assertEqual(self.second.ok("NOOP"), [b"* 2 EXPUNGE"])
+        self.assertEqual(self.second.ok("SEARCH ALL"), [b"* SEARCH 1 2"])
+        self.assertEqual(self.second.ok("FETCH 2 UID"), [b"* 2 FETCH (UID 3)"])
+
+    def test_expunge_told_with_exists_order(self) -> None:
+        """An expunge and a delivery: EXPUNGE first, then EXISTS counting
+        after it."""
+        self.first.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        self.first.ok("EXPUNGE")
+        self.world.deliver(make_message(4))
+        self.assertEqual(
+            self.second.ok("NOOP"), [b"* 1 EXPUNGE", b"* 3 EXISTS", b"* 1 RECENT"]
+        )
+
+    def test_fetch_body_of_message_expunged_elsewhere(self) -> None:
+        """A held-back expunged message cannot be read: NO [EXPUNGEISSUED]
+        for it, the rest is answered."""
+        self.first.ok("STORE 3 +FLAGS.SILENT (\\Deleted)")
+        self.first.ok("EXPUNGE")
+        lines = self.second.cmd("FETCH 2:3 BODY.PEEK[TEXT]")
+        self.assertEqual(
+            lines,
+            [
+                b"* 2 FETCH (BODY[TEXT] {19}",
+                b"body of message 2",
+                b")",
+                b"a2 NO [EXPUNGEISSUED] Some messages were expunged meanwhile",
+            ],
+        )
+
+    def test_store_expunge_as_pop3_does(self) -> None:
+        """An expunge made through the store (as the POP3 server makes it)
+        reaches the IMAP sessions."""
+        mailbox = self.world.store.open_mailbox(self.world.maildir())
+        try:
+            mailbox.expunge([1])
+        finally:
+            mailbox.close()
+        self.assertEqual(self.second.ok("NOOP"), [b"* 1 EXPUNGE"])
+
+    def test_other_program_changes_flags(self) -> None:
+        """A flag change made on disk by another program is seen once the
+        check interval has passed."""
+        cur = os.path.join(self.world.maildir(), "cur")
+        for name in os.listdir(cur):
+            if name.endswith(":2,"):
+                os.rename(os.path.join(cur, name), os.path.join(cur, name + "F"))
+        self.world.clock.advance(self.world.settings.imap.check_interval)
+        lines = self.second.ok("NOOP")
+        self.assertEqual(
+            lines,
+            [
+                b"* 1 FETCH (FLAGS (\\Flagged))",
+                b"* 2 FETCH (FLAGS (\\Flagged))",
+                b"* 3 FETCH (FLAGS (\\Flagged))",
+            ],
+        )
+
+    def test_selected_mailbox_deleted(self) -> None:
+        """The selected folder deleted by another session: BYE at the next
+        command."""
+        self.first.ok("CREATE Temp")
+        self.second.ok("SELECT Temp")
+        self.first.ok("DELETE Temp")
+        lines = self.second.cmd("NOOP")
+        self.assertEqual(lines, [b"* BYE The selected mailbox was deleted or renamed"])
+        self.assertTrue(self.second.transport.disconnecting)
+        self.assertEqual(self.first.ok("NOOP"), [])
+
+
+class IdleTests(SynchronousTestCase):
+    """IDLE: pushes at once, keep-alives, DONE, errors."""
+
+    def setUp(self) -> None:
+        self.world = make_world(self.mktemp())
+        self.world.deliver(make_message(1))
+        self.client = self.world.logged_in()
+        self.client.ok("SELECT INBOX")
+
+    def test_delivery_pushed_at_once(self) -> None:
+        """A delivery is pushed with no clock time passing (the store tells
+        the session)."""
+        self.assertEqual(self.client.raw(b"i IDLE\r\n"), b"+ idling\r\n")
+        self.world.deliver(make_message(2))
+        self.assertEqual(self.client.raw(b""), b"* 2 EXISTS\r\n* 2 RECENT\r\n")
+        self.assertEqual(self.client.raw(b"DONE\r\n"), b"i OK IDLE terminated\r\n")
+
+    def test_expunge_and_flags_pushed(self) -> None:
+        """Changes by another session are pushed during IDLE, EXPUNGE
+        included."""
+        other = self.world.logged_in()
+        other.ok("SELECT INBOX")
+        self.world.deliver(make_message(2))
+        self.client.ok("NOOP")
+        other.ok("NOOP")
+        self.client.raw(b"i IDLE\r\n")
+        other.ok("STORE 2 +FLAGS.SILENT (\\Answered)")
+        self.assertEqual(
+            self.client.raw(b""), b"* 2 FETCH (FLAGS (\\Answered \\Recent))\r\n"
+        )
+        other.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        other.ok("EXPUNGE")
+        self.assertEqual(
+            self.client.raw(b""),
+            b"* 1 FETCH (FLAGS (\\Deleted \\Recent))\r\n* 1 EXPUNGE\r\n",
+        )
+        self.assertEqual(self.client.raw(b"DONE\r\n"), b"i OK IDLE terminated\r\n")
+
+    def test_outside_delivery_seen_within_a_second(self) -> None:
+        """A message put into new/ by another program is pushed within the
+        check interval (one second)."""
+        self.client.raw(b"i IDLE\r\n")
+        new = os.path.join(self.world.maildir(), "new")
+        with open(os.path.join(new, "1790000000.outside.host,S=9"), "wb") as f:
+            f.write(b"Subject: x\r\n\r\n"[:9])
+        self.assertEqual(self.client.raw(b""), b"")
+        self.world.clock.advance(1)
+        self.assertEqual(self.client.take(), b"* 2 EXISTS\r\n* 2 RECENT\r\n")
+
+    def test_keepalive(self) -> None:
+        """``* OK Still here`` every idle_keepalive seconds; a client that
+        re-issues IDLE before 30 minutes stays (RFC 2177 §3)."""
+        self.client.raw(b"i IDLE\r\n")
+        self.world.clock.advance(120)
+        self.assertEqual(self.client.take(), b"* OK Still here\r\n")
+        for _ in range(13):
+            self.world.clock.advance(120)
+        self.assertEqual(self.client.take(), b"* OK Still here\r\n" * 13)
+        self.assertEqual(self.client.raw(b"DONE\r\n"), b"i OK IDLE terminated\r\n")
+        self.client.raw(b"j IDLE\r\n")
+        self.world.clock.advance(1799)
+        self.assertFalse(self.client.transport.disconnecting)
+        self.client.raw(b"DONE\r\n")
+        self.assertFalse(self.client.transport.disconnecting)
+
+    def test_idle_autologout(self) -> None:
+        """An IDLE left for 30 minutes ends with BYE (RFC 2177 §3 allows it;
+        clients re-issue IDLE every 29 minutes)."""
+        self.client.raw(b"i IDLE\r\n")
+        self.world.clock.advance(1800)
+        self.assertTrue(
+            self.client.take().endswith(b"* BYE Autologout; idle for too long\r\n")
+        )
+        self.assertTrue(self.client.transport.disconnecting)
+
+    def test_idle_authenticated(self) -> None:
+        """IDLE without a selected mailbox works too."""
+        self.client.ok("UNSELECT")
+        self.assertEqual(self.client.raw(b"i IDLE\r\n"), b"+ idling\r\n")
+        self.world.deliver(make_message(2))
+        self.assertEqual(self.client.raw(b"done\r\n"), b"i OK IDLE terminated\r\n")
+
+    def test_not_done(self) -> None:
+        """Anything but DONE ends IDLE with BAD."""
+        self.client.raw(b"i IDLE\r\n")
+        out = self.client.raw(b"a NOOP\r\n")
+        self.assertRegex(out, rb"^i BAD ")
+        self.assertEqual(self.client.ok("NOOP"), [])
+
+    def test_idle_before_login(self) -> None:
+        """IDLE before login is BAD, and the next command runs."""
+        client = self.world.connect()
+        out = client.raw(b"i IDLE\r\na NOOP\r\n")
+        self.assertEqual(
+            out,
+            b"i BAD IDLE is not allowed in the not authenticated state\r\n"
+            b"a OK NOOP completed\r\n",
+        )
+
+    def test_pipelined_done(self) -> None:
+        """IDLE and DONE in one packet."""
+        out = self.client.raw(b"i IDLE\r\nDONE\r\na NOOP\r\n")
+        self.assertEqual(
+            out, b"+ idling\r\ni OK IDLE terminated\r\na OK NOOP completed\r\n"
+        )
