@@ -22,6 +22,7 @@ __all__ = [
     "Instance",
     "dead_port",
     "maildir_messages",
+    "maildir_names",
     "start_instance",
     "wait_for",
 ]
@@ -74,17 +75,32 @@ def dead_port(test: TestCase, host: str, port: int) -> None:
     sock.bind((host, port))
 
 
-def maildir_messages(data_dir: str, mailbox: str) -> list[bytes]:
-    """The messages in a mailbox's C{new/} folder (mailbox relative to the
-    data folder's C{mail/}), oldest name first."""
-    new = os.path.join(data_dir, "mail", mailbox, "new")
-    if not os.path.isdir(new):
-        return []
-    messages = []
-    for name in sorted(os.listdir(new)):
-        with open(os.path.join(new, name), "rb") as f:
-            messages.append(f.read())
-    return messages
+def maildir_names(
+    data_dir: str, mailbox: str, folders: tuple[str, ...] = ("new",)
+) -> list[str]:
+    """The base names (before ``:2,``) of the messages in a mailbox's
+    folders (mailbox relative to the data folder's C{mail/}), sorted."""
+    names: list[str] = []
+    for folder in folders:
+        path = os.path.join(data_dir, "mail", mailbox, folder)
+        if os.path.isdir(path):
+            names.extend(n.split(":2,")[0] for n in os.listdir(path))
+    return sorted(names)
+
+
+def maildir_messages(
+    data_dir: str, mailbox: str, folders: tuple[str, ...] = ("new",)
+) -> list[bytes]:
+    """The messages in a mailbox's folders (C{new/} unless told), in the
+    order of their base names."""
+    found: dict[str, bytes] = {}
+    for folder in folders:
+        path = os.path.join(data_dir, "mail", mailbox, folder)
+        if os.path.isdir(path):
+            for name in os.listdir(path):
+                with open(os.path.join(path, name), "rb") as f:
+                    found[name.split(":2,")[0]] = f.read()
+    return [found[name] for name in sorted(found)]
 
 
 @dataclass
@@ -104,9 +120,17 @@ class Instance:
         """The instance's data folder."""
         return self.settings.server.data_dir
 
-    def messages(self, mailbox: str) -> list[bytes]:
-        """The messages in one of this instance's Maildirs (C{new/})."""
-        return maildir_messages(self.data_dir, mailbox)
+    def messages(
+        self, mailbox: str, folders: tuple[str, ...] = ("new",)
+    ) -> list[bytes]:
+        """The messages in one of this instance's Maildirs (C{new/} unless
+        told)."""
+        return maildir_messages(self.data_dir, mailbox, folders)
+
+    def message_names(self, mailbox: str) -> list[str]:
+        """The base names of the messages in a Maildir (C{new/} and
+        C{cur/})."""
+        return maildir_names(self.data_dir, mailbox, ("new", "cur"))
 
 
 async def start_instance(

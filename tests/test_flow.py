@@ -15,18 +15,27 @@ smtp port; mx1.b.test is 127.0.0.2 on that port, where nothing listens
 A's retry schedule is an hour and nothing flushes the relay: a message
 reaches B only if A tries the second MX in the same attempt as the dead
 first one (RFC 5321 §5.1).
+
+The last step of the flow, B's user reading the mail: L{ReadingTests} IDLEs
+in userb's INBOX over IMAP (STARTTLS) while the message travels, sees the
+untagged EXISTS, then retrieves the message over POP3S.
 """
 
 from __future__ import annotations
 
 import email
 import email.policy
+import imaplib
+import poplib
 import smtplib
 import ssl
+from collections.abc import Awaitable, Callable
 from email.message import EmailMessage, Message
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.names import dns
@@ -50,6 +59,7 @@ from twistedmail.testing import make_test_certificate, start_test_dns
 
 LOOPBACK = "tcp:port=0:interface=127.0.0.1"
 PASSWORD = "usera's long password"
+USERB_PASSWORD = "userb's long password"
 #: The dead first MX: on Linux all of 127/8 is loopback, and B listens on
 #: 127.0.0.1 only.
 DEAD_ADDRESS = "127.0.0.2"
@@ -97,25 +107,31 @@ class _Events:
             self.events.append(event)
 
 
-class FlowTests(TestCase):
-    """usera@a.test to team@a.test and on to b.test, and a bounce back."""
+class FlowTestCase(TestCase):
+    """Instances A and B, the test DNS and the dead first MX, and usera's
+    submission client."""
 
     timeout = 60
 
     async def setUp(self) -> None:  # type: ignore[override]
         """Start B, the test DNS and A (A needs B's port and the DNS port)."""
+        b_data = self.mktemp()
+        self.b_ca, b_key = make_test_certificate(b_data + "-tls", "mx2.b.test")
         self.b = await start_instance(
             self,
             reactor,
             Settings(
                 server=ServerSettings(
-                    hostname="mx2.b.test", data_dir=self.mktemp(), demo_account=False
+                    hostname="mx2.b.test", data_dir=b_data, demo_account=False
                 ),
-                listeners=ListenerSettings.only(smtp=LOOPBACK),
+                listeners=ListenerSettings.only(
+                    smtp=LOOPBACK, imap=LOOPBACK, pop3s=LOOPBACK
+                ),
+                tls=TLSSettings(certificate=self.b_ca, key=b_key),
             ),
             MemoryDirectory(
                 ("b.test",),
-                (_user("userb@b.test", "userb's password"), _user("archive@b.test")),
+                (_user("userb@b.test", USERB_PASSWORD), _user("archive@b.test")),
                 # The sendmail "alias to self" idiom: userb gets a copy and so
                 # does the archive.
                 {"userb@b.test": ("userb@b.test", "archive@b.test")},
@@ -198,6 +214,10 @@ class FlowTests(TestCase):
         await wait_for(reactor, lambda: bool(matching()), f"{needle!r} in {mailbox}")
         [raw] = matching()
         return email.message_from_bytes(raw)
+
+
+class FlowTests(FlowTestCase):
+    """usera@a.test to team@a.test and on to b.test, and a bounce back."""
 
     async def test_team_to_a_and_b(self) -> None:
         """team@a.test reaches carol at A and, past the dead first MX,
@@ -290,3 +310,120 @@ class FlowTests(TestCase):
         _, per_recipient = _parts(status)
         self.assertEqual(per_recipient["Status"], "5.1.2")
         self.assertIsNone(per_recipient["Remote-MTA"])
+
+
+class ReadingTests(FlowTestCase):
+    """userb reads what A relayed: IMAP IDLE sees it arrive, then POP3S."""
+
+    async def imap_idle_until_delivery(
+        self, deliver: Callable[[], Awaitable[object]]
+    ) -> list[bytes]:
+        """Log in to B's IMAP listener (STARTTLS, LOGIN), SELECT INBOX and
+        IDLE; then run C{deliver} and wait for the untagged EXISTS, end
+        the IDLE and FETCH the new message's Message-ID.
+
+        imaplib in Python 3.11 has no IDLE command, so the IDLE and DONE
+        lines are written to the connection by hand.
+
+        @return: every line the server sent from SELECT on, and the
+            fetched header last.
+        """
+        port = self.b.ports["imap"]
+        context = ssl.create_default_context(cafile=self.b_ca)
+        idling: Deferred[None] = Deferred()
+
+        def fire() -> None:
+            if not idling.called:
+                idling.callback(None)
+
+        def signal() -> None:
+            cast(IReactorFromThreads, reactor).callFromThread(fire)
+
+        def read(c: imaplib.IMAP4, lines: list[bytes]) -> bytes:
+            line = c.readline()
+            if not line:
+                raise imaplib.IMAP4.abort("connection closed")
+            lines.append(line)
+            return line
+
+        def session() -> list[bytes]:
+            try:
+                with imaplib.IMAP4("127.0.0.1", port, timeout=20) as c:
+                    c.starttls(ssl_context=context)
+                    c.login("userb@b.test", USERB_PASSWORD)
+                    typ, data = c.select("INBOX")
+                    lines = [typ.encode(), *(d for d in data if isinstance(d, bytes))]
+                    c.send(b"F1 IDLE\r\n")
+                    while not read(c, lines).startswith(b"+ "):
+                        pass
+                    signal()
+                    while not read(c, lines).endswith(b" EXISTS\r\n"):
+                        pass
+                    c.send(b"DONE\r\n")
+                    while not read(c, lines).startswith(b"F1 "):
+                        pass
+                    typ, fetched = c.fetch(
+                        "1", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+                    )
+                    item = fetched[0]
+                    assert isinstance(item, tuple), fetched
+                    lines += [typ.encode(), item[1]]
+                    return lines
+            finally:
+                signal()
+
+        reading = deferToThread(session)
+        await idling
+        await deliver()
+        lines: list[bytes] = await reading
+        return lines
+
+    async def test_imap_idle_then_pop3s(self) -> None:
+        """userb IDLEs in INBOX over IMAP with STARTTLS; usera's message to
+        userb@b.test, relayed by A past the dead MX, shows up as an
+        untagged EXISTS; then POP3S (implicit TLS) retrieves the same
+        message, its UIDL the Maildir base name."""
+
+        async def deliver() -> None:
+            out = await self.submit("userb@b.test", "flow-4@a.test", "for userb")
+            self.assertEqual(out["data"][0], 250)
+
+        lines = await self.imap_idle_until_delivery(deliver)
+        self.assertEqual(lines[:2], [b"OK", b"0"])  # SELECT: INBOX was empty
+        self.assertIn(b"+ idling\r\n", lines)
+        self.assertIn(b"* 1 EXISTS\r\n", lines)
+        self.assertTrue(lines[-3].startswith(b"F1 OK "))
+        self.assertEqual(lines[-2], b"OK")
+        self.assertEqual(lines[-1].strip(), b"Message-ID: <flow-4@a.test>")
+
+        port = self.b.ports["pop3s"]
+        context = ssl.create_default_context(cafile=self.b_ca)
+
+        def pop() -> dict[str, Any]:
+            p = poplib.POP3_SSL("127.0.0.1", port, context=context, timeout=20)
+            try:
+                out: dict[str, Any] = {"welcome": p.getwelcome()}
+                p.user("userb@b.test")
+                out["pass"] = p.pass_(USERB_PASSWORD)
+                out["stat"] = p.stat()
+                out["uidl"] = p.uidl()[1]
+                out["retr"] = b"\r\n".join(p.retr(1)[1])
+            finally:
+                out["quit"] = p.quit()
+            return out
+
+        out = await deferToThread(pop)
+        self.assertTrue(out["welcome"].startswith(b"+OK"))
+        self.assertTrue(out["pass"].startswith(b"+OK"))
+        [maildir_copy] = self.b.messages("b.test/userb", folders=("new", "cur"))
+        self.assertEqual(out["stat"], (1, len(maildir_copy)))
+        [listing] = out["uidl"]
+        [base] = self.b.message_names("b.test/userb")
+        self.assertEqual(listing, b"1 " + base.encode())
+        message = email.message_from_bytes(out["retr"])
+        self.assertEqual(message["Message-ID"], "<flow-4@a.test>")
+        self.assertEqual(message["Delivered-To"], "userb@b.test")
+        relayed, submitted = _received(message)
+        self.assertIn("by mx2.b.test (twistedmail) with ESMTPS", relayed)
+        self.assertIn("by mx.a.test (twistedmail) with ESMTPSA", submitted)
+        self.assertTrue(out["quit"].startswith(b"+OK"))
