@@ -14,6 +14,7 @@ from twistedmail.replies import Reply
 from twistedmail.smtp._machine import (
     TRANSITIONS,
     AuthRequested,
+    BodyReceived,
     CloseRequested,
     MachineConfig,
     MailRequested,
@@ -655,3 +656,78 @@ class PropertyTests(SynchronousTestCase):
             self.assertTrue(callable(getattr(SMTPMachine, name)), name)
             self.assertNotIn(state, (State.DATA, State.BDAT, State.CLOSED))
             self.assertTrue(isinstance(kind, type))
+
+
+def _data_model(text: bytes, max_size: int) -> tuple[bytes | None, str | None]:
+    """What DATA must make of C{text} (which ends with the terminator line),
+    line by line as RFC 5321 §4.5.2 and §4.5.3.1.6 say: (body, None) or
+    (None, the failure's code and status)."""
+    pos, size, failure, body = 0, 0, None, []
+    while True:
+        i = text.find(b"\r\n", pos)
+        line, pos = text[pos:i], i + 2
+        if line == b".":
+            break
+        if len(line) > 998:
+            failure = failure or "500 5.5.2"
+            continue
+        if failure:
+            continue
+        if line.startswith(b"."):
+            line = line[1:]
+        if b"\r" in line or b"\n" in line:
+            failure = "550 5.6.0"
+            continue
+        size += len(line) + 2
+        if size > max_size:
+            failure = "552 5.3.4"
+            continue
+        body.append(line + b"\r\n")
+    return (None, failure) if failure else (b"".join(body), None)
+
+
+class DataReaderTests(SynchronousTestCase):
+    """The DATA reader (a fast path over whole buffers, line by line when a
+    line needs care) against a line-by-line model of the RFC."""
+
+    @settings(max_examples=300)
+    @given(
+        st.lists(
+            st.sampled_from(
+                [b"a", b".", b"..", b"\r\n", b"\r", b"\n", b"x" * 400, b"y" * 998]
+            ),
+            max_size=40,
+        ),
+        st.lists(st.integers(min_value=0, max_value=4000), max_size=6),
+        st.sampled_from([100, 2000, 10**6]),
+    )
+    def test_model(self, parts: list[bytes], cuts: list[int], max_size: int) -> None:
+        """Any text, cut anywhere: the model's body, or its failure reply."""
+        text = b"x" + b"".join(parts) + b"\r\n"
+        # A line "." would end the data early: keep the terminator last.
+        while b"\r\n.\r\n" in text:
+            text = text.replace(b"\r\n.\r\n", b"\r\n..\r\n")
+        text += b".\r\n"
+        body, failure = _data_model(text, max_size)
+        d = ready(MachineConfig(max_message_size=max_size))
+        d.feed(TXN + b"DATA\r\n")
+        points = sorted({c for c in cuts if c < len(text)})
+        chunks = [
+            text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)
+        ]
+        out = d.feed(*chunks)
+        if failure is None:
+            self.assertEqual(codes(out), ["250 2.0.0"])
+            self.assertEqual(d.completed(), [body])
+        else:
+            self.assertEqual(codes(out), [failure])
+            self.assertEqual(d.completed(), [])
+        self.assertEqual(codes(d.feed(b"NOOP\r\n")), ["250 2.0.0"])
+
+    def test_one_buffer(self) -> None:
+        """A whole message in one read: one body event, dots removed."""
+        d = ready()
+        d.feed(TXN + b"DATA\r\n")
+        d.feed(b"Subject: x\r\n\r\n..one\r\n.two\r\n...\r\n.\r\nNOOP\r\n")
+        self.assertEqual(d.completed(), [b"Subject: x\r\n\r\n.one\r\ntwo\r\n..\r\n"])
+        self.assertEqual(d.count(BodyReceived), 1)
