@@ -38,6 +38,7 @@ __all__ = [
     "messages",
     "mime_message",
     "plain_message",
+    "transcript",
 ]
 
 ALICE = "alice@example.test"
@@ -53,6 +54,26 @@ _T = TypeVar("_T")
 def in_thread(f: Callable[..., _T], *args: Any, **kwargs: Any) -> Deferred[_T]:
     """Run a blocking client call in the reactor's thread pool."""
     return deferToThread(f, *args, **kwargs)
+
+
+def transcript(client: imaplib.IMAP4, command: str) -> list[bytes]:
+    """Send one command on an imaplib connection and return every line of
+    the answer, untagged ones and the tagged one, in order (CRLF cut, a
+    literal kept inline), for tests that check what arrives when.
+    Blocking: call it in a thread."""
+    tag = client._new_tag()  # type: ignore[attr-defined]
+    client.send(tag + b" " + command.encode() + b"\r\n")
+    lines = []
+    while True:
+        line = client.readline()
+        if not line:
+            raise AssertionError(f"connection closed after {lines!r}")
+        while line.endswith(b"}\r\n") and b"{" in line:
+            size = int(line[line.rindex(b"{") + 1 : -3])
+            line = line + client.read(size) + client.readline()
+        lines.append(line[:-2])
+        if line.startswith(tag + b" "):
+            return lines
 
 
 def plain_message(n: int, subject: str = "", body: bytes = b"") -> bytes:
