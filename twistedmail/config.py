@@ -33,6 +33,7 @@ __all__ = [
     "DirectorySettings",
     "IMAPSettings",
     "ListenerSettings",
+    "MaildirSettings",
     "RelaySettings",
     "POP3Settings",
     "QueueSettings",
@@ -341,6 +342,14 @@ class DeliverySettings:
     program_path: str = _setting("/usr/local/bin:/usr/bin:/bin")
 
 
+@dataclass(frozen=True)
+class MaildirSettings:
+    """``[maildir]``: the mailbox store."""
+
+    watch: Literal["auto", "poll", "off"] = _setting("auto")
+    poll_interval: float = _setting(1.0, _positive)
+
+
 def _nameservers(values: tuple[str, ...]) -> str | None:
     from twistedmail.smtp.mx import parse_nameserver
 
@@ -433,6 +442,7 @@ class Settings:
     pop3: POP3Settings = field(default_factory=POP3Settings)
     imap: IMAPSettings = field(default_factory=IMAPSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    maildir: MaildirSettings = field(default_factory=MaildirSettings)
     dns: DNSSettings = field(default_factory=DNSSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
     source: str = field(default="<defaults>", compare=False)

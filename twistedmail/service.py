@@ -46,6 +46,7 @@ from twistedmail.config import Settings
 from twistedmail.delivery.local import LocalDelivery
 from twistedmail.interfaces import IDirectoryAdmin, User
 from twistedmail.maildir import MaildirStore
+from twistedmail.maildir.watch import make_watcher
 from twistedmail.smtp.mx import MXResolver, make_resolver
 from twistedmail.smtp.routing import make_router
 from twistedmail.spool.dsn import Notifier
@@ -236,6 +237,8 @@ class MailService(MultiService):
 
     async def _stop(self) -> None:
         await MultiService.stopService(self)
+        # Sessions still open keep their listeners but lose the watches.
+        self.components.store.stop_watching()
         await self.components.directory.stop()
         for pool in self.components.pools:
             await deferToThreadPool(
@@ -443,7 +446,13 @@ def makeService(
         # Bounces to our SRS addresses are verified and go back to the sender.
         expander = SRSExpander(expander, srs, directory)
     store = MaildirStore(
-        settings.data_path("mail"), settings.server.hostname, reactor, run_in_thread
+        settings.data_path("mail"),
+        settings.server.hostname,
+        reactor,
+        run_in_thread,
+        watcher=make_watcher(
+            reactor, settings.maildir.watch, settings.maildir.poll_interval
+        ),
     )
     spool = Spool(settings.data_path(settings.spool.directory), reactor, run_in_thread)
     local = LocalDelivery(

@@ -5,7 +5,7 @@ local delivery, and what POP3 and IMAP read.
 Public names (stable):
 
 - L{MaildirStore}C{(mail_root, hostname, clock, run_in_thread=None, *,
-  opener=open)}:
+  opener=open, watcher=None)}:
 
   - C{mailbox_path(user) -> str}: the user's Maildir (``User.mailbox``
     under the mail root unless absolute; paths leaving it are refused);
@@ -18,7 +18,9 @@ Public names (stable):
     C{delete_folder(path, name)}, C{rename_folder(path, old, new)},
     C{subscriptions(path)}, C{set_subscribed(path, name, bool)};
   - C{subscribe(path, folder, callback) -> unsubscribe}: change
-    notification; C{notify(path, folder)};
+    notification, also of other programs' changes while the folder has
+    listeners when a watcher is given (L{watch.make_watcher}); C{notify(path,
+    folder)}; C{stop_watching()};
   - C{mailbox_size(path) -> int} (quota use), C{run_in_thread(f, *args)}.
 
 - L{Mailbox}: C{name}, C{uidvalidity}, C{next_uid}, C{messages() ->
@@ -39,7 +41,7 @@ Public names (stable):
   L{KeywordError}.
 
 On-disk formats are documented in L{uidlist}, L{keywords}, L{cache} and
-L{delivery}; the layout in L{store}.
+L{delivery}; the layout in L{store}; change watching in L{watch}.
 """
 
 from twistedmail.maildir.keywords import KeywordError

@@ -71,6 +71,7 @@ from twistedmail.maildir.uidlist import (
     write_file_atomic,
     write_uidlist,
 )
+from twistedmail.maildir.watch import FolderWatcher
 from twistedmail.replies import INTERNAL_ERROR, MAILBOX_FULL, TemporaryError
 
 __all__ = [
@@ -149,6 +150,9 @@ class MaildirStore:
         spool's C{ThreadRunner} shape); defaults to the reactor's thread
         pool.  Tests pass a synchronous runner.
     @param opener: opens a message file for reading (tests count calls).
+    @param watcher: tells of changes other programs make to folders that
+        have listeners (L{subscribe}); see L{watch.make_watcher}.  Without
+        one, listeners hear only of changes made through this store.
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class MaildirStore:
         run_in_thread: Callable[..., Deferred[Any]] | None = None,
         *,
         opener: Callable[[str], IO[bytes]] = _default_opener,
+        watcher: FolderWatcher | None = None,
     ) -> None:
         self.mail_root = os.path.abspath(mail_root)
         self.hostname = hostname
@@ -169,6 +174,8 @@ class MaildirStore:
         self._journals: dict[str, DeliveryJournal] = {}
         self._sizes = SizeCache()
         self._listeners: dict[str, list[Callable[[], None]]] = {}
+        self._watcher = watcher
+        self._watches: dict[str, Callable[[], None]] = {}
 
     # Threads and time
 
@@ -330,26 +337,60 @@ class MaildirStore:
     def subscribe(
         self, path: str, folder: str, callback: Callable[[], None]
     ) -> Callable[[], None]:
-        """Call ``callback()`` after each change to a folder made through this
-        store (delivery, add, copy into it, flag change, expunge).
+        """Call ``callback()`` after each change to a folder: those made
+        through this store (delivery, add, copy into it, flag change,
+        expunge; called in the thread that made the change), and, with a
+        watcher, those made by other programs (called in the reactor
+        thread).  The folder is watched while it has listeners; subscribe
+        and unsubscribe in the reactor thread when there is a watcher.
 
-        @return: a function that unsubscribes.
+        @return: a function that unsubscribes (calling it twice is
+            harmless).
         """
         key = self._key(path, folder)
-        self._listeners.setdefault(key, []).append(callback)
+        callbacks = self._listeners.setdefault(key, [])
+        callbacks.append(callback)
+        if len(callbacks) == 1 and self._watcher is not None:
+            self._watches[key] = self._watcher.watch(
+                key, functools.partial(self._notify_key, key)
+            )
+        done = False
 
         def unsubscribe() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
             callbacks = self._listeners.get(key, [])
             if callback in callbacks:
                 callbacks.remove(callback)
             if not callbacks:
                 self._listeners.pop(key, None)
+                stop = self._watches.pop(key, None)
+                if stop is not None:
+                    stop()
 
         return unsubscribe
 
+    @property
+    def watched(self) -> list[str]:
+        """The folder directories the watcher watches now (for tests and
+        status)."""
+        return sorted(self._watches)
+
+    def stop_watching(self) -> None:
+        """Stop every watch (the service stops); listeners stay, and hear
+        only of this store's own changes from now on."""
+        watches, self._watches = self._watches, {}
+        for stop in watches.values():
+            stop()
+
     def notify(self, path: str, folder: str = "INBOX") -> None:
         """Tell a folder's listeners that it changed (errors are logged)."""
-        for callback in list(self._listeners.get(self._key(path, folder), [])):
+        self._notify_key(self._key(path, folder))
+
+    def _notify_key(self, key: str) -> None:
+        for callback in list(self._listeners.get(key, [])):
             try:
                 callback()
             except Exception:
