@@ -15,12 +15,14 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.maildir_helpers import make_store, write_file
+from twistedmail.config import MaildirSettings, ServerSettings, Settings
 from twistedmail.maildir.store import MaildirStore
 from twistedmail.maildir.watch import (
     DirectoryPoller,
     InotifyWatcher,
     make_watcher,
 )
+from twistedmail.service import makeService
 
 #: Directory times far from any clock used here, so no look is "too soon".
 OLD = 1_600_000_000
@@ -297,6 +299,25 @@ class MakeWatcherTests(SynchronousTestCase):
         assert isinstance(poller, DirectoryPoller)
         self.assertEqual(poller.interval, 3.0)
         self.assertIsInstance(make_watcher(clock, "auto"), InotifyWatcher)
+
+
+class ServiceTests(SynchronousTestCase):
+    """The assembled service gives its store the configured watcher."""
+
+    def test_settings(self) -> None:
+        """[maildir] watch picks the watcher; poll_interval its interval."""
+        found = {}
+        for mode in ("auto", "poll", "off"):
+            settings = Settings(
+                server=ServerSettings(data_dir=self.mktemp()),
+                maildir=MaildirSettings(watch=mode, poll_interval=7.0),
+            )
+            service = makeService(settings, Clock(), roles={})
+            found[mode] = service.components.store.watcher
+        self.assertIsInstance(found["auto"], InotifyWatcher)
+        assert isinstance(found["poll"], DirectoryPoller)
+        self.assertEqual(found["poll"].interval, 7.0)
+        self.assertIsNone(found["off"])
 
 
 class InotifyTests(TestCase):

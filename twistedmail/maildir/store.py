@@ -373,6 +373,11 @@ class MaildirStore:
         return unsubscribe
 
     @property
+    def watcher(self) -> FolderWatcher | None:
+        """The watcher given at creation, or None."""
+        return self._watcher
+
+    @property
     def watched(self) -> list[str]:
         """The folder directories the watcher watches now (for tests and
         status)."""
