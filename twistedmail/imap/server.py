@@ -35,6 +35,7 @@ L{twistedmail.imap._modseq}.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import os
 from collections import deque
@@ -285,19 +286,34 @@ def _store_refusal(tag: str, error: Exception) -> bytes:
     return _no(tag, text)
 
 
-def _missing_uids(spans: Sequence[tuple[int, int]], uids: Sequence[int]) -> list[int]:
-    """UIDs in C{spans} (up to the largest of C{uids}) that are not in
-    C{uids}; for VANISHED (EARLIER), bounded by the mailbox's size."""
-    present = set(uids)
-    top = uids[-1] if uids else 0
-    out: list[int] = []
+def _vanished(spans: Sequence[tuple[int, int]], uids: Sequence[int], top: int) -> bytes:
+    """The UIDs in C{spans}, up to C{top}, that are not in C{uids}, as a
+    sequence set (empty when none): VANISHED (EARLIER) from what is there
+    now, since we keep no expunge history (RFC 7162 §3.2.5.1 allows that).
+
+    @param uids: the UIDs present, ascending.
+    @param top: the highest UID the folder ever gave (UIDNEXT - 1): an
+        expunged last message is still reported.
+    """
+    out: list[bytes] = []
     for low, high in spans:
-        for uid in range(low, min(high, top) + 1):
-            if uid not in present:
-                out.append(uid)
-                if len(out) > 1_000_000:
-                    return out
-    return out
+        high = min(high, top)
+        if low > high:
+            continue
+        i = bisect.bisect_left(uids, low)
+        start = low
+        while i < len(uids) and uids[i] <= high:
+            if uids[i] > start:
+                out.append(_span(start, uids[i] - 1))
+            start = uids[i] + 1
+            i += 1
+        if start <= high:
+            out.append(_span(start, high))
+    return b",".join(out)
+
+
+def _span(low: int, high: int) -> bytes:
+    return b"%d" % low if low == high else b"%d:%d" % (low, high)
 
 
 def prepare_account(store: MaildirStore, path: str) -> None:
@@ -1107,14 +1123,11 @@ class IMAPServerProtocol(Protocol):
         messages changed since its mod-sequence."""
         lines = []
         known = qresync.known_uids
-        if known is None:
-            last_known = view.uids[-1] if view.uids else 0
-            spans = [(1, last_known)] if last_known else []
-        else:
-            spans = known.resolved(view.uids[-1] if view.uids else 1)
-        missing = _missing_uids(spans, view.uids)
+        top = view.mailbox.next_uid - 1
+        spans = [(1, top)] if known is None else known.resolved(top)
+        missing = _vanished(spans, view.uids, top)
         if missing:
-            lines.append(b"* VANISHED (EARLIER) " + ranges_to_set(missing) + b"\r\n")
+            lines.append(b"* VANISHED (EARLIER) " + missing + b"\r\n")
         candidates = view.uids if known is None else list(known.iter_uids(view.uids))
         for uid in view.modseqs.changed_since(qresync.modseq, candidates):
             seq = view.seq_of(uid)
@@ -1474,12 +1487,13 @@ class IMAPServerProtocol(Protocol):
             if FetchItem.MODSEQ not in attributes:
                 attributes.append(FetchItem.MODSEQ)
             if command.vanished:
-                spans = command.sequence_set.resolved(view.uids[-1] if view.uids else 1)
-                vanished = _missing_uids(spans, view.uids)
+                # "*" is the highest UID ever given, so that a client
+                # asking for 1:* learns that the last message went too.
+                top = view.mailbox.next_uid - 1
+                spans = command.sequence_set.resolved(top)
+                vanished = _vanished(spans, view.uids, top)
                 if vanished:
-                    self._send(
-                        b"* VANISHED (EARLIER) " + ranges_to_set(vanished) + b"\r\n"
-                    )
+                    self._send(b"* VANISHED (EARLIER) " + vanished + b"\r\n")
         if command.uid and FetchItem.UID not in attributes:
             attributes.insert(0, FetchItem.UID)
         needs_data = any(
