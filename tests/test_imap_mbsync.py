@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import email.parser
 import os
+import re
 import shutil
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import reactor
@@ -51,12 +53,29 @@ def _message_id(data: bytes) -> str:
     return str(value).strip()
 
 
+def _message(n: int) -> bytes:
+    """Message ``n``; 6 and 22 are big (several hundred KiB, 6 with 8-bit
+    UTF-8 text) so that the literals both ways take many reads."""
+    if n == 6:
+        line = "Gr\u00fc\u00dfe aus K\u00f6ln, ligne %d \u2014 \u65e5\u672c\r\n"
+        body = "".join(line % i for i in range(8000)).encode()
+        return plain_message(n, "gro\u00df", body)
+    if n == 22:
+        body = b"".join(b"line %d of a big one\r\n" % i for i in range(20000))
+        return plain_message(n, "big", body)
+    return plain_message(n)
+
+
+def _without_tuid(data: bytes) -> bytes:
+    return re.sub(rb"(?m)^X-TUID: \S+\r?\n", b"", data, count=1)
+
+
 def _mid(n: int) -> str:
     return f"<{n}@example.test>"
 
 
-def _letters(flags: object) -> str:
-    return "".join(sorted(set(str(f) for f in flags) & _FLAGS))  # type: ignore[attr-defined]
+def _letters(flags: Iterable[str]) -> str:
+    return "".join(sorted(set(flags) & _FLAGS))
 
 
 class MbsyncTests(TestCase):
@@ -85,7 +104,7 @@ class MbsyncTests(TestCase):
             mailbox = store.open_mailbox(path, folder)
             try:
                 for n in numbers:
-                    mailbox.add(plain_message(n), "S" if n == 22 else "")
+                    mailbox.add(_message(n), "S" if n == 22 else "")
             finally:
                 mailbox.close()
         mailbox = store.open_mailbox(path)
@@ -96,16 +115,20 @@ class MbsyncTests(TestCase):
 
     def server_folders(self) -> dict[str, Contents]:
         """Every folder on the server with its messages (read from disk)."""
+        self.server_bodies: dict[str, bytes] = {}
         store = self.server.store
         path = self.server.maildir()
         result: dict[str, Contents] = {}
         for folder in ["INBOX", *store.list_folders(path)]:
             mailbox = store.open_mailbox(path, folder)
             try:
-                result[folder] = {
-                    _message_id(mailbox.read(info.uid)): _letters(info.flags)
-                    for info in mailbox.messages()
-                }
+                contents: Contents = {}
+                for info in mailbox.messages():
+                    data = mailbox.read(info.uid)
+                    mid = _message_id(data)
+                    contents[mid] = _letters(info.flags)
+                    self.server_bodies[mid] = data
+                result[folder] = contents
             finally:
                 mailbox.close()
         return result
@@ -114,6 +137,7 @@ class MbsyncTests(TestCase):
 
     def local_folders(self) -> dict[str, Contents]:
         """Every local folder (``Work/Projects`` named ``Work.Projects``)."""
+        self.local_bodies: dict[str, bytes] = {}
         result: dict[str, Contents] = {}
         for directory, subdirs, _ in os.walk(self.local):
             if "cur" not in subdirs:
@@ -123,11 +147,26 @@ class MbsyncTests(TestCase):
             for sub in ("new", "cur"):
                 for filename in os.listdir(os.path.join(directory, sub)):
                     with open(os.path.join(directory, sub, filename), "rb") as f:
-                        mid = _message_id(f.read())
-                    info = filename.partition(":2,")[2]
-                    contents[mid] = _letters(info)
+                        data = f.read()
+                    mid = _message_id(data)
+                    contents[mid] = _letters(filename.partition(":2,")[2])
+                    self.local_bodies[mid] = data
             result[name] = contents
         return result
+
+    def check_bodies(self) -> None:
+        """Each message is the same on both sides and as first written:
+        CRLF on the server, LF locally (mbsync converts, and puts an
+        ``X-TUID`` header into every message it copies, either way)."""
+        self.assertEqual(set(self.server_bodies), set(self.local_bodies))
+        for mid, data in self.server_bodies.items():
+            n = int(mid[1:].partition("@")[0])
+            self.assertEqual(_without_tuid(data), _message(n), mid)
+            self.assertEqual(
+                _without_tuid(self.local_bodies[mid]),
+                _message(n).replace(b"\r\n", b"\n"),
+                mid,
+            )
 
     def local_file(self, folder: str, n: int) -> str:
         """The local file holding message ``n``."""
@@ -147,7 +186,7 @@ class MbsyncTests(TestCase):
         target = os.path.join(os.path.dirname(os.path.dirname(path)), "cur")
         os.rename(path, os.path.join(target, f"{base}:2,{''.join(sorted(letters))}"))
 
-    def add_local(self, folder: str, n: int, subject: str = "") -> None:
+    def add_local(self, folder: str, n: int) -> None:
         """Put a new message into a local folder's new/ (making the
         folder if needed)."""
         directory = os.path.join(self.local, *folder.split("."))
@@ -155,7 +194,7 @@ class MbsyncTests(TestCase):
             os.makedirs(os.path.join(directory, sub), exist_ok=True)
         name = f"1790000000.local{n}.test"
         with open(os.path.join(directory, "tmp", name), "wb") as f:
-            f.write(plain_message(n, subject))
+            f.write(_message(n).replace(b"\r\n", b"\n"))
         os.rename(
             os.path.join(directory, "tmp", name), os.path.join(directory, "new", name)
         )
@@ -174,7 +213,7 @@ class MbsyncTests(TestCase):
                 f'Pass "{PASSWORD}"\n'
                 f"SSLType {'IMAPS' if implicit else 'STARTTLS'}\n"
                 f"CertificateFile {self.server.cert}\n"
-                "AuthMechs PLAIN\n"
+                f"AuthMechs {'LOGIN' if implicit else 'PLAIN'}\n"
                 "\n"
                 "IMAPStore far\n"
                 "Account twistedmail\n"
@@ -250,10 +289,16 @@ class MbsyncTests(TestCase):
     async def two_way_sync(self, implicit: bool) -> None:
         port = self.server.listen(implicit)
         rc = self.write_config(port, implicit)
-        await self.mbsync(rc)
+        log = await self.mbsync(rc)
+        sasl = "Authenticating with SASL mechanism PLAIN"
+        if implicit:
+            self.assertNotIn(sasl, log)
+        else:
+            self.assertIn(sasl, log)
         # The first login made the special-use folders (Sent, Trash...).
         first = self.server_folders()
         self.assertEqual(self.local_folders(), first, self.outputs[-1])
+        self.check_bodies()
         self.assertEqual(self.server_folders(), first)
         self.assertEqual(
             {k: first[k] for k in ("INBOX", "Work", "Work.Projects")},
@@ -290,6 +335,7 @@ class MbsyncTests(TestCase):
         }
         server = self.server_folders()
         self.assertEqual(self.local_folders(), server, self.outputs[-1])
+        self.check_bodies()
         self.assertEqual({k: server[k] for k in expected}, expected, self.outputs[-1])
         self.assertEqual(
             set(server), {*expected, "Sent", "Drafts", "Trash", "Junk", "Archive"}
