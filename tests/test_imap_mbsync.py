@@ -17,9 +17,11 @@ the server's ``Work.Projects``).
 from __future__ import annotations
 
 import email.parser
+import imaplib
 import os
 import re
 import shutil
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,11 +33,17 @@ from twisted.trial.unittest import TestCase
 from tests.imap_client_helpers import (
     ALICE,
     PASSWORD,
+    TIMEOUT,
     Server,
     in_thread,
     make_server,
     plain_message,
 )
+from twistedmail.config import ListenerSettings, ServerSettings, Settings, TLSSettings
+from twistedmail.service import DEMO_ACCOUNT_FILE, makeService
+from twistedmail.testing import make_test_certificate
+
+HOSTNAME = "mail.example.test"
 
 #: Flags both sides keep: Maildir letters (draft, flagged, replied, seen,
 #: trashed).  mbsync 1.4 syncs no keywords.
@@ -78,17 +86,133 @@ def _letters(flags: Iterable[str]) -> str:
     return "".join(sorted(set(flags) & _FLAGS))
 
 
-class MbsyncTests(TestCase):
-    """mbsync against a server on 127.0.0.1, port 0."""
+class _MbsyncCase(TestCase):
+    """mbsync with a private HOME and a local Maildir (the near side)."""
 
     def setUp(self) -> None:
         if shutil.which("mbsync") is None:
             self.fail("mbsync is not installed (apt-get install isync)")
-        self.server: Server = make_server(self)
         self.home = os.path.abspath(self.mktemp())
         self.local = os.path.join(self.home, "Mail")
         os.makedirs(self.local)
         self.outputs: list[str] = []
+
+    # The local side
+
+    def local_folders(self) -> dict[str, Contents]:
+        """Every local folder (``Work/Projects`` named ``Work.Projects``)."""
+        self.local_bodies: dict[str, bytes] = {}
+        result: dict[str, Contents] = {}
+        for directory, subdirs, _ in os.walk(self.local):
+            if "cur" not in subdirs:
+                continue
+            name = os.path.relpath(directory, self.local).replace(os.sep, ".")
+            contents: Contents = {}
+            for sub in ("new", "cur"):
+                for filename in os.listdir(os.path.join(directory, sub)):
+                    with open(os.path.join(directory, sub, filename), "rb") as f:
+                        data = f.read()
+                    mid = _message_id(data)
+                    contents[mid] = _letters(filename.partition(":2,")[2])
+                    self.local_bodies[mid] = data
+            result[name] = contents
+        return result
+
+    def local_file(self, folder: str, n: int) -> str:
+        """The local file holding message ``n``."""
+        directory = os.path.join(self.local, *folder.split("."))
+        for sub in ("new", "cur"):
+            for filename in os.listdir(os.path.join(directory, sub)):
+                path = os.path.join(directory, sub, filename)
+                with open(path, "rb") as f:
+                    if _message_id(f.read()) == _mid(n):
+                        return path
+        raise AssertionError(f"message {n} is not in local {folder}")
+
+    def set_local_flags(self, folder: str, n: int, letters: str) -> None:
+        """Rename a local message's file to carry these flags, in cur/."""
+        path = self.local_file(folder, n)
+        base = os.path.basename(path).partition(":2,")[0]
+        target = os.path.join(os.path.dirname(os.path.dirname(path)), "cur")
+        os.rename(path, os.path.join(target, f"{base}:2,{''.join(sorted(letters))}"))
+
+    def add_local(self, folder: str, n: int) -> None:
+        """Put a new message into a local folder's new/ (making the
+        folder if needed)."""
+        directory = os.path.join(self.local, *folder.split("."))
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(directory, sub), exist_ok=True)
+        name = f"1790000000.local{n}.test"
+        with open(os.path.join(directory, "tmp", name), "wb") as f:
+            f.write(_message(n).replace(b"\r\n", b"\n"))
+        os.rename(
+            os.path.join(directory, "tmp", name), os.path.join(directory, "new", name)
+        )
+
+    # mbsync
+
+    def write_config(
+        self,
+        port: int,
+        implicit: bool,
+        cert: str,
+        user: str = ALICE,
+        password: str = PASSWORD,
+    ) -> str:
+        """The mbsyncrc: our server far (LOGIN over IMAPS, SASL PLAIN over
+        STARTTLS), the local Maildir near."""
+        rc = os.path.join(self.home, "mbsyncrc")
+        with open(rc, "w") as f:
+            f.write(
+                "IMAPAccount twistedmail\n"
+                "Host 127.0.0.1\n"
+                f"Port {port}\n"
+                f"User {user}\n"
+                f'Pass "{password}"\n'
+                f"SSLType {'IMAPS' if implicit else 'STARTTLS'}\n"
+                f"CertificateFile {cert}\n"
+                f"AuthMechs {'LOGIN' if implicit else 'PLAIN'}\n"
+                "\n"
+                "IMAPStore far\n"
+                "Account twistedmail\n"
+                "\n"
+                "MaildirStore near\n"
+                f"Path {self.local}/\n"
+                f"Inbox {self.local}/INBOX\n"
+                "SubFolders Verbatim\n"
+                "\n"
+                "Channel mail\n"
+                "Far :far:\n"
+                "Near :near:\n"
+                "Patterns *\n"
+                "Create Both\n"
+                "Expunge Both\n"
+                "SyncState *\n"
+                "CopyArrivalDate yes\n"
+            )
+        os.chmod(rc, 0o600)
+        return rc
+
+    async def mbsync(self, rc: str) -> str:
+        """Run ``mbsync -a``; fail the test (with its output) if it fails."""
+        path = shutil.which("mbsync")
+        assert path is not None
+        env = {"HOME": self.home, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        out, err, code = await getProcessOutputAndValue(
+            path, ["-V", "-c", rc, "-a"], env=env, path=self.home, reactor=reactor
+        )
+        text = (out + err).decode("utf-8", "replace")
+        self.outputs.append(text)
+        self.assertEqual(code, 0, f"mbsync failed ({code}):\n{text}")
+        return text
+
+
+class MbsyncTests(_MbsyncCase):
+    """mbsync against a server on 127.0.0.1, port 0."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.server: Server = make_server(self)
         self.seed_server()
 
     # The server side
@@ -133,27 +257,6 @@ class MbsyncTests(TestCase):
                 mailbox.close()
         return result
 
-    # The local side
-
-    def local_folders(self) -> dict[str, Contents]:
-        """Every local folder (``Work/Projects`` named ``Work.Projects``)."""
-        self.local_bodies: dict[str, bytes] = {}
-        result: dict[str, Contents] = {}
-        for directory, subdirs, _ in os.walk(self.local):
-            if "cur" not in subdirs:
-                continue
-            name = os.path.relpath(directory, self.local).replace(os.sep, ".")
-            contents: Contents = {}
-            for sub in ("new", "cur"):
-                for filename in os.listdir(os.path.join(directory, sub)):
-                    with open(os.path.join(directory, sub, filename), "rb") as f:
-                        data = f.read()
-                    mid = _message_id(data)
-                    contents[mid] = _letters(filename.partition(":2,")[2])
-                    self.local_bodies[mid] = data
-            result[name] = contents
-        return result
-
     def check_bodies(self) -> None:
         """Each message is the same on both sides and as first written:
         CRLF on the server, LF locally (mbsync converts, and puts an
@@ -167,86 +270,6 @@ class MbsyncTests(TestCase):
                 _message(n).replace(b"\r\n", b"\n"),
                 mid,
             )
-
-    def local_file(self, folder: str, n: int) -> str:
-        """The local file holding message ``n``."""
-        directory = os.path.join(self.local, *folder.split("."))
-        for sub in ("new", "cur"):
-            for filename in os.listdir(os.path.join(directory, sub)):
-                path = os.path.join(directory, sub, filename)
-                with open(path, "rb") as f:
-                    if _message_id(f.read()) == _mid(n):
-                        return path
-        raise AssertionError(f"message {n} is not in local {folder}")
-
-    def set_local_flags(self, folder: str, n: int, letters: str) -> None:
-        """Rename a local message's file to carry these flags, in cur/."""
-        path = self.local_file(folder, n)
-        base = os.path.basename(path).partition(":2,")[0]
-        target = os.path.join(os.path.dirname(os.path.dirname(path)), "cur")
-        os.rename(path, os.path.join(target, f"{base}:2,{''.join(sorted(letters))}"))
-
-    def add_local(self, folder: str, n: int) -> None:
-        """Put a new message into a local folder's new/ (making the
-        folder if needed)."""
-        directory = os.path.join(self.local, *folder.split("."))
-        for sub in ("new", "cur", "tmp"):
-            os.makedirs(os.path.join(directory, sub), exist_ok=True)
-        name = f"1790000000.local{n}.test"
-        with open(os.path.join(directory, "tmp", name), "wb") as f:
-            f.write(_message(n).replace(b"\r\n", b"\n"))
-        os.rename(
-            os.path.join(directory, "tmp", name), os.path.join(directory, "new", name)
-        )
-
-    # mbsync
-
-    def write_config(self, port: int, implicit: bool) -> str:
-        """The mbsyncrc: our server far, the local Maildir near."""
-        rc = os.path.join(self.home, "mbsyncrc")
-        with open(rc, "w") as f:
-            f.write(
-                "IMAPAccount twistedmail\n"
-                "Host 127.0.0.1\n"
-                f"Port {port}\n"
-                f"User {ALICE}\n"
-                f'Pass "{PASSWORD}"\n'
-                f"SSLType {'IMAPS' if implicit else 'STARTTLS'}\n"
-                f"CertificateFile {self.server.cert}\n"
-                f"AuthMechs {'LOGIN' if implicit else 'PLAIN'}\n"
-                "\n"
-                "IMAPStore far\n"
-                "Account twistedmail\n"
-                "\n"
-                "MaildirStore near\n"
-                f"Path {self.local}/\n"
-                f"Inbox {self.local}/INBOX\n"
-                "SubFolders Verbatim\n"
-                "\n"
-                "Channel mail\n"
-                "Far :far:\n"
-                "Near :near:\n"
-                "Patterns *\n"
-                "Create Both\n"
-                "Expunge Both\n"
-                "SyncState *\n"
-                "CopyArrivalDate yes\n"
-            )
-        os.chmod(rc, 0o600)
-        return rc
-
-    async def mbsync(self, rc: str) -> str:
-        """Run ``mbsync -a``; fail the test (with its output) if it fails."""
-        path = shutil.which("mbsync")
-        assert path is not None
-        env = {"HOME": self.home, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        out, err, code = await getProcessOutputAndValue(
-            path, ["-V", "-c", rc, "-a"], env=env, path=self.home, reactor=reactor
-        )
-        text = (out + err).decode("utf-8", "replace")
-        self.outputs.append(text)
-        self.assertEqual(code, 0, f"mbsync failed ({code}):\n{text}")
-        return text
 
     # Server-side changes through IMAP
 
@@ -288,7 +311,7 @@ class MbsyncTests(TestCase):
 
     async def two_way_sync(self, implicit: bool) -> None:
         port = self.server.listen(implicit)
-        rc = self.write_config(port, implicit)
+        rc = self.write_config(port, implicit, self.server.cert)
         log = await self.mbsync(rc)
         sasl = "Authenticating with SASL mechanism PLAIN"
         if implicit:
@@ -361,3 +384,77 @@ class MbsyncTests(TestCase):
     def test_imaps(self) -> None:
         """A two-way sync over IMAPS: both sides' changes meet."""
         return Deferred.fromCoroutine(self.two_way_sync(True))  # type: ignore[return-value]
+
+
+class ServiceTests(_MbsyncCase):
+    """mbsync against the imaps role of L{makeService}, as deployed."""
+
+    async def test_service_imaps(self) -> None:
+        """Local mail and a local folder tree go up to the demo account; a
+        message APPENDed over IMAP comes down with its flag."""
+        data = os.path.abspath(self.mktemp())
+        cert, key = make_test_certificate(os.path.join(data, "certs"), HOSTNAME)
+        settings = Settings(
+            server=ServerSettings(hostname=HOSTNAME, data_dir=data),
+            listeners=ListenerSettings(  # type: ignore[arg-type]
+                **{
+                    **{role: None for role in ListenerSettings().roles()},
+                    "imaps": "tcp:port=0:interface=127.0.0.1",
+                }
+            ),
+            tls=TLSSettings(certificate=cert, key=key),
+        )
+        service = makeService(settings, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        await service.ready
+        with open(os.path.join(data, DEMO_ACCOUNT_FILE)) as f:
+            user, password = f.read().split("\n")[:2]
+        port = service.addresses()["imaps"].port  # type: ignore[attr-defined]
+        self.add_local("INBOX", 1)
+        self.add_local("INBOX", 6)
+        self.set_local_flags("INBOX", 1, "S")
+        self.add_local("Lists.Twisted", 2)
+        rc = self.write_config(port, True, cert, user, password)
+        await self.mbsync(rc)
+
+        def over_imap() -> list[bytes]:
+            client = imaplib.IMAP4_SSL(
+                "127.0.0.1",
+                port,
+                ssl_context=ssl.create_default_context(cafile=cert),
+                timeout=TIMEOUT,
+            )
+            try:
+                client.login(user, password)
+                lines = []
+                for folder in ("INBOX", "Lists.Twisted"):
+                    client.select(folder)
+                    _, data = client.fetch(
+                        "1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+                    )
+                    lines += [
+                        folder.encode() + b" " + item[0] + item[1]
+                        for item in data
+                        if isinstance(item, tuple)
+                    ]
+                typ, _ = client.append(
+                    "Lists.Twisted", "(\\Flagged)", None, _message(3)
+                )
+                assert typ == "OK"
+                client.logout()
+            finally:
+                if client.state != "LOGOUT":
+                    client.shutdown()
+            return lines
+
+        lines = await in_thread(over_imap)
+        self.assertEqual(len(lines), 3, lines)
+        self.assertTrue(lines[0].startswith(b"INBOX 1 (FLAGS (\\Seen)"), lines)
+        self.assertIn(b"<1@example.test>", lines[0])
+        self.assertIn(b"<6@example.test>", lines[1])
+        self.assertTrue(lines[2].startswith(b"Lists.Twisted 1 (FLAGS ()"), lines)
+        await self.mbsync(rc)
+        local = self.local_folders()
+        self.assertEqual(local["INBOX"], {_mid(1): "S", _mid(6): ""})
+        self.assertEqual(local["Lists.Twisted"], {_mid(2): "", _mid(3): "F"})
