@@ -16,7 +16,6 @@ import re
 from typing import Any
 
 from imapclient import IMAPClient
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from tests.imap_client_helpers import (
@@ -55,10 +54,6 @@ def _fetch_parts(data: list[Any]) -> dict[int, dict[bytes, bytes]]:
     return out
 
 
-def _d(coro: Any) -> Deferred[None]:
-    return Deferred.fromCoroutine(coro)
-
-
 class ImaplibTests(TestCase):
     """Python's imaplib: every command it has a method for."""
 
@@ -79,7 +74,9 @@ class ImaplibTests(TestCase):
         typ, data = await in_thread(client.logout)
         self.assertEqual((typ, data), ("BYE", [b"Logging out"]))
 
-    async def starttls_session(self) -> None:
+    async def test_starttls_session(self) -> None:
+        """STARTTLS (LOGIN refused before it), LOGIN, CAPABILITY, LIST,
+        SELECT, FETCH of whole messages byte for byte, BODY.PEEK."""
         port = self.server.listen()
         client = await in_thread(self.server.imaplib, port, starttls=False)
         self.assertIn("STARTTLS", client.capabilities)
@@ -114,12 +111,9 @@ class ImaplibTests(TestCase):
         )
         await self.logout(client)
 
-    def test_starttls_session(self) -> None:
-        """STARTTLS (LOGIN refused before it), LOGIN, CAPABILITY, LIST,
-        SELECT, FETCH of whole messages byte for byte, BODY.PEEK."""
-        return _d(self.starttls_session())  # type: ignore[return-value]
-
-    async def imaps_authenticate(self) -> None:
+    async def test_imaps_authenticate_plain(self) -> None:
+        """Implicit TLS, AUTHENTICATE PLAIN (a wrong password refused),
+        EXAMINE, FETCH RFC822."""
         port = self.server.listen(implicit=True)
         client = await in_thread(self.server.imaplib, port, implicit=True)
         self.assertIn("AUTH=PLAIN", client.capabilities)
@@ -144,12 +138,9 @@ class ImaplibTests(TestCase):
         self.assertNotIn(b"\\Seen", flags[0])
         await self.logout(client)
 
-    def test_imaps_authenticate_plain(self) -> None:
-        """Implicit TLS, AUTHENTICATE PLAIN (a wrong password refused),
-        EXAMINE, FETCH RFC822."""
-        return _d(self.imaps_authenticate())  # type: ignore[return-value]
-
-    async def structure(self) -> None:
+    async def test_envelope_bodystructure_sections(self) -> None:
+        """ENVELOPE, BODYSTRUCTURE, RFC822.SIZE, INTERNALDATE, BODY[n],
+        BODY[n.MIME], partial fetches, HEADER.FIELDS; BODY[] sets \\Seen."""
         client = await self.connect()
         _ok(await in_thread(client.select, "INBOX"))
         data = _ok(
@@ -212,12 +203,9 @@ class ImaplibTests(TestCase):
         flags = _ok(await in_thread(client.fetch, "1", "(FLAGS)"))
         self.assertIn(b"\\Seen", flags[0])
 
-    def test_envelope_bodystructure_sections(self) -> None:
-        """ENVELOPE, BODYSTRUCTURE, RFC822.SIZE, INTERNALDATE, BODY[n],
-        BODY[n.MIME], partial fetches, HEADER.FIELDS; BODY[] sets \\Seen."""
-        return _d(self.structure())  # type: ignore[return-value]
-
-    async def search_store(self) -> None:
+    async def test_search_and_store(self) -> None:
+        """SEARCH over headers, bodies, dates, sizes and flags (CHARSET
+        UTF-8 with a literal too); STORE with every mode; flags persist."""
         client = await self.connect()
         _ok(await in_thread(client.select, "INBOX"))
         search = client.search
@@ -275,12 +263,10 @@ class ImaplibTests(TestCase):
         )
         await self.logout(client)
 
-    def test_search_and_store(self) -> None:
-        """SEARCH over headers, bodies, dates, sizes and flags (CHARSET
-        UTF-8 with a literal too); STORE with every mode; flags persist."""
-        return _d(self.search_store())  # type: ignore[return-value]
-
-    async def copy_move_append(self) -> None:
+    async def test_copy_move_append(self) -> None:
+        """CREATE a folder tree, LIST it, COPY (COPYUID), MOVE, COPY to a
+        missing mailbox (TRYCREATE), APPEND with flags and a date (APPENDUID),
+        STATUS, DELETE of a parent."""
         client = await self.connect()
         _ok(await in_thread(client.create, "Work"))
         _ok(await in_thread(client.create, "Work.Projects"))
@@ -362,13 +348,9 @@ class ImaplibTests(TestCase):
         self.assertEqual(typ, "NO", data)
         await self.logout(client)
 
-    def test_copy_move_append(self) -> None:
-        """CREATE a folder tree, LIST it, COPY (COPYUID), MOVE, COPY to a
-        missing mailbox (TRYCREATE), APPEND with flags and a date (APPENDUID),
-        STATUS, DELETE of a parent."""
-        return _d(self.copy_move_append())  # type: ignore[return-value]
-
-    async def uid_expunge(self) -> None:
+    async def test_uid_commands_and_expunge(self) -> None:
+        """UID SEARCH, STORE, COPY, FETCH, UID EXPUNGE and EXPUNGE keep UIDs
+        and sequence numbers straight; NAMESPACE, CHECK, UNSELECT, ID."""
         client = await self.connect()
         _ok(await in_thread(client.select, "INBOX"))
         self.assertEqual(
@@ -416,12 +398,9 @@ class ImaplibTests(TestCase):
         self.assertEqual(typ, "OK")
         await self.logout(client)
 
-    def test_uid_commands_and_expunge(self) -> None:
-        """UID SEARCH, STORE, COPY, FETCH, UID EXPUNGE and EXPUNGE keep UIDs
-        and sequence numbers straight; NAMESPACE, CHECK, UNSELECT, ID."""
-        return _d(self.uid_expunge())  # type: ignore[return-value]
-
-    async def quota(self) -> None:
+    async def test_quota(self) -> None:
+        """A user with a quota: QUOTA capability, GETQUOTAROOT, GETQUOTA,
+        an APPEND over it refused with OVERQUOTA."""
         server = make_server(self, quota=5000)
         port = server.listen(implicit=True)
         client = await in_thread(server.imaplib, port, implicit=True)
@@ -446,11 +425,6 @@ class ImaplibTests(TestCase):
             [b'"" (STORAGE %d 4)' % used],
         )
         await self.logout(client)
-
-    def test_quota(self) -> None:
-        """A user with a quota: QUOTA capability, GETQUOTAROOT, GETQUOTA,
-        an APPEND over it refused with OVERQUOTA."""
-        return _d(self.quota())  # type: ignore[return-value]
 
 
 class IMAPClientTests(TestCase):
@@ -484,7 +458,11 @@ class IMAPClientTests(TestCase):
         self.addCleanup(close)
         return client
 
-    async def session(self) -> None:
+    async def test_session(self) -> None:
+        """imapclient over STARTTLS with AUTHENTICATE PLAIN: ID, NAMESPACE,
+        special-use folders, UTF-7 folder names, SEARCH with UTF-8,
+        parsed ENVELOPE and BODYSTRUCTURE, bodies, flags, COPY, MOVE, UID
+        EXPUNGE, APPEND with a date, STATUS."""
         client = await self.connect(implicit=False)
         await in_thread(client.plain_login, ALICE, PASSWORD)
         caps = await in_thread(client.capabilities)
@@ -580,14 +558,9 @@ class IMAPClientTests(TestCase):
         self.assertEqual(moved, {1: {b"BODY[]": self.mail[2], b"SEQ": 1}})
         self.assertEqual(await in_thread(client.logout), b"Logging out")
 
-    def test_session(self) -> None:
-        """imapclient over STARTTLS with AUTHENTICATE PLAIN: ID, NAMESPACE,
-        special-use folders, UTF-7 folder names, SEARCH with UTF-8,
-        parsed ENVELOPE and BODYSTRUCTURE, bodies, flags, COPY, MOVE, UID
-        EXPUNGE, APPEND with a date, STATUS."""
-        return _d(self.session())  # type: ignore[return-value]
-
-    async def idle(self) -> None:
+    async def test_idle(self) -> None:
+        """IDLE sees a delivery (EXISTS), another session's STORE (FETCH)
+        and EXPUNGE as they happen; DONE ends it cleanly."""
         client = await self.connect()
         await in_thread(client.login, ALICE, PASSWORD)
         await in_thread(client.select_folder, "INBOX")
@@ -619,12 +592,9 @@ class IMAPClientTests(TestCase):
         await in_thread(client.logout)
         await in_thread(other.logout)
 
-    def test_idle(self) -> None:
-        """IDLE sees a delivery (EXISTS), another session's STORE (FETCH)
-        and EXPUNGE as they happen; DONE ends it cleanly."""
-        return _d(self.idle())  # type: ignore[return-value]
-
-    async def condstore(self) -> None:
+    async def test_condstore(self) -> None:
+        """ENABLE CONDSTORE, HIGHESTMODSEQ, FETCH MODSEQ, FETCH CHANGEDSINCE,
+        SEARCH MODSEQ and STATUS HIGHESTMODSEQ after a STORE."""
         client = await self.connect()
         await in_thread(client.login, ALICE, PASSWORD)
         self.assertEqual(await in_thread(client.enable, "CONDSTORE"), [b"CONDSTORE"])
@@ -651,8 +621,3 @@ class IMAPClientTests(TestCase):
         info = await in_thread(again.select_folder, "INBOX")
         self.assertEqual(info[b"HIGHESTMODSEQ"], max(modseqs.values()))
         await in_thread(again.logout)
-
-    def test_condstore(self) -> None:
-        """ENABLE CONDSTORE, HIGHESTMODSEQ, FETCH MODSEQ, FETCH CHANGEDSINCE,
-        SEARCH MODSEQ and STATUS HIGHESTMODSEQ after a STORE."""
-        return _d(self.condstore())  # type: ignore[return-value]

@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
@@ -377,13 +376,13 @@ class MbsyncTests(_MbsyncCase):
                     names.extend(os.path.join(directory, f) for f in files)
         return tuple(sorted(names))
 
-    def test_starttls(self) -> None:
+    async def test_starttls(self) -> None:
         """A two-way sync over STARTTLS: both sides' changes meet."""
-        return Deferred.fromCoroutine(self.two_way_sync(False))  # type: ignore[return-value]
+        await self.two_way_sync(False)
 
-    def test_imaps(self) -> None:
+    async def test_imaps(self) -> None:
         """A two-way sync over IMAPS: both sides' changes meet."""
-        return Deferred.fromCoroutine(self.two_way_sync(True))  # type: ignore[return-value]
+        await self.two_way_sync(True)
 
 
 class ServiceTests(_MbsyncCase):
