@@ -25,6 +25,7 @@ import ssl
 from collections.abc import Iterable
 from typing import Any
 
+from imapclient import IMAPClient
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
@@ -79,6 +80,16 @@ def _without_tuid(data: bytes) -> bytes:
 
 def _mid(n: int) -> str:
     return f"<{n}@example.test>"
+
+
+#: IMAP system flags as Maildir letters.
+_LETTER = {
+    b"\\Draft": "D",
+    b"\\Flagged": "F",
+    b"\\Answered": "R",
+    b"\\Seen": "S",
+    b"\\Deleted": "T",
+}
 
 
 def _letters(flags: Iterable[str]) -> str:
@@ -379,6 +390,65 @@ class MbsyncTests(_MbsyncCase):
     async def test_starttls(self) -> None:
         """A two-way sync over STARTTLS: both sides' changes meet."""
         await self.two_way_sync(False)
+
+    async def test_idle_session_sees_sync(self) -> None:
+        """An imapclient session IDLE on the INBOX is told of what mbsync
+        pushes (a flag, a deletion, a new message) as it happens, and its
+        view then matches the local side."""
+        port = self.server.listen(implicit=True)
+        rc = self.write_config(port, True, self.server.cert)
+        await self.mbsync(rc)
+        context = self.server.ssl_context()
+
+        def idle() -> IMAPClient:
+            client = IMAPClient(
+                "127.0.0.1", port, ssl=True, ssl_context=context, timeout=TIMEOUT
+            )
+            client.login(ALICE, PASSWORD)
+            client.select_folder("INBOX")
+            client.idle()
+            return client
+
+        client = await in_thread(idle)
+        self.addCleanup(
+            lambda: client.shutdown() if client._imap.state != "LOGOUT" else None
+        )
+        self.set_local_flags("INBOX", 1, "S")
+        os.unlink(self.local_file("INBOX", 2))
+        self.add_local("INBOX", 7)
+        await self.mbsync(rc)
+
+        def watch() -> list[Any]:
+            seen: list[Any] = []
+            kinds: set[bytes] = set()
+            # Each change is pushed as it is made; stop once all arrived.
+            while not {b"FETCH", b"EXPUNGE", b"EXISTS"} <= kinds:
+                got = client.idle_check(TIMEOUT)
+                if not got:
+                    break
+                seen += got
+                kinds |= {r[1] for r in got if len(r) > 1}
+            client.idle_done()
+            return seen
+
+        seen = await in_thread(watch)
+        self.assertIn((1, b"FETCH", (b"FLAGS", (b"\\Seen",))), seen)
+        self.assertIn((2, b"EXPUNGE"), seen)
+        # mbsync may APPEND before or after it expunges.
+        self.assertTrue({(5, b"EXISTS"), (6, b"EXISTS")} & set(seen), seen)
+        uids = await in_thread(client.search)
+        fetched = await in_thread(
+            client.fetch, uids, ["FLAGS", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]
+        )
+        view = {
+            _message_id(f[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"]): _letters(
+                _LETTER.get(flag, "") for flag in f[b"FLAGS"]
+            )
+            for f in fetched.values()
+        }
+        self.assertEqual(view, self.local_folders()["INBOX"])
+        self.assertEqual(sorted(view), sorted(_mid(n) for n in (1, 3, 4, 5, 7)))
+        await in_thread(client.logout)
 
     async def test_imaps(self) -> None:
         """A two-way sync over IMAPS: both sides' changes meet."""
