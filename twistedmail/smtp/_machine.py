@@ -148,8 +148,6 @@ BYE = Reply(221, "2.0.0", "Bye")
 
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _ANY_CR_LF = re.compile(rb"[\r\n]")
-#: A text line longer than RFC 5321 §4.5.3.1.6 allows (CRLF not counted).
-_LONG_TEXT_LINE = re.compile(rb"[^\r\n]{%d}" % (TEXT_LINE_LIMIT - 1))
 
 
 class State(enum.Enum):
@@ -960,7 +958,10 @@ class SMTPMachine:
         if (
             text.count(b"\r") != lines
             or text.count(b"\n") != lines
-            or (length > TEXT_LINE_LIMIT - 2 and _LONG_TEXT_LINE.search(text))
+            or (
+                length > TEXT_LINE_LIMIT - 2
+                and max(map(len, text.split(b"\r\n"))) > TEXT_LINE_LIMIT - 2
+            )
         ):
             return False
         # RFC 5321 §4.5.2: drop the first dot of every line that has one.
