@@ -404,6 +404,18 @@ class StoreTests(SynchronousTestCase):
             self.client.ok("FETCH 1 FLAGS"), [b"* 1 FETCH (FLAGS (\\Recent))"]
         )
 
+    def test_keyword_limit(self) -> None:
+        """A folder holds at most 26 keywords (Maildir letters a-z): the
+        27th gets NO [LIMIT] and nothing changes."""
+        first = " ".join(f"$k{n}" for n in range(26))
+        self.client.ok(f"STORE 1 +FLAGS.SILENT ({first})")
+        lines = self.client.cmd("STORE 2 +FLAGS ($one-too-many)")
+        self.assertEqual(len(lines), 1)
+        self.assertRegex(lines[0], rb"^a3 NO \[LIMIT\] ")
+        self.assertEqual(
+            self.client.ok("FETCH 2 FLAGS"), [b"* 2 FETCH (FLAGS (\\Recent))"]
+        )
+
     def test_bad_store(self) -> None:
         """Bad item names, bad flags and bad sets: BAD."""
         for command in (

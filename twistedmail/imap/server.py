@@ -1276,8 +1276,6 @@ class IMAPServerProtocol(Protocol):
         items = []
         for item, value in values.items():
             items.append(item.value.encode() + b" %d" % value)
-        if StatusItem.APPENDLIMIT in values:
-            pass
         return b"* STATUS " + format_mailbox(name) + b" " + format_list(items) + b"\r\n"
 
     async def _do_status(self, command: Status) -> bytes:
