@@ -20,6 +20,7 @@ from twistedmail.logs import (
     log_connection_opened,
     make_observer,
     new_session_id,
+    preformatted,
 )
 
 _PEER = IPv4Address("TCP", "127.0.0.1", 52344)
@@ -199,3 +200,25 @@ class ObserverTests(SynchronousTestCase):
         """Another format is refused."""
         with self.assertRaises(ValueError):
             make_observer("xml", io.StringIO())
+
+
+class PreformattedTests(SynchronousTestCase):
+    """Lines rendered before logging keep their text and their fields."""
+
+    def test_braces(self) -> None:
+        """Braces in the text come out as they are; the fields stay keys."""
+        log, events = _capture()
+        log.info(preformatted("reason={x} {0} {} }{"), reason="{x}")
+        self.assertEqual(formatEvent(events[0]), "reason={x} {0} {} }{")
+        self.assertEqual(events[0]["reason"], "{x}")
+
+    def test_connection_reason_with_braces(self) -> None:
+        """A close reason holding braces is logged as it is."""
+        log, events = _capture()
+        log_connection_closed(log, "smtp", _PEER, "s1", "bad {line}")
+        self.assertEqual(
+            formatEvent(events[0]),
+            "connection closed: role=smtp rhost=127.0.0.1 rport=52344 session=s1"
+            " reason=bad {line}",
+        )
+        self.assertEqual(events[0]["reason"], "bad {line}")

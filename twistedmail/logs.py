@@ -45,6 +45,7 @@ __all__ = [
     "log_connection_opened",
     "make_observer",
     "new_session_id",
+    "preformatted",
 ]
 
 
@@ -121,6 +122,19 @@ def new_session_id() -> str:
     return secrets.token_hex(6)
 
 
+def preformatted(text: str) -> str:
+    """A log format string that renders as C{text} exactly.
+
+    Twisted formats C{log_format} with a pure-Python C{string.Formatter} on
+    every event; on busy paths (a few lines per message) that costs more
+    than the rest of the line's work.  Render the text with an f-string,
+    pass it through this, and give the fields as keywords as well: the text
+    output is the same, JSON output still carries each field, and the
+    formatter only copies one literal.
+    """
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def _clean(text: str) -> str:
     """The text with control characters escaped, so one event stays one line."""
     if text.isprintable():
@@ -149,12 +163,16 @@ def log_connection_opened(
         connection carry it too.
     """
     rhost, rport = _peer_fields(peer)
+    role, session = _clean(role), _clean(session_id)
     log.info(
-        "connection opened: role={role} rhost={rhost} rport={rport} session={session}",
-        role=_clean(role),
+        preformatted(
+            f"connection opened: role={role} rhost={rhost} rport={rport}"
+            f" session={session}"
+        ),
+        role=role,
         rhost=rhost,
         rport=rport,
-        session=_clean(session_id),
+        session=session,
     )
 
 
@@ -172,22 +190,21 @@ def log_connection_closed(
         escaped so a peer cannot forge log lines.
     """
     rhost, rport = _peer_fields(peer)
-    fields = {
-        "role": _clean(role),
-        "rhost": rhost,
-        "rport": rport,
-        "session": _clean(session_id),
-    }
+    role, session = _clean(role), _clean(session_id)
+    text = (
+        f"connection closed: role={role} rhost={rhost} rport={rport} session={session}"
+    )
     if reason:
+        reason = _clean(reason)
         log.info(
-            "connection closed: role={role} rhost={rhost} rport={rport}"
-            " session={session} reason={reason}",
-            reason=_clean(reason),
-            **fields,
+            preformatted(f"{text} reason={reason}"),
+            role=role,
+            rhost=rhost,
+            rport=rport,
+            session=session,
+            reason=reason,
         )
     else:
         log.info(
-            "connection closed: role={role} rhost={rhost} rport={rport}"
-            " session={session}",
-            **fields,
+            preformatted(text), role=role, rhost=rhost, rport=rport, session=session
         )

@@ -243,6 +243,7 @@ _BASE64_OR_EQ = re.compile(r"(?:[A-Za-z0-9+/]*={0,2}|=)\Z")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+\Z")
 _HELO_NAME = re.compile(r"[\x21-\x7e\u0080-\U0010ffff]+\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 _NOT_IMPLEMENTED = frozenset({"EXPN", "TURN", "ETRN", "SEND", "SOML", "SAML", "ATRN"})
 
@@ -488,7 +489,7 @@ def parse_command(line: bytes, *, smtputf8: bool = False) -> Command:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(UNKNOWN_COMMAND, "command line is not UTF-8") from None
-    if any(c < " " or c == "\x7f" for c in text):
+    if _CONTROL.search(text):
         raise ProtocolError(UNKNOWN_COMMAND, "control character in command line")
     verb, _, rest = text.partition(" ")
     verb = verb.upper()

@@ -67,6 +67,7 @@ from twistedmail.logs import (
     log_connection_closed,
     log_connection_opened,
     new_session_id,
+    preformatted,
 )
 from twistedmail.replies import MailError, Reply
 from twistedmail.smtp._machine import (
@@ -491,7 +492,10 @@ class SMTPServerProtocol(Protocol):
                     Reply(250, "2.0.0", f"OK queued as {queue_id}")
                 ] * event.recipients
                 _log.info(
-                    "message accepted: session={session} id={queue_id} recipients={n}",
+                    preformatted(
+                        f"message accepted: session={self.session_id}"
+                        f" id={queue_id} recipients={event.recipients}"
+                    ),
                     session=self.session_id,
                     queue_id=queue_id,
                     n=event.recipients,

@@ -75,6 +75,7 @@ from twistedmail.aliases.expander import (
 )
 from twistedmail.config import SpoolSettings
 from twistedmail.delivery.local import destination_key
+from twistedmail.logs import preformatted
 from twistedmail.replies import MailError, Reply
 from twistedmail.spool.store import (
     DEFERRED,
@@ -485,7 +486,12 @@ class QueueRunner(Service):
                 log.failure("{id}: delivery to {dest} failed", id=queue_id, dest=dest)
                 results.append((dest, MailError(DELIVERY_ERROR, repr(e))))
             else:
-                log.info("{id}: delivered to {dest}", id=queue_id, dest=str(dest))
+                where = str(dest)
+                log.info(
+                    preformatted(f"{queue_id}: delivered to {where}"),
+                    id=queue_id,
+                    dest=where,
+                )
                 results.append((dest, None))
 
         return self._deliveries.run(lambda: Deferred.fromCoroutine(one()))
