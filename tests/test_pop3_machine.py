@@ -14,9 +14,9 @@ from twistedmail.pop3._machine import (
     PIPELINE_LIMIT,
     TRANSITIONS,
     CloseRequested,
+    Listing,
     LoginRequested,
     MachineConfig,
-    MaildropEntry,
     MessageRequested,
     POP3Machine,
     ProtocolError,
@@ -26,14 +26,11 @@ from twistedmail.pop3._machine import (
     TLSRequested,
     UpdateRequested,
     format_message,
+    stuff_message,
     uidl_for,
 )
 
-LISTING = [
-    MaildropEntry(120, "uid-one"),
-    MaildropEntry(200, "uid-two"),
-    MaildropEntry(5000, "uid-three"),
-]
+LISTING = Listing([120, 200, 5000], ["uid-one", "uid-two", "uid-three"])
 
 
 def machine(
@@ -57,7 +54,7 @@ def out(m: POP3Machine) -> bytes:
     return b"".join(m.data_to_send())
 
 
-def logged_in(listing: list[MaildropEntry] = LISTING) -> POP3Machine:
+def logged_in(listing: Listing = LISTING) -> POP3Machine:
     """A machine in TRANSACTION with the given listing."""
     m = machine(tls=True)
     [event] = m.receive_data(b"USER alice\r\n" + b"PASS pw\r\n")
@@ -313,7 +310,7 @@ class AuthorizationTests(SynchronousTestCase):
     def test_answer_without_request(self) -> None:
         """Answers that nothing asked for are programming errors."""
         m = machine()
-        self.assertRaises(RuntimeError, m.login_succeeded, [])
+        self.assertRaises(RuntimeError, m.login_succeeded, Listing([], []))
         self.assertRaises(RuntimeError, m.message_read, 1, b".\r\n")
         self.assertRaises(RuntimeError, m.update_done, True)
 
@@ -347,9 +344,24 @@ class TransactionTests(SynchronousTestCase):
             b"3 uid-three\r\n.\r\n+OK 3 uid-three\r\n",
         )
 
+    def test_listing_lengths(self) -> None:
+        """A listing's sizes and unique-ids must pair up."""
+        self.assertRaises(ValueError, Listing, [1, 2], ["a"])
+        self.assertEqual(len(LISTING), 3)
+
+    def test_uidl_after_dele(self) -> None:
+        """UIDL leaves deleted messages out and keeps the others' numbers."""
+        m = logged_in()
+        m.receive_data(b"DELE 2\r\nUIDL\r\n")
+        self.assertEqual(
+            out(m),
+            b"+OK Message 2 deleted\r\n+OK Unique-ID listing follows\r\n"
+            b"1 uid-one\r\n3 uid-three\r\n.\r\n",
+        )
+
     def test_empty_maildrop(self) -> None:
         """An empty maildrop lists nothing."""
-        m = logged_in([])
+        m = logged_in(Listing([], []))
         m.receive_data(b"STAT\r\nLIST\r\nUIDL\r\nRETR 1\r\n")
         self.assertEqual(
             out(m),
@@ -589,6 +601,25 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(
             format_message(b"A: b\r\n\r\nbody\r\n"), (14, b"A: b\r\n\r\nbody\r\n.\r\n")
         )
+
+    def test_parts(self) -> None:
+        """stuff_message gives the body and its end apart; a message with
+        nothing to stuff is not copied."""
+        data = b"A: b\r\n\r\nbody\r\n"
+        octets, body, end = stuff_message(data)
+        self.assertEqual((octets, end), (14, b".\r\n"))
+        self.assertIs(body, data)
+        self.assertEqual(
+            stuff_message(b"A: b\r\n\r\nno end"),
+            (14, b"A: b\r\n\r\nno end", b"\r\n.\r\n"),
+        )
+
+    def test_retr_parts(self) -> None:
+        """message_read with the end apart sends the same bytes."""
+        m = logged_in()
+        m.receive_data(b"RETR 1\r\n")
+        m.message_read(*stuff_message(b"A: b\r\n\r\n.x\r\n"))
+        self.assertEqual(out(m), b"+OK 12 octets\r\nA: b\r\n\r\n..x\r\n.\r\n")
 
     def test_stuffing(self) -> None:
         """Lines starting with a dot get another, the first line included."""

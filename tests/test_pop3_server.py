@@ -78,6 +78,20 @@ class CountingTransport(TLSStringTransport):
         super().write(b"".join(seq))
 
 
+class DescriptorTransport(TLSStringTransport):
+    """A transport with a TCP connection's C{doWrite}: it records the
+    calls, and what was written before each."""
+
+    connected = True
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.do_writes: list[bytes] = []
+
+    def doWrite(self) -> None:
+        self.do_writes.append(self.value())
+
+
 class FailingDirectory(MemoryDirectory):
     """A directory whose user lookups fail, as a broken database would."""
 
@@ -282,6 +296,25 @@ class CommandTests(ServerTestCase):
         self.assertEqual(
             transport.value(), b"+OK %d octets\r\n" % len(m) + m + b".\r\n"
         )
+
+    def test_sent_at_once(self) -> None:
+        """What one read of commands produces is handed to the socket
+        before the reactor's next turn (doWrite called once, after the
+        last reply); nothing is sent that way once closing, nor when
+        nothing was written."""
+        transport = DescriptorTransport()
+        proto = self.world.factories[0].buildProtocol(None)
+        proto.makeConnection(transport)
+        self.assertEqual(transport.do_writes, [])
+        proto.dataReceived(b"NOOP\r\nNOOP\r\n")
+        self.assertEqual(len(transport.do_writes), 1)
+        self.assertEqual(transport.do_writes, [transport.value()])
+        self.assertEqual(transport.value().count(b"-ERR"), 2)
+        proto.dataReceived(b"NO")
+        self.assertEqual(len(transport.do_writes), 1)
+        transport.loseConnection()
+        proto.dataReceived(b"OP\r\n")
+        self.assertEqual(len(transport.do_writes), 1)
 
     def test_top(self) -> None:
         """TOP sends the headers, the blank line and n body lines."""

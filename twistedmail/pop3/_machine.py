@@ -54,7 +54,7 @@ import binascii
 import enum
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -67,7 +67,7 @@ __all__ = [
     "Event",
     "LoginRequested",
     "MachineConfig",
-    "MaildropEntry",
+    "Listing",
     "MessageRequested",
     "POP3Machine",
     "ProtocolError",
@@ -78,6 +78,7 @@ __all__ = [
     "UpdateRequested",
     "err",
     "format_message",
+    "stuff_message",
     "ok",
     "uidl_for",
 ]
@@ -238,16 +239,25 @@ class Session:
     user: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class MaildropEntry:
-    """One message of the listing fixed at login.
+@dataclass(frozen=True)
+class Listing:
+    """The maildrop's messages as fixed at login, in order: two parallel
+    sequences rather than an object per message, so that logging in to a
+    maildrop of 100,000 messages makes no 100,000 objects.
 
-    @ivar size: its size in octets (the LIST and STAT figure).
-    @ivar uidl: its unique-id (see L{uidl_for}).
+    @ivar sizes: each message's size in octets (the LIST and STAT figure).
+    @ivar uidls: each message's unique-id (see L{uidl_for}).
     """
 
-    size: int
-    uidl: str
+    sizes: Sequence[int]
+    uidls: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if len(self.sizes) != len(self.uidls):
+            raise ValueError("sizes and uidls differ in length")
+
+    def __len__(self) -> int:
+        return len(self.sizes)
 
 
 def uidl_for(base: str) -> str:
@@ -269,7 +279,20 @@ def uidl_for(base: str) -> str:
 
 
 def format_message(data: bytes, lines: int | None = None) -> tuple[int, bytes]:
-    """The body of a RETR (or TOP) response for a stored message.
+    """The body of a RETR (or TOP) response for a stored message, in one
+    piece (see L{stuff_message}).
+
+    @return: (octets of the message as sent, before byte-stuffing; the
+        response bytes after the status line).
+    """
+    octets, body, end = stuff_message(data, lines)
+    return octets, body + end
+
+
+def stuff_message(data: bytes, lines: int | None = None) -> tuple[int, bytes, bytes]:
+    """The body of a RETR (or TOP) response for a stored message, and the
+    line that ends it, apart: the caller writes both without joining them
+    (one copy of the message less).
 
     A message whose first line ends in a bare LF (Maildirs written by
     Dovecot, mutt, twisted.mail) has all its LF line ends made CRLF (RFC
@@ -277,13 +300,13 @@ def format_message(data: bytes, lines: int | None = None) -> tuple[int, bytes]:
     is sent as it is: looking only at the first line end spares two scans
     of every message, and a stray bare LF later on cannot break the
     framing, since only CRLF ``.`` CRLF ends the response.  Lines starting
-    with ``.`` get another (byte-stuffing); the result ends with CRLF and
-    the ``.`` line.
+    with ``.`` get another (byte-stuffing); the end is the ``.`` line,
+    after a CRLF when the message does not end with one.
 
     @param lines: for TOP: the headers, the blank line and this many body
         lines (RFC 1939 §7); None for the whole message.
     @return: (octets of the message as sent, before byte-stuffing; the
-        response bytes after the status line).
+        byte-stuffed message; the end of the response).
     """
     first = data.find(b"\n")
     if first >= 0 and (first == 0 or data[first - 1] != 0x0D):
@@ -293,10 +316,11 @@ def format_message(data: bytes, lines: int | None = None) -> tuple[int, bytes]:
     octets = len(data)
     if data.startswith(b"."):
         data = b"." + data
+    # replace() returns the same object when there is nothing to stuff.
     data = data.replace(b"\r\n.", b"\r\n..")
     if data and not data.endswith(b"\r\n"):
-        return octets, data + b"\r\n.\r\n"
-    return octets, data + b".\r\n"
+        return octets, data, b"\r\n.\r\n"
+    return octets, data, b".\r\n"
 
 
 def _top(data: bytes, lines: int) -> bytes:
@@ -393,7 +417,7 @@ Event = (
 class _Maildrop:
     """The listing fixed at login and the messages marked deleted."""
 
-    entries: Sequence[MaildropEntry]
+    listing: Listing
     deleted: set[int] = field(default_factory=set)
     size: int = 0
 
@@ -436,14 +460,14 @@ class POP3Machine:
         self._process()
         return self._take_events()
 
-    def login_succeeded(self, listing: Sequence[MaildropEntry]) -> list[Event]:
+    def login_succeeded(self, listing: Listing) -> list[Event]:
         """Answer L{LoginRequested}: logged in, maildrop locked; the listing
         stays fixed for the session (new mail shows in the next one)."""
         request = self._answering(LoginRequested)
         if self.state is State.CLOSED:
             return []
         self._user_name = None
-        self._maildrop = _Maildrop(listing, size=sum(e.size for e in listing))
+        self._maildrop = _Maildrop(listing, size=sum(listing.sizes))
         self.session.user = request.username.decode("utf-8", "replace")
         self.state = State.TRANSACTION
         self._reply(ok(f"Logged in, {len(listing)} messages"))
@@ -460,11 +484,12 @@ class POP3Machine:
         self._reply(reply)
         return self._continue()
 
-    def message_read(self, octets: int, body: bytes) -> list[Event]:
-        """Answer L{MessageRequested} with L{format_message}'s result; the
-        status line and the body go out as one write."""
+    def message_read(self, octets: int, body: bytes, end: bytes = b"") -> list[Event]:
+        """Answer L{MessageRequested} with L{format_message}'s result (or
+        L{stuff_message}'s, the body and its end apart); the status line,
+        the body and its end go out as one write."""
         self._answering(MessageRequested)
-        self._reply(b"+OK %d octets\r\n" % octets, body)
+        self._reply(b"+OK %d octets\r\n" % octets, body, end)
         return self._continue()
 
     def message_failed(self, reply: bytes = MESSAGE_GONE) -> list[Event]:
@@ -592,12 +617,14 @@ class POP3Machine:
         self._buffer.clear()
         self._events.append(CloseRequested(reason))
 
-    def _reply(self, reply: bytes, body: bytes = b"") -> None:
+    def _reply(self, reply: bytes, body: bytes = b"", end: bytes = b"") -> None:
         if self.state is State.CLOSED:
             return
         self._out.append(reply)
         if body:
             self._out.append(body)
+        if end:
+            self._out.append(end)
         if reply.startswith(b"-"):
             self._errors += 1
             reason = reply[5:].decode("ascii", "replace").strip()
@@ -684,7 +711,7 @@ class POP3Machine:
         if not arg.isdigit() or len(arg) > 10:
             raise ProtocolError(BAD_ARGUMENTS, "message number is not a number")
         n = int(arg)
-        if not 1 <= n <= len(self._maildrop.entries):
+        if not 1 <= n <= len(self._maildrop.listing):
             raise ProtocolError(NO_SUCH_MESSAGE, f"no message {n}")
         if n - 1 in self._maildrop.deleted:
             raise ProtocolError(MESSAGE_DELETED, f"message {n} is deleted")
@@ -786,39 +813,45 @@ class POP3Machine:
         self._words(args, 0, 0)
         drop = self._maildrop
         assert drop is not None
-        count = len(drop.entries) - len(drop.deleted)
+        count = len(drop.listing) - len(drop.deleted)
         self._reply(ok(f"{count} {drop.size}"))
 
     def _list(self, args: bytes) -> None:
-        self._listing(args, "size")
+        drop = self._maildrop
+        assert drop is not None
+        listed = self._listing(args, drop.listing.sizes)
+        if listed is not None:
+            count, lines = listed
+            self._reply(ok(f"{count} messages ({drop.size} octets)") + lines)
 
     def _uidl(self, args: bytes) -> None:
-        self._listing(args, "uidl")
+        drop = self._maildrop
+        assert drop is not None
+        listed = self._listing(args, drop.listing.uidls)
+        if listed is not None:
+            self._reply(ok("Unique-ID listing follows") + listed[1])
 
-    def _listing(self, args: bytes, what: str) -> None:
+    def _listing(
+        self, args: bytes, values: Sequence[int] | Sequence[str]
+    ) -> tuple[int, bytes] | None:
+        """LIST or UIDL: with an argument, reply with that message's line
+        and return None; without, return the count and the lines (with the
+        terminating ``.``) of every message not deleted."""
         words = self._words(args, 0, 1)
         drop = self._maildrop
         assert drop is not None
         if words:
             n = self._number(words[0])
-            self._reply(ok(f"{n} {getattr(drop.entries[n - 1], what)}"))
-            return
+            self._reply(ok(f"{n} {values[n - 1]}"))
+            return None
         deleted = drop.deleted
-        if what == "size":
-            lines = [
-                b"%d %d\r\n" % (i + 1, e.size)
-                for i, e in enumerate(drop.entries)
-                if i not in deleted
-            ]
-            head = ok(f"{len(lines)} messages ({drop.size} octets)")
-        else:
-            lines = [
-                b"%d %s\r\n" % (i + 1, e.uidl.encode("ascii"))
-                for i, e in enumerate(drop.entries)
-                if i not in deleted
-            ]
-            head = ok("Unique-ID listing follows")
-        self._reply(head + b"".join(lines) + b".\r\n")
+        pairs: Iterable[tuple[int, int | str]] = enumerate(values, 1)
+        if deleted:
+            pairs = ((n, v) for n, v in pairs if n - 1 not in deleted)
+        # One str built and encoded once: faster than formatting bytes line
+        # by line (unique-ids are ASCII, see uidl_for).
+        lines = [f"{n} {v}\r\n" for n, v in pairs]
+        return len(lines), "".join(lines).encode("ascii") + b".\r\n"
 
     def _retr(self, args: bytes) -> None:
         [arg] = self._words(args, 1, 1)
@@ -838,7 +871,7 @@ class POP3Machine:
         drop = self._maildrop
         assert drop is not None
         drop.deleted.add(n - 1)
-        drop.size -= drop.entries[n - 1].size
+        drop.size -= drop.listing.sizes[n - 1]
         self._reply(ok(f"Message {n} deleted"))
 
     def _noop(self, args: bytes) -> None:
@@ -850,5 +883,5 @@ class POP3Machine:
         drop = self._maildrop
         assert drop is not None
         drop.deleted.clear()
-        drop.size = sum(e.size for e in drop.entries)
-        self._reply(ok(f"{len(drop.entries)} messages ({drop.size} octets)"))
+        drop.size = sum(drop.listing.sizes)
+        self._reply(ok(f"{len(drop.listing)} messages ({drop.size} octets)"))

@@ -73,9 +73,9 @@ from twistedmail.pop3._machine import (
     TOO_MANY_CONNECTIONS,
     CloseRequested,
     Event,
+    Listing,
     LoginRequested,
     MachineConfig,
-    MaildropEntry,
     MessageRequested,
     POP3Machine,
     Refused,
@@ -83,7 +83,7 @@ from twistedmail.pop3._machine import (
     State,
     TLSRequested,
     UpdateRequested,
-    format_message,
+    stuff_message,
     uidl_for,
 )
 from twistedmail.tls import ServerTLS
@@ -106,6 +106,8 @@ LOCK_NAME = "twistedmail-pop3.lock"
 SYNC_READ_LIMIT = 1024 * 1024
 
 _WIRE_SIZE = re.compile(r",W=([0-9]+)(?=,|$)")
+
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 
 _log = Logger()
 
@@ -168,8 +170,15 @@ def wire_size(info: MessageInfo) -> int:
     used, which is exact for files with CRLF line ends (ours) and a little
     low for LF files written by other programs.
     """
-    m = _WIRE_SIZE.search(info.base)
+    m = _WIRE_SIZE.search(info.base) if ",W=" in info.base else None
     return int(m.group(1)) if m else info.size
+
+
+def make_listing(infos: Sequence[MessageInfo]) -> Listing:
+    """The session's listing: each message's L{wire_size} and
+    L{uidl_for} its base name (a plain loop: at login to a big maildrop
+    this runs once per message)."""
+    return Listing([wire_size(i) for i in infos], [uidl_for(i.base) for i in infos])
 
 
 @dataclass
@@ -199,28 +208,39 @@ def _open_maildrop(
 
 
 def _read_message(mailbox: Mailbox, uid: int) -> bytes:
-    """A message's bytes, read from the file the store names
-    (L{Mailbox.get_file}) with plain system calls (open, read until the
-    end, close: about half of what a buffered file object makes); through
-    L{Mailbox.read} when the file was renamed since the snapshot."""
+    """A message's bytes, read from the file the store names with plain
+    system calls (open, read, close: about half of what a buffered file
+    object makes); through L{Mailbox.read} when the file was renamed since
+    the snapshot.
+
+    The first read asks for one octet more than the size the store
+    recorded: a regular file returns less only at its end, so one read is
+    enough unless the file grew (then the rest is read too).
+    """
+    info = mailbox.get(uid)
     try:
-        fd = os.open(mailbox.get_file(uid), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(os.path.join(mailbox.path, info.filename), _READ_FLAGS)
     except FileNotFoundError:
         return mailbox.read(uid)
     try:
-        chunks = []
-        size = max(mailbox.get(uid).size + 1, 8192)
-        while chunk := os.read(fd, size):
+        want = max(info.size + 1, 8192)
+        data = os.read(fd, want)
+        if len(data) < want:
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, 65536):
             chunks.append(chunk)
     finally:
         os.close(fd)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
-def _read_formatted(mailbox: Mailbox, uid: int, lines: int | None) -> tuple[int, bytes]:
-    """Read a message and format it for RETR or TOP (in a thread for big
-    messages)."""
-    return format_message(_read_message(mailbox, uid), lines)
+def _read_formatted(
+    mailbox: Mailbox, uid: int, lines: int | None
+) -> tuple[int, bytes, bytes]:
+    """Read a message and byte-stuff it for RETR or TOP (in a thread for
+    big messages); see L{stuff_message}."""
+    return stuff_message(_read_message(mailbox, uid), lines)
 
 
 def _peer_ip(peer: IAddress | None) -> str:
@@ -244,6 +264,9 @@ class POP3ServerFactory(Factory):
         L{ServerTLS.wrap_implicit}); STLS is not offered then, and logins
         are allowed at once.
     """
+
+    #: The connection log lines say enough; no "Starting factory" lines.
+    noisy = False
 
     def __init__(
         self,
@@ -325,6 +348,7 @@ class POP3ServerProtocol(Protocol):
         self._busy = 0
         self._events: deque[Event] = deque()
         self._running = False
+        self._wrote = False
 
     @property
     def _transport(self) -> Any:
@@ -366,6 +390,7 @@ class POP3ServerProtocol(Protocol):
         self._start_timer()
         self._run(self.machine.receive_data(data))
         self._limit_reading()
+        self._send_now()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Release everything: timer, counts, maildrop lock (no UPDATE unless
@@ -452,10 +477,36 @@ class POP3ServerProtocol(Protocol):
         out = self.machine.data_to_send()
         if not out or self._gone:
             return
+        self._wrote = True
         if len(out) == 1:
             self._transport.write(out[0])
         else:
             self._transport.writeSequence(out)
+
+    def _send_now(self) -> None:
+        """Hand what this read produced to the socket now, not on the
+        reactor's next turn.
+
+        A TCP transport only buffers on C{write} and sends once the reactor
+        sees the socket writable: one more poll and two more C{epoll_ctl}
+        calls for every response, while the client waits.  Calling the
+        transport's C{doWrite} (L{IWriteDescriptor}) sends at once; what the
+        socket does not take stays buffered and is sent the usual way, and
+        an error is left for the reactor's own C{doWrite} to report.
+        Transports without C{doWrite} (TLS wrappers, tests) are left alone.
+        """
+        if not self._wrote:
+            return
+        self._wrote = False
+        transport = self._transport
+        do_write = getattr(transport, "doWrite", None)
+        if (
+            do_write is None
+            or not getattr(transport, "connected", False)
+            or getattr(transport, "disconnecting", True)
+        ):
+            return
+        do_write()
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, MessageRequested):
@@ -574,8 +625,7 @@ class POP3ServerProtocol(Protocol):
         if self._gone:
             self._release_when_idle()
             return
-        listing = [MaildropEntry(wire_size(i), uidl_for(i.base)) for i in infos]
-        self._answer(self.machine.login_succeeded(listing))
+        self._answer(self.machine.login_succeeded(make_listing(infos)))
         # From now on the (longer) idle timeout applies.
         self._start_timer()
 
@@ -587,11 +637,13 @@ class POP3ServerProtocol(Protocol):
         info = drop.infos[request.index]
         if info.size <= SYNC_READ_LIMIT:
             try:
-                octets, body = _read_formatted(drop.mailbox, info.uid, request.lines)
+                octets, body, end = _read_formatted(
+                    drop.mailbox, info.uid, request.lines
+                )
             except Exception as e:
                 self._run(self._read_failed(e))
                 return
-            self._run(self.machine.message_read(octets, body))
+            self._run(self.machine.message_read(octets, body, end))
             return
         self._background(self._retrieve_in_thread(request, drop, info))
 
@@ -600,7 +652,7 @@ class POP3ServerProtocol(Protocol):
     ) -> None:
         self._busy += 1
         try:
-            octets, body = await self.factory.store.run_in_thread(
+            octets, body, end = await self.factory.store.run_in_thread(
                 _read_formatted, drop.mailbox, info.uid, request.lines
             )
         except Exception as e:
@@ -612,7 +664,7 @@ class POP3ServerProtocol(Protocol):
             if self._gone:
                 self._release_when_idle()
         if not self._gone:
-            self._answer(self.machine.message_read(octets, body))
+            self._answer(self.machine.message_read(octets, body, end))
 
     def _read_failed(self, error: Exception) -> list[Event]:
         if isinstance(error, NoSuchMessageError):
