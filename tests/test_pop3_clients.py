@@ -172,9 +172,23 @@ class ClientTests(TestCase):
                 f'  mda "{sys.executable} {save} {out_dir}"\n'
             )
         os.chmod(rc, 0o600)
+        # As root fetchmail's lock file is /var/run/fetchmail.pid whatever
+        # HOME says: each run names its own, and its own id file, so runs
+        # in parallel (trial -j) do not see "another fetchmail is running".
         log = await self.run_client(
             "fetchmail",
-            ["-v", "-f", rc, "--nodetach", "--invisible", "--norewrite"],
+            [
+                "-v",
+                "-f",
+                rc,
+                "--nodetach",
+                "--invisible",
+                "--norewrite",
+                "--pidfile",
+                os.path.join(home, "fetchmail.pid"),
+                "--idfile",
+                os.path.join(home, "fetchids"),
+            ],
             home,
         )
         if not implicit:
