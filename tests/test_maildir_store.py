@@ -109,6 +109,28 @@ class MailboxTests(StoreCase):
         self.assertEqual([i.uid for i in mailbox.messages()], [2])
         self.assertFalse(mailbox.refresh())
 
+    def test_second_mailbox_shares_snapshot(self) -> None:
+        """A second mailbox of an unchanged folder takes the first one's
+        snapshot; changes made through either stay its own until the
+        other refreshes, and then show."""
+        for i in range(3):
+            self.deliver(b"m%d" % i, f"Q{i}")
+        self.store.open_mailbox(self.path).close()  # UIDs given, list written
+        first = self.store.open_mailbox(self.path)
+        second = self.store.open_mailbox(self.path)
+        self.assertIs(second._shared, first._shared)
+        self.assertEqual(second.messages(), first.messages())
+        first.set_flags(1, {"S"})
+        first.expunge([2])
+        self.assertEqual(second.get(1).flags, frozenset())
+        self.assertEqual([i.uid for i in second.messages()], [1, 2, 3])
+        self.assertTrue(second.refresh())
+        self.assertEqual(second.get(1).flags, {"S"})
+        self.assertEqual(second.messages(), first.messages())
+        third = make_store(self.root, self.clock).open_mailbox(self.path)
+        self.assertIsNot(third._shared, first._shared)
+        self.assertEqual(third.messages(), first.messages())
+
     def test_take_recent(self) -> None:
         """Recent messages go to exactly one session: the first to claim
         them moves them to cur/."""

@@ -35,10 +35,14 @@ their UIDs and UIDVALIDITY; Dovecot's file is only read.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import operator
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 __all__ = [
     "UIDEntry",
@@ -108,6 +112,16 @@ class UIDList:
             self.entries.pop(b, None)
 
 
+#: One message line: UID, internal date, size, base name (anchored at a line
+#: start, so a line that does not match whole is never half-matched).
+_LINE = re.compile(r"^([0-9]+) ([0-9]+) ([0-9]+) ([^\n]*)$", re.MULTILINE)
+#: C{UIDEntry} from a tuple without a Python-level call.
+_make_entry = cast(
+    Callable[[tuple[int, int, int, str]], UIDEntry],
+    functools.partial(tuple.__new__, UIDEntry),
+)
+
+
 def parse_uidlist(data: bytes) -> UIDList:
     """Parse a version-1 UID list.
 
@@ -118,10 +132,10 @@ def parse_uidlist(data: bytes) -> UIDList:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UIDListError("not UTF-8") from e
-    lines = text.split("\n")
-    if not lines or not text.endswith("\n"):
+    if not text.endswith("\n"):
         raise UIDListError("truncated")
-    header = lines[0].split(" ")
+    first = text.index("\n")
+    header = text[:first].split(" ")
     if len(header) < 4 or header[0] != _MAGIC:
         raise UIDListError("bad header")
     if header[1] != str(UIDLIST_VERSION):
@@ -131,20 +145,21 @@ def parse_uidlist(data: bytes) -> UIDList:
         ul = UIDList(int(fields["V"]), int(fields["N"]))
     except (KeyError, ValueError) as e:
         raise UIDListError("bad header fields") from e
-    last = 0
-    entries = ul.entries
-    for line in lines[1:-1]:
-        parts = line.split(" ", 3)
-        if len(parts) != 4:
-            raise UIDListError(f"bad line {line!r}")
-        try:
-            uid, date, size = int(parts[0]), int(parts[1]), int(parts[2])
-        except ValueError as e:
-            raise UIDListError(f"bad line {line!r}") from e
-        if uid <= last or uid >= ul.next_uid:
-            raise UIDListError(f"UID {uid} out of order")
-        last = uid
-        entries[parts[3]] = UIDEntry(uid, date, size, parts[3])
+    # Built for 100,000 lines: the regular expression and the column-wise
+    # conversions run in C, with no Python-level step per line.
+    rows = _LINE.findall(text, first + 1)
+    if len(rows) != text.count("\n", first + 1):
+        raise UIDListError("bad line")
+    if not rows:
+        return ul
+    uid_texts, date_texts, size_texts, bases = zip(*rows, strict=True)
+    uids = list(map(int, uid_texts))
+    if uids[0] < 1 or uids[-1] >= ul.next_uid:
+        raise UIDListError("UID out of range")
+    if not all(map(operator.lt, uids, itertools.islice(uids, 1, None))):
+        raise UIDListError("UIDs out of order")
+    columns = zip(uids, map(int, date_texts), map(int, size_texts), bases, strict=True)
+    ul.entries = dict(zip(bases, map(_make_entry, columns), strict=True))
     return ul
 
 
