@@ -426,6 +426,70 @@ class CommandTests(ServerTestCase):
         )
 
 
+class StoreFailureTests(ServerTestCase):
+    """Store errors are -ERR [SYS/TEMP] (RFC 2449 §8.1.2, RFC 3206), never
+    a traceback; the session stays usable and the lock is not kept."""
+
+    def replace_by_directory(self, base: str) -> None:
+        """Put a directory (with a file in it) where a message file was:
+        opening it works, reading or unlinking it fails, even as root."""
+        md = self.world.maildir()
+        for sub in ("new", "cur"):
+            for name in os.listdir(os.path.join(md, sub)):
+                if name.startswith(base):
+                    path = os.path.join(md, sub, name)
+                    os.unlink(path)
+                    os.mkdir(path)
+                    open(os.path.join(path, "x"), "w").close()
+
+    def test_maildrop_cannot_open(self) -> None:
+        """A maildrop that cannot be opened (here a file stands where the
+        Maildir should be) is -ERR [SYS/TEMP]; once it can, login works."""
+        md = self.world.maildir()
+        os.makedirs(os.path.dirname(md))
+        open(md, "w").close()
+        s = connect(self.world)
+        self.assertEqual(
+            s.login(),
+            b"+OK Send PASS\r\n"
+            b"-ERR [SYS/TEMP] Temporary server failure, try again later\r\n",
+        )
+        self.assertEqual(len(self.flushLoggedErrors(FileExistsError)), 1)
+        os.unlink(md)
+        self.assertIn(b"+OK Logged in, 0 messages", s.login())
+
+    def test_read_fails(self) -> None:
+        """A message that cannot be read is -ERR [SYS/TEMP]; the next
+        command is answered as usual."""
+        base = self.world.deliver(make_message(1))
+        s = connect(self.world)
+        s.login()
+        self.replace_by_directory(base)
+        self.assertEqual(
+            s.send(b"RETR 1\r\nNOOP\r\n"),
+            b"-ERR [SYS/TEMP] Temporary server failure, try again later\r\n+OK\r\n",
+        )
+        self.assertEqual(len(self.flushLoggedErrors(IsADirectoryError)), 1)
+
+    def test_update_fails(self) -> None:
+        """Deletions that cannot be applied: QUIT gets -ERR [SYS/TEMP], the
+        connection closes and the maildrop is unlocked."""
+        base = self.world.deliver(make_message(1))
+        s = connect(self.world)
+        s.login()
+        self.replace_by_directory(base)
+        self.assertEqual(
+            s.send(b"DELE 1\r\nQUIT\r\n"),
+            b"+OK Message 1 deleted\r\n"
+            b"-ERR [SYS/TEMP] Some deleted messages were not removed\r\n",
+        )
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(IsADirectoryError)), 1)
+        lock = MaildropLock(self.world.maildir())
+        self.assertTrue(lock.acquire())
+        lock.release()
+
+
 class InUseTests(ServerTestCase):
     """One session per maildrop (RFC 1939 §8), released on every way out."""
 
