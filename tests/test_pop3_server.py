@@ -29,6 +29,7 @@ from twistedmail.auth.checkers import DirectoryChecker
 from twistedmail.auth.realm import MailRealm
 from twistedmail.interfaces import User
 from twistedmail.maildir import MaildirStore
+from twistedmail.maildir.uidlist import UIDLIST_NAME
 from twistedmail.pop3.server import (
     LOCK_NAME,
     SYNC_READ_LIMIT,
@@ -703,8 +704,15 @@ class ForeignMaildirTests(SynchronousTestCase):
             + crlf.replace(b"\r\n.", b"\r\n..")
             + b".\r\n",
         )
+        s.send(b"QUIT\r\n")
         with open(os.path.join(md, "dovecot-uidlist"), "rb") as f:
             self.assertEqual(f.read(), uidlist)
+        # The file keeps its name (flags) and contents; our UID list is
+        # made next to Dovecot's.
+        self.assertEqual(os.listdir(os.path.join(md, "cur")), [base + ":2,S"])
+        with open(os.path.join(md, "cur", base + ":2,S"), "rb") as f:
+            self.assertEqual(f.read(), lf)
+        self.assertTrue(os.path.exists(os.path.join(md, UIDLIST_NAME)))
 
     def test_twisted_mail(self) -> None:
         """twisted.mail's names (no size, no info) are served by file size."""
