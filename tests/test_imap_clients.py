@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from imapclient import IMAPClient
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.imap_client_helpers import (
     ALICE,
@@ -28,6 +28,7 @@ from tests.imap_client_helpers import (
     messages,
     plain_message,
 )
+from tests.imap_server_helpers import make_world
 
 
 def _ok(result: tuple[str, Any]) -> Any:
@@ -54,13 +55,44 @@ def _fetch_parts(data: list[Any]) -> dict[int, dict[bytes, bytes]]:
     return out
 
 
+class RegressionTests(SynchronousTestCase):
+    """Server bugs the clients found, pinned on a fake transport."""
+
+    def test_rename_inbox_keeps_keywords_and_order(self) -> None:
+        """RENAME INBOX moves the mail in UID order with its keywords (the
+        Maildir keyword letters are per folder), and leaves the INBOX empty
+        with its UIDs still growing (imapclient saw keywords vanish)."""
+        world = make_world(self.mktemp())
+        for n in range(1, 5):
+            world.deliver(plain_message(n))
+        client = world.logged_in()
+        client.ok("SELECT INBOX")
+        client.ok("STORE 2 +FLAGS ($Work \\Flagged)")
+        client.ok("STORE 4 +FLAGS ($Later)")
+        client.ok("UNSELECT")
+        client.ok("RENAME INBOX Old")
+        client.ok("SELECT Old")
+        lines = client.ok("FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        flags = [re.search(rb"FLAGS \(([^)]*)\)", x) for x in lines if b"FETCH" in x]
+        ids = [re.search(rb"<(\d+)@", x) for x in lines if b"Message-ID" in x]
+        self.assertEqual(
+            [(m.group(1) if m else None) for m in ids], [b"1", b"2", b"3", b"4"]
+        )
+        self.assertEqual(
+            [set(m.group(1).split()) if m else None for m in flags],
+            [set(), {b"$Work", b"\\Flagged"}, set(), {b"$Later"}],
+        )
+        status = client.ok("STATUS INBOX (MESSAGES UIDNEXT)")
+        self.assertEqual(status, [b"* STATUS INBOX (MESSAGES 0 UIDNEXT 5)"])
+
+
 class ImaplibTests(TestCase):
     """Python's imaplib: every command it has a method for."""
 
     def setUp(self) -> None:
         self.server = make_server(self)
         self.mail = messages()
-        self.bases = self.server.seed(self.mail)
+        self.server.seed(self.mail)
 
     async def connect(self, implicit: bool = False) -> imaplib.IMAP4:
         """An imaplib session over STARTTLS (or implicit TLS), logged in."""
@@ -100,7 +132,7 @@ class ImaplibTests(TestCase):
         data = _ok(await in_thread(client.fetch, "1:*", "(BODY.PEEK[])"))
         bodies = _fetch_parts(data)
         self.assertEqual([bodies[n][b"BODY[]"] for n in range(1, 6)], self.mail)
-        # RFC822.HEADER and RFC822.TEXT split each message at the blank line.
+        # RFC822.HEADER ends at the blank line, which it includes.
         data = _ok(await in_thread(client.fetch, "3", "(RFC822.HEADER)"))
         header = _fetch_parts(data)[3][b"RFC822.HEADER"]
         self.assertEqual(header, self.mail[2].split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
@@ -621,3 +653,94 @@ class IMAPClientTests(TestCase):
         info = await in_thread(again.select_folder, "INBOX")
         self.assertEqual(info[b"HIGHESTMODSEQ"], max(modseqs.values()))
         await in_thread(again.logout)
+
+    async def test_mailbox_management(self) -> None:
+        """SUBSCRIBE and LSUB, RENAME INBOX (its mail moves, the INBOX stays
+        and keeps its UIDs growing), EXAMINE refusing STORE, partial and
+        header-field fetches, CLOSE expunging, UNSELECT, LIST RETURN
+        (STATUS), and an APPEND over APPENDLIMIT refused before its literal
+        is sent."""
+        server = make_server(self, max_literal=4096)
+        server.seed(self.mail[:4])
+        port = server.listen(implicit=True)
+
+        def connect() -> IMAPClient:
+            return IMAPClient(
+                "127.0.0.1",
+                port,
+                ssl=True,
+                ssl_context=server.ssl_context(),
+                timeout=TIMEOUT,
+            )
+
+        client = await in_thread(connect)
+        self.addCleanup(
+            lambda: client.shutdown() if client._imap.state != "LOGOUT" else None
+        )
+        await in_thread(client.login, ALICE, PASSWORD)
+        self.assertIn(b"APPENDLIMIT=4096", await in_thread(client.capabilities))
+        await in_thread(client.unsubscribe_folder, "Junk")
+        await in_thread(client.subscribe_folder, "Junk")
+        await in_thread(client.unsubscribe_folder, "Archive")
+        subscribed = [f[2] for f in await in_thread(client.list_sub_folders)]
+        self.assertIn("Junk", subscribed)
+        self.assertNotIn("Archive", subscribed)
+        await in_thread(client.select_folder, "INBOX")
+        await in_thread(client.add_flags, [2], [b"$Work"])
+        await in_thread(client.unselect_folder)
+        await in_thread(client.rename_folder, "INBOX", "Old")
+        inbox = await in_thread(client.folder_status, "INBOX")
+        old = await in_thread(client.folder_status, "Old")
+        self.assertEqual((inbox[b"MESSAGES"], inbox[b"UIDNEXT"]), (0, 5))
+        self.assertEqual(old[b"MESSAGES"], 4)
+        await in_thread(client.select_folder, "Old", readonly=True)
+        with self.assertRaises(IMAPClient.Error) as caught:
+            await in_thread(client.add_flags, [1], [b"\\Seen"])
+        self.assertIn("[READ-ONLY]", str(caught.exception))
+        info = await in_thread(client.select_folder, "Old")
+        self.assertEqual(info[b"EXISTS"], 4)
+        # The same order, the keyword kept.
+        fetched = await in_thread(
+            client.fetch, [1, 2, 3, 4], ["FLAGS", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]
+        )
+        self.assertEqual(
+            [fetched[u][b"BODY[HEADER.FIELDS (SUBJECT)]"] for u in (1, 2, 3, 4)],
+            [
+                re.search(rb"(?m)^Subject: .*\r\n", m).group(0) + b"\r\n"  # type: ignore[union-attr]
+                for m in self.mail[:4]
+            ],
+        )
+        self.assertEqual(fetched[2][b"FLAGS"], (b"$Work",))
+        fetched = await in_thread(
+            client.fetch,
+            [1],
+            ["BODY.PEEK[]<0.30>", "BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)]"],
+        )
+        self.assertEqual(fetched[1][b"BODY[]<0>"], self.mail[0][:30])
+        self.assertEqual(
+            fetched[1][b"BODY[HEADER.FIELDS (SUBJECT FROM)]"],
+            b"From: Sender <sender@example.test>\r\nSubject: hello\r\n\r\n",
+        )
+        await in_thread(client.delete_messages, [1, 2])
+        await in_thread(client.close_folder)
+        self.assertEqual((await in_thread(client.folder_status, "Old"))[b"MESSAGES"], 2)
+        await in_thread(client.select_folder, "Old")
+        await in_thread(client.unselect_folder)
+        # An APPEND over the limit: refused at once, no continuation.
+        with self.assertRaises(IMAPClient.Error) as caught:
+            await in_thread(client.append, "Old", b"x" * 5000)
+        self.assertIn("TOOBIG", str(caught.exception))
+        await in_thread(client.noop)
+        typ, _ = await in_thread(
+            client._imap._simple_command,
+            "LIST",
+            '""',
+            '"*"',
+            "RETURN",
+            "(STATUS (MESSAGES UNSEEN))",
+        )
+        self.assertEqual(typ, "OK")
+        statuses = client._imap.untagged_responses.pop("STATUS")
+        self.assertIn(b"Old (MESSAGES 2 UNSEEN 2)", statuses)
+        self.assertIn(b"INBOX (MESSAGES 0 UNSEEN 0)", statuses)
+        await in_thread(client.logout)

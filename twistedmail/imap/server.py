@@ -407,6 +407,28 @@ def _append(
         mailbox.close()
 
 
+def _empty_inbox(store: MaildirStore, path: str, name: str) -> None:
+    """RENAME INBOX in a thread, once the new folder exists (RFC 3501
+    §6.3.5): every message moves into it in UID order, with its flags,
+    keywords and internal date; the INBOX stays, empty, its UIDs growing.
+
+    A copy then an expunge rather than file renames: keyword letters in
+    Maildir names mean what each folder's keyword table says, and a crash
+    between the two steps leaves the mail in both folders, never in none.
+    """
+    inbox = store.open_mailbox(path)
+    try:
+        target = store.open_mailbox(path, name)
+        try:
+            mapping = inbox.copy([info.uid for info in inbox.messages()], target)
+        finally:
+            target.close()
+        if mapping:
+            inbox.expunge(list(mapping))
+    finally:
+        inbox.close()
+
+
 def _copy(
     store: MaildirStore,
     view: MailboxView,
@@ -1186,9 +1208,13 @@ class IMAPServerProtocol(Protocol):
             self._deselect()
             self._send(format_status(None, "OK", "Mailbox closed", "CLOSED"))
         try:
-            await self._in_thread(
-                self.factory.store.rename_folder, self._path, old, new
-            )
+            if old == "INBOX":
+                await self._in_thread(self._create_folders, new)
+                await self._in_thread(_empty_inbox, self.factory.store, self._path, new)
+            else:
+                await self._in_thread(
+                    self.factory.store.rename_folder, self._path, old, new
+                )
         except MaildirError as e:
             return _store_refusal(command.tag, e)
         return _ok(command.tag, "RENAME completed")
