@@ -744,3 +744,27 @@ class IMAPClientTests(TestCase):
         self.assertIn(b"Old (MESSAGES 2 UNSEEN 2)", statuses)
         self.assertIn(b"INBOX (MESSAGES 0 UNSEEN 0)", statuses)
         await in_thread(client.logout)
+
+    async def test_idle_keepalive(self) -> None:
+        """A session IDLE with nothing happening gets ``* OK Still here``
+        every C{idle_keepalive} seconds and stays usable."""
+        server = make_server(self, idle_keepalive=0.2)
+        port = server.listen(implicit=True)
+        context = server.ssl_context()
+
+        def run() -> tuple[list[Any], Any]:
+            client = IMAPClient(
+                "127.0.0.1", port, ssl=True, ssl_context=context, timeout=TIMEOUT
+            )
+            client.login(ALICE, PASSWORD)
+            client.select_folder("INBOX")
+            client.idle()
+            seen = client.idle_check(TIMEOUT)
+            client.idle_done()
+            noop = client.noop()
+            client.logout()
+            return seen, noop
+
+        seen, noop = await in_thread(run)
+        self.assertEqual(seen, [(b"OK", b"Still here")])
+        self.assertEqual(noop, (b"NOOP completed", []))

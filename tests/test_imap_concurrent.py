@@ -13,7 +13,9 @@ from __future__ import annotations
 import imaplib
 import poplib
 import re
+from typing import Any
 
+from imapclient import IMAPClient
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
@@ -199,3 +201,48 @@ class TwoSessionTests(TestCase):
         self.assertEqual(await self.say(a, "NOOP"), [b"* 4 EXPUNGE"])
         self.assertEqual(await self.say(a, "UID SEARCH ALL"), [b"* SEARCH 1 2 3 5"])
         await in_thread(a.logout)
+
+
+class IdleSessionsTests(TestCase):
+    """Several imapclient sessions IDLE on one INBOX at once."""
+
+    async def test_delivery_reaches_every_idle_session(self) -> None:
+        """One delivery is pushed to each of four IDLE sessions as EXISTS;
+        \\Recent for it goes to exactly one of them."""
+        server = make_server(self, allow_plaintext_auth=True)
+        server.seed([plain_message(n) for n in range(1, 4)])
+        port = server.listen()
+
+        def idle() -> IMAPClient:
+            client = IMAPClient("127.0.0.1", port, ssl=False, timeout=TIMEOUT)
+            client.login(ALICE, PASSWORD)
+            client.select_folder("INBOX")
+            client.idle()
+            return client
+
+        clients = [await in_thread(idle) for _ in range(4)]
+        for client in clients:
+            self.addCleanup(
+                lambda c=client: c.shutdown() if c._imap.state != "LOGOUT" else None
+            )
+        await server.deliver(plain_message(4), "idle-sessions-4")
+
+        def wait_for_exists(client: IMAPClient) -> list[Any]:
+            seen: list[Any] = []
+            while (4, b"EXISTS") not in seen:
+                got = client.idle_check(TIMEOUT)
+                if not got:
+                    break
+                seen += got
+            client.idle_done()
+            return seen
+
+        answers = [await in_thread(wait_for_exists, c) for c in clients]
+        for seen in answers:
+            self.assertIn((4, b"EXISTS"), seen)
+        recent = []
+        for client in clients:
+            flags = await in_thread(client.get_flags, [4])
+            recent.append(b"\\Recent" in flags[4])
+            await in_thread(client.logout)
+        self.assertEqual(recent.count(True), 1, recent)
