@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import imaplib
 import os
+import shutil
 import ssl
+import tempfile
 from typing import Any
 
 from twisted.internet import reactor
@@ -39,7 +41,10 @@ class IMAPServiceTests(TestCase):
     async def start(self) -> MailService:
         """Start a service with imap and imaps on port 0 and a test
         certificate for its hostname."""
-        data = self.mktemp()
+        # A short path: the queue's control socket lives in the data folder,
+        # and AF_UNIX paths are limited to 107 octets (trial's are long).
+        data = tempfile.mkdtemp(prefix="tm-imap-")
+        self.addCleanup(shutil.rmtree, data, True)
         cert, key = make_test_certificate(os.path.join(data, "certs"), HOSTNAME)
         self.cert = cert
         settings = Settings(
