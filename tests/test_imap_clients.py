@@ -27,6 +27,7 @@ from tests.imap_client_helpers import (
     make_server,
     messages,
     plain_message,
+    transcript,
 )
 from tests.imap_server_helpers import make_world
 
@@ -646,12 +647,22 @@ class IMAPClientTests(TestCase):
         )
         status = await in_thread(client.folder_status, "INBOX", [b"HIGHESTMODSEQ"])
         self.assertEqual(status[b"HIGHESTMODSEQ"], max(modseqs.values()))
-        # The mod-sequences survive a new session.
+        # The mod-sequences survive a new session, which turns CONDSTORE on
+        # with SELECT (CONDSTORE) instead of ENABLE.
         await in_thread(client.logout)
         again = await self.connect()
         await in_thread(again.login, ALICE, PASSWORD)
-        info = await in_thread(again.select_folder, "INBOX")
-        self.assertEqual(info[b"HIGHESTMODSEQ"], max(modseqs.values()))
+        imap = again._imap
+        typ, _ = await in_thread(imap._simple_command, "SELECT", "INBOX", "(CONDSTORE)")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(
+            imap.untagged_responses.pop("HIGHESTMODSEQ"),
+            [str(max(modseqs.values())).encode()],
+        )
+        # STORE's FETCH answers now carry MODSEQ (RFC 7162 §3.2).
+        lines = await in_thread(transcript, imap, "STORE 5 +FLAGS (\\Seen)")
+        self.assertRegex(lines[0], rb"^\* 5 FETCH \(FLAGS \(\\Seen\) MODSEQ \(\d+\)\)$")
+        self.assertRegex(lines[1], rb" OK ")
         await in_thread(again.logout)
 
     async def test_mailbox_management(self) -> None:
