@@ -28,13 +28,14 @@ from twistedmail.aliases.directory import MemoryDirectory
 from twistedmail.auth.checkers import DirectoryChecker
 from twistedmail.auth.realm import MailRealm
 from twistedmail.interfaces import User
-from twistedmail.maildir import MaildirStore
+from twistedmail.maildir import MaildirStore, MessageInfo
 from twistedmail.maildir.uidlist import UIDLIST_NAME
 from twistedmail.pop3.server import (
     LOCK_NAME,
     SYNC_READ_LIMIT,
     MaildropLock,
     POP3ServerProtocol,
+    wire_size,
 )
 
 LOGIN = f"USER alice@example.test\r\nPASS {PASSWORD}\r\n".encode()
@@ -713,6 +714,19 @@ class ForeignMaildirTests(SynchronousTestCase):
         with open(os.path.join(md, "cur", base + ":2,S"), "rb") as f:
             self.assertEqual(f.read(), lf)
         self.assertTrue(os.path.exists(os.path.join(md, UIDLIST_NAME)))
+
+    def test_wire_size(self) -> None:
+        """wire_size takes Dovecot's ,W= wherever it stands in the name;
+        without one (or with a broken one) the file size."""
+
+        def info(base: str) -> MessageInfo:
+            return MessageInfo(1, base, "new/" + base, 100, 0, frozenset(), frozenset())
+
+        self.assertEqual(wire_size(info("1.M1.host,S=99,W=104")), 104)
+        self.assertEqual(wire_size(info("1.M1.host,W=104,S=99")), 104)
+        self.assertEqual(wire_size(info("1.M1.host,S=99")), 100)
+        self.assertEqual(wire_size(info("1.M1.host,W=1x4")), 100)
+        self.assertEqual(wire_size(info("1.M1.host,W=")), 100)
 
     def test_twisted_mail(self) -> None:
         """twisted.mail's names (no size, no info) are served by file size."""

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -105,7 +104,6 @@ LOCK_NAME = "twistedmail-pop3.lock"
 #: less than a round trip through the thread pool.
 SYNC_READ_LIMIT = 1024 * 1024
 
-_WIRE_SIZE = re.compile(r",W=([0-9]+)(?=,|$)")
 
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 
@@ -170,8 +168,12 @@ def wire_size(info: MessageInfo) -> int:
     used, which is exact for files with CRLF line ends (ours) and a little
     low for LF files written by other programs.
     """
-    m = _WIRE_SIZE.search(info.base) if ",W=" in info.base else None
-    return int(m.group(1)) if m else info.size
+    _, found, rest = info.base.partition(",W=")
+    if found:
+        digits = rest.partition(",")[0]
+        if digits.isdigit():
+            return int(digits)
+    return info.size
 
 
 def make_listing(infos: Sequence[MessageInfo]) -> Listing:
@@ -194,14 +196,16 @@ class _Maildrop:
 
 def _open_maildrop(
     store: MaildirStore, path: str
-) -> tuple[MaildropLock, Mailbox, list[MessageInfo]] | None:
-    """Lock and open a maildrop (in a thread); None when it is in use."""
+) -> tuple[MaildropLock, Mailbox, list[MessageInfo], Listing] | None:
+    """Lock and open a maildrop and make its listing (in a thread: for a
+    big maildrop the listing takes a while too); None when it is in use."""
     lock = MaildropLock(path)
     if not lock.acquire():
         return None
     try:
         mailbox = store.open_mailbox(path)
-        return lock, mailbox, mailbox.messages()
+        infos = mailbox.messages()
+        return lock, mailbox, infos, make_listing(infos)
     except BaseException:
         lock.release()
         raise
@@ -620,12 +624,12 @@ class POP3ServerProtocol(Protocol):
             if not self._gone:
                 self._answer(self.machine.login_failed(IN_USE))
             return
-        lock, mailbox, infos = opened
+        lock, mailbox, infos, listing = opened
         self._maildrop = _Maildrop(lock, mailbox, infos, logout)
         if self._gone:
             self._release_when_idle()
             return
-        self._answer(self.machine.login_succeeded(make_listing(infos)))
+        self._answer(self.machine.login_succeeded(listing))
         # From now on the (longer) idle timeout applies.
         self._start_timer()
 
