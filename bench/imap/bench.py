@@ -781,8 +781,12 @@ def versions(repo: str, base: str) -> str:
         ]
     )
     dovecot = (out(["dovecot", "--version"]) or "?").split()[0]
+    rev = out(["git", "-C", repo, "rev-parse", "--short", "HEAD"]) or "?"
+    if out(["git", "-C", repo, "status", "--porcelain", "twistedmail"]):
+        rev += " with uncommitted changes in twistedmail/"
     return (
-        f"Python {platform.python_version()}, Twisted {twisted}, Dovecot {dovecot},"
+        f"twistedmail {rev}; Python {platform.python_version()}, Twisted {twisted},"
+        f" Dovecot {dovecot},"
         f" pymap {pymap or '?'}, {os.cpu_count()} CPUs, Linux {platform.release()}"
     )
 
