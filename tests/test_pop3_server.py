@@ -318,6 +318,21 @@ class CommandTests(ServerTestCase):
         proto.dataReceived(b"OP\r\n")
         self.assertEqual(len(transport.do_writes), 1)
 
+    def test_sent_at_once_below_wrapper(self) -> None:
+        """Under a TLS wrapper, whose doWrite is the TCP connection's, the
+        connection sends at once; not while the connection is closing."""
+        below = DescriptorTransport()
+        wrapper = TLSStringTransport()
+        wrapper.doWrite = below.doWrite  # type: ignore[attr-defined]
+        wrapper.connected = True  # type: ignore[attr-defined]
+        proto = self.world.factories[0].buildProtocol(None)
+        proto.makeConnection(wrapper)
+        proto.dataReceived(b"CAPA\r\n")
+        self.assertEqual(len(below.do_writes), 1)
+        below.disconnecting = True
+        proto.dataReceived(b"CAPA\r\n")
+        self.assertEqual(len(below.do_writes), 1)
+
     def test_top(self) -> None:
         """TOP sends the headers, the blank line and n body lines."""
         m = self.messages[2]

@@ -496,20 +496,23 @@ class POP3ServerProtocol(Protocol):
         calls for every response, while the client waits.  Calling the
         transport's C{doWrite} (L{IWriteDescriptor}) sends at once; what the
         socket does not take stays buffered and is sent the usual way, and
-        an error is left for the reactor's own C{doWrite} to report.
-        Transports without C{doWrite} (TLS wrappers, tests) are left alone.
+        an error is left for the reactor's own C{doWrite} to report.  A TLS
+        wrapper (POP3S) passes C{doWrite} on to the TCP connection below it,
+        which then sends what the wrapper encrypted.  Nothing is done while
+        either is closing (the reactor's C{doWrite} finishes the close then)
+        or when there is no C{doWrite} (test transports).
         """
         if not self._wrote:
             return
         self._wrote = False
         transport = self._transport
         do_write = getattr(transport, "doWrite", None)
-        if (
-            do_write is None
-            or not getattr(transport, "connected", False)
-            or getattr(transport, "disconnecting", True)
-        ):
+        descriptor = getattr(do_write, "__self__", None)
+        if do_write is None or descriptor is None:
             return
+        for t in (transport, descriptor):
+            if not getattr(t, "connected", False) or getattr(t, "disconnecting", True):
+                return
         do_write()
 
     def _handle(self, event: Event) -> None:
