@@ -21,6 +21,7 @@ from twistedmail.spool.tools import (
     ControlProtocol,
     QueueControl,
     QueueControlService,
+    _SocketAddress,
     control_path,
     queue_command,
 )
@@ -368,8 +369,10 @@ class ControlSocketTests(TestCase):
     async def _stale(self) -> None:
         path = control_path(self.settings)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(path)
+        address = _SocketAddress(path)
+        s.bind(address.path)
         s.close()
+        address.close()
         self.assertTrue(os.path.exists(path))
         await self.start_service()
         status, _, _ = await self.run_command("flush")
@@ -388,3 +391,29 @@ class ControlSocketTests(TestCase):
     def test_socket_mode(self) -> None:
         """Only the server's user may use the socket."""
         return Deferred.fromCoroutine(self._mode())
+
+
+class LongPathTests(ControlSocketTests):
+    """A data folder whose control socket path is longer than C{sun_path}
+    allows (deep folders, test folders) still gets a working socket."""
+
+    def setUp(self) -> None:
+        data = os.path.abspath(os.path.join(self.mktemp(), "d" * 60, "e" * 60))
+        os.makedirs(os.path.join(data, "spool", "queue"))
+        self.settings = Settings().with_changes(server=ServerSettings(data_dir=data))
+        self.assertGreater(len(control_path(self.settings)), 108)
+        self.out = Outbound(os.path.join(data, "spool"))
+        self.queue_id = self.out.submit("bob@b.test")
+        self.ops = FakeOperations(self.queue_id)
+
+    async def _removed(self) -> None:
+        service = QueueControlService(control_path(self.settings), reactor, self.ops)
+        service.startService()
+        await service.listening
+        self.assertTrue(os.path.exists(control_path(self.settings)))
+        await service.stopService()
+        self.assertFalse(os.path.exists(control_path(self.settings)))
+
+    def test_removed_at_stop(self) -> None:
+        """The socket file is made in the data folder and removed at stop."""
+        return Deferred.fromCoroutine(self._removed())

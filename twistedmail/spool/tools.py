@@ -105,6 +105,41 @@ def control_path(settings: Settings) -> str:
     return settings.data_path(CONTROL_SOCKET)
 
 
+#: The longest socket path the kernel takes in C{sun_path} (Linux: 108
+#: octets with the terminating NUL; the BSDs: 104).
+_SUN_PATH_MAX = 103
+
+
+class _SocketAddress:
+    """A path to bind or connect a UNIX socket to, even when the real path
+    is longer than C{sun_path} allows.
+
+    A data folder deep in the file system (or in a test's temporary folder)
+    easily makes the control socket's path longer than the kernel takes.
+    Then, where C{/proc/self/fd} exists (Linux), the folder is opened and
+    the socket named through the folder's descriptor, which is short; the
+    socket file is still made in the data folder.  Elsewhere the long path
+    is used and the kernel's error says why it failed.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._fd: int | None = None
+        self.path = path
+        if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+            return
+        folder, name = os.path.split(path)
+        if not os.path.isdir("/proc/self/fd"):
+            return
+        self._fd = os.open(folder or ".", os.O_PATH | os.O_DIRECTORY)
+        self.path = f"/proc/self/fd/{self._fd}/{name}"
+
+    def close(self) -> None:
+        """Close the folder's descriptor (after the socket is closed)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 def spool_path(settings: Settings) -> str:
     """The spool folder for a configuration."""
     return settings.data_path(settings.spool.directory)
@@ -256,12 +291,15 @@ def send_control(path: str, request: str, timeout: float = 60.0) -> str:
     @raise OSError: the server did not answer properly.
     """
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    address = _SocketAddress(path)
     try:
         s.settimeout(timeout)
         try:
-            s.connect(path)
+            s.connect(address.path)
         except (FileNotFoundError, ConnectionRefusedError) as e:
             raise _NotRunning(str(e)) from None
+        finally:
+            address.close()
         s.sendall(request.encode("ascii") + b"\r\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -405,6 +443,7 @@ class QueueControlService(Service):
         self._reactor = reactor
         self._control = QueueControl(relay)
         self.port: IListeningPort | None = None
+        self._address = _SocketAddress(path)
         #: Fires with the port once listening.
         self.listening: Deferred[IListeningPort] = Deferred()
 
@@ -412,7 +451,10 @@ class QueueControlService(Service):
         """Remove a stale socket, then listen."""
         super().startService()
         self._remove_stale()
-        endpoint = endpoints.UNIXServerEndpoint(self._reactor, self._path, mode=0o600)
+        self._address = _SocketAddress(self._path)
+        endpoint = endpoints.UNIXServerEndpoint(
+            self._reactor, self._address.path, mode=0o600
+        )
         d = endpoint.listen(_ControlFactory(self._control))
 
         def bound(port: IListeningPort) -> IListeningPort:
@@ -421,6 +463,7 @@ class QueueControlService(Service):
             return port
 
         def failed(f: Failure) -> None:
+            self._address.close()
             log.failure("cannot listen on the queue control socket", f)
             self.listening.errback(f)
 
@@ -443,7 +486,21 @@ class QueueControlService(Service):
         if port is None:
             return None
         d: Deferred[None] | None = port.stopListening()
+        if d is None:
+            self._address.close()
+        else:
+            d.addBoth(_passing(self._address.close))
         return d
+
+
+def _passing(action: Callable[[], None]) -> Callable[[_T], _T]:
+    """A callback that runs C{action} and passes the result on."""
+
+    def run(result: _T) -> _T:
+        action()
+        return result
+
+    return run
 
 
 # Direct changes (server not running)
