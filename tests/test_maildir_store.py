@@ -4,6 +4,7 @@ notifications, the cache, and reading Maildirs written by others."""
 from __future__ import annotations
 
 import os
+import shutil
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -562,3 +563,95 @@ class MigrationTests(StoreCase):
         self.assertEqual(
             os.listdir(os.path.join(self.path, "cur")), ["1700000000.1234_1.host:2,S"]
         )
+
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "maildir")
+
+
+def copy_maildir(name: str, target: str) -> dict[str, bytes]:
+    """Copy a Maildir from tests/data/maildir (making the empty cur/, new/
+    and tmp/ git does not keep); return every file's bytes by relative
+    path."""
+    shutil.copytree(os.path.join(DATA, name), target)
+    files: dict[str, bytes] = {}
+    for folder in [target] + [
+        os.path.join(target, e) for e in os.listdir(target) if e.startswith(".")
+    ]:
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    for directory, _, names in os.walk(target):
+        for n in names:
+            full = os.path.join(directory, n)
+            with open(full, "rb") as f:
+                files[os.path.relpath(full, target)] = f.read()
+    return files
+
+
+class RealMigrationTests(StoreCase):
+    """Maildirs written by the real Dovecot and twisted.mail (fixtures in
+    tests/data/maildir, made as its README says)."""
+
+    def test_dovecot(self) -> None:
+        """Dovecot's UIDs, UIDVALIDITY, flags (also on messages it left in
+        new/), keywords and sizes; every file of Dovecot's unchanged after
+        reading and changing flags; our list beside theirs."""
+        before = copy_maildir("dovecot", self.path)
+        inbox = self.store.open_mailbox(self.path)
+        infos = inbox.messages()
+        self.assertEqual(inbox.uidvalidity, 1795435604)
+        self.assertEqual([i.uid for i in infos], [1, 2, 4])
+        self.assertEqual(inbox.next_uid, 5)
+        self.assertEqual([i.flags for i in infos], [{"S"}, {"F", "R"}, set()])
+        self.assertEqual(
+            [i.keywords for i in infos], [{"$Junk"}, {"$Important"}, set()]
+        )
+        for info in infos:
+            data = inbox.read(info.uid)
+            self.assertEqual(len(data), info.size)
+            self.assertEqual(data, before[info.filename])
+        self.assertIn(b"Subject: two", inbox.read(2))
+        trash = self.store.open_mailbox(self.path, "Trash")
+        [deleted] = trash.messages()
+        self.assertEqual((deleted.uid, deleted.flags), (1, {"T"}))
+        self.assertEqual(trash.uidvalidity, 1795435605)
+        self.assertEqual(trash.next_uid, 2)
+        inbox.set_flags(4, {"S"}, {"$Junk"})
+        inbox.take_recent()
+        self.restart()
+        again = self.store.open_mailbox(self.path)
+        self.assertEqual([i.uid for i in again.messages()], [1, 2, 4])
+        self.assertEqual(again.get(4).keywords, {"$Junk"})
+        self.assertEqual(
+            [(i.flags, i.keywords, i.recent) for i in again.messages()[:2]],
+            [({"S"}, {"$Junk"}, False), ({"F", "R"}, {"$Important"}, False)],
+        )
+        self.assertEqual(again.uidvalidity, 1795435604)
+        dovecot_files = [p for p in before if "dovecot" in os.path.basename(p)]
+        self.assertEqual(len(dovecot_files), 10)
+        for relative in dovecot_files:
+            with open(os.path.join(self.path, relative), "rb") as f:
+                self.assertEqual(f.read(), before[relative], relative)
+        for folder in (self.path, os.path.join(self.path, ".Trash")):
+            self.assertTrue(os.path.exists(os.path.join(folder, UIDLIST_NAME)))
+
+    def test_twisted_mail(self) -> None:
+        """twisted.mail's messages (no size, no info) are served in name
+        order, sizes from stat; its .Trash is a folder."""
+        before = copy_maildir("twisted-mail", self.path)
+        for name in os.listdir(os.path.join(self.path, "new")):
+            os.utime(os.path.join(self.path, "new", name), (1_700_000_000,) * 2)
+        mailbox = self.store.open_mailbox(self.path)
+        infos = mailbox.messages()
+        self.assertEqual([i.uid for i in infos], [1, 2, 3])
+        self.assertEqual(
+            [i.filename for i in infos], sorted(p for p in before if "new/" in p)
+        )
+        for info in infos:
+            self.assertEqual(mailbox.read(info.uid), before[info.filename])
+            self.assertEqual(info.size, len(before[info.filename]))
+            self.assertEqual(info.flags, frozenset())
+        self.assertIn(b"Subject: two", mailbox.read(2))
+        self.assertEqual(self.store.list_folders(self.path), ["INBOX", "Trash"])
+        mailbox.set_flags(1, {"S"})
+        self.restart()
+        self.assertEqual(self.store.open_mailbox(self.path).get(1).flags, {"S"})

@@ -2,7 +2,8 @@
 """Maildir file and folder names (the Maildir step of the flow).
 
 A message file name is ``<base>`` in ``new/`` and ``<base>:2,<letters>`` in
-``cur/``.  The base name identifies the message for its whole life (UIDs and
+``cur/`` (Dovecot also flags messages it leaves in ``new/``; such info is
+honoured wherever it is).  The base name identifies the message for its whole life (UIDs and
 POP3 UIDL key on it); the info after ``:2,`` holds the flags as upper-case
 letters and keywords as lower-case letters, all in ASCII order:
 

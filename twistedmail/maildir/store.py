@@ -43,11 +43,13 @@ from twisted.logger import Logger
 from twistedmail.interfaces import User
 from twistedmail.maildir.cache import MessageCache
 from twistedmail.maildir.delivery import (
+    Delivery,
+    DeliveryBatches,
     DeliveryJournal,
     SizeCache,
+    deliver_batch,
     ensure_maildir,
     find_delivered,
-    token_hash,
     write_message,
 )
 from twistedmail.maildir.keywords import KeywordMap
@@ -75,7 +77,7 @@ from twistedmail.maildir.uidlist import (
     write_uidlist,
 )
 from twistedmail.maildir.watch import FolderWatcher
-from twistedmail.replies import INTERNAL_ERROR, MAILBOX_FULL, TemporaryError
+from twistedmail.replies import INTERNAL_ERROR, TemporaryError
 
 __all__ = [
     "FolderExistsError",
@@ -224,6 +226,8 @@ class MaildirStore:
         self.opener = opener
         self._counter = itertools.count(1)
         self._journals: dict[str, DeliveryJournal] = {}
+        # Deliveries made while others run share a thread job and fsyncs.
+        self._batches = DeliveryBatches(self.run_in_thread, self._deliver_many)
         self._sizes = SizeCache()
         self._listeners: dict[str, list[Callable[[], None]]] = {}
         self._watcher = watcher
@@ -310,9 +314,7 @@ class MaildirStore:
             L{INTERNAL_ERROR} when the file system fails).  Listeners of
             the INBOX are told after success.
         """
-        d = self.run_in_thread(
-            self.deliver_sync, path, message, unique, quota, self.now()
-        )
+        d = self._batches.deliver(path, Delivery(message, unique, quota, self.now()))
 
         def delivered(base: str) -> str:
             self.notify(path, "INBOX")
@@ -330,56 +332,41 @@ class MaildirStore:
     ) -> str:
         """L{deliver}, blocking, without notifying (for threads)."""
         now = self.now() if now is None else now
-        try:
-            return self._deliver(path, message, unique, quota, now)
-        except TemporaryError:
-            raise
-        except OSError as e:
-            raise TemporaryError(INTERNAL_ERROR, f"Maildir delivery failed: {e}") from e
+        item = Delivery(message, unique, quota, now)
+        result = self._deliver_many([(path, item)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    def _deliver(
-        self, path: str, message: bytes, unique: str, quota: int | None, now: float
-    ) -> str:
-        ensure_maildir(path)
-        token = token_hash(unique)
-        journal = self._journals.get(path)
-        if journal is None:
-            journal = self._journals[path] = DeliveryJournal(path)
-        with journal.lock():
-            base = journal.lookup(token)
-            if base is not None and find_delivered(path, base) is not None:
-                return base
-            if base is not None and size_from_base(base) not in (None, len(message)):
-                # Never linked, and this attempt's bytes differ in size: a
-                # fresh name keeps ",S=" truthful.
-                base = None
-            if quota is not None:
-                used = self.mailbox_size(path)
-                if used + len(message) > quota:
-                    raise TemporaryError(
-                        MAILBOX_FULL,
-                        f"quota {quota} exceeded ({used} used, {len(message)} more)",
+    def _deliver_many(self, pairs: list[tuple[str, Delivery]]) -> list[str | Exception]:
+        """Deliver (Maildir path, item) pairs, a batch per Maildir (blocking;
+        see L{delivery.deliver_batch}); a base name or a L{TemporaryError}
+        for each pair."""
+        by_path: dict[str, list[int]] = {}
+        for i, (path, _) in enumerate(pairs):
+            by_path.setdefault(path, []).append(i)
+        results: list[str | Exception] = [""] * len(pairs)
+        for path, indexes in by_path.items():
+            journal = self._journals.get(path)
+            if journal is None:
+                journal = self._journals[path] = DeliveryJournal(path)
+            done = deliver_batch(
+                path,
+                [pairs[i][1] for i in indexes],
+                journal,
+                self.new_base,
+                self.mailbox_size,
+                self._sizes.added,
+            )
+            for i, result in zip(indexes, done, strict=True):
+                if isinstance(result, OSError):
+                    error = TemporaryError(
+                        INTERNAL_ERROR, f"Maildir delivery failed: {result}"
                     )
-            if base is None:
-                # Eight hex digits trace the file to its delivery; the
-                # journal holds the full hash.  Short names suit POP3 UIDL
-                # (at most 70 characters, RFC 1939 §7).
-                base = self.new_base(len(message), token[:8], now)
-                journal.record(token, base, now)
-        tmp = os.path.join(path, "tmp", self.new_base(len(message), token[:8], now))
-        write_message(tmp, message)
-        linked = False
-        try:
-            os.link(tmp, os.path.join(path, "new", base))
-            linked = True
-        except FileExistsError:
-            pass  # a racing attempt of the same delivery linked it first
-        finally:
-            os.unlink(tmp)
-        fsync_directory(os.path.join(path, "new"))
-        if linked:
-            self._sizes.added(os.path.join(path, "new"), len(message))
-        return base
+                    error.__cause__ = result
+                    result = error
+                results[i] = result
+        return results
 
     def mailbox_size(self, path: str) -> int:
         """The octets used by every message in the Maildir (all folders)."""
@@ -1155,7 +1142,12 @@ class Mailbox:
         for info in list(self._infos):
             if not info.recent:
                 continue
-            filename = "cur/" + format_filename(info.base, info.flags)
+            name = info.filename[4:]
+            if not name[len(info.base) :].startswith(":2,"):
+                name = format_filename(info.base, info.flags)
+            # Others (Dovecot) may have flagged it in new/: its info, with
+            # keyword letters, goes along unchanged.
+            filename = "cur/" + name
             try:
                 os.rename(
                     os.path.join(self.path, info.filename),

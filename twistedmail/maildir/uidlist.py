@@ -231,7 +231,8 @@ def read_dovecot_uidlist(folder: str) -> tuple[int, int, dict[str, int]] | None:
     """Read Dovecot's ``dovecot-uidlist`` (format version 1 or 3).
 
     @return: ``(uidvalidity, next_uid, {base name: uid})``, or None when there
-        is no such file or it cannot be understood.
+        is no such file or it cannot be understood; ``next_uid`` is above
+        every UID listed.
     """
     try:
         with open(os.path.join(folder, "dovecot-uidlist"), "rb") as f:
@@ -263,4 +264,7 @@ def read_dovecot_uidlist(folder: str) -> tuple[int, int, dict[str, int]] | None:
         return None
     if "V" not in fields or "N" not in fields:
         return None
-    return fields["V"], fields["N"], uids
+    # Dovecot updates the header lazily: a message may already have the
+    # UID that N names.
+    next_uid = max(fields["N"], max(uids.values(), default=0) + 1)
+    return fields["V"], next_uid, uids
