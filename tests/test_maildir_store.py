@@ -11,10 +11,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.maildir_helpers import CountingOpener, make_store, write_file
 from tests.test_maildir_names import BAD_FOLDER_NAMES
+from twistedmail.imap._message import CACHE_KEY, Structure, cached_structure
 from twistedmail.maildir import (
     FolderExistsError,
     FolderNameError,
     KeywordError,
+    Mailbox,
     MaildirError,
     NoSuchFolderError,
     NoSuchMessageError,
@@ -177,6 +179,73 @@ class MailboxTests(StoreCase):
         self.assertEqual(mailbox.cache_get(base, "envelope"), b"(NIL)")
         mailbox.expunge([1])
         self.assertIsNone(mailbox.cache_get(base, "envelope"))
+        mailbox.close()
+
+
+class StructureCacheTests(StoreCase):
+    """IMAP's parsed structures (L{cached_structure}) kept in the folder
+    cache: across restarts, and gone with their messages."""
+
+    MESSAGE = b"From: a@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
+
+    def structure(self, mailbox: Mailbox, uid: int, loads: list[int]) -> Structure:
+        """The message's structure through the cache; ``loads`` counts
+        the times the message had to be read."""
+
+        def load() -> bytes:
+            loads.append(uid)
+            return mailbox.read(uid)
+
+        return cached_structure(mailbox, mailbox.get(uid).base, load)
+
+    def test_kept_across_restart(self) -> None:
+        """Parsed once; a new store on the same folder (a restart) finds it
+        without reading the message."""
+        self.deliver(self.MESSAGE, "Q1")
+        loads: list[int] = []
+        mailbox = self.store.open_mailbox(self.path)
+        first = self.structure(mailbox, 1, loads)
+        self.assertEqual(self.structure(mailbox, 1, loads), first)
+        mailbox.close()
+        self.restart()
+        self.opener.opened.clear()
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(self.structure(mailbox, 1, loads), first)
+        self.assertEqual(loads, [1])
+        self.assertEqual(self.opener.opened, [])
+        self.assertIn(b"hi", first.envelope)
+        mailbox.close()
+
+    def test_removed_by_another_program(self) -> None:
+        """A message another program deleted loses its entry at the next
+        refresh that notices."""
+        base = self.deliver(self.MESSAGE, "Q1")
+        self.deliver(self.MESSAGE, "Q2")
+        mailbox = self.store.open_mailbox(self.path)
+        self.structure(mailbox, 1, [])
+        self.structure(mailbox, 2, [])
+        os.unlink(os.path.join(self.path, "new", base))
+        self.assertTrue(mailbox.refresh(force=True))
+        self.assertIsNone(mailbox.cache_get(base, CACHE_KEY))
+        self.assertIsNotNone(mailbox.cache_get(mailbox.get(2).base, CACHE_KEY))
+        mailbox.close()
+
+    def test_orphans_after_lost_list(self) -> None:
+        """When the UID list is lost, entries of messages removed meanwhile
+        go; the others stay."""
+        base = self.deliver(self.MESSAGE, "Q1")
+        self.deliver(self.MESSAGE, "Q2")
+        mailbox = self.store.open_mailbox(self.path)
+        self.structure(mailbox, 1, [])
+        self.structure(mailbox, 2, [])
+        kept = mailbox.get(2).base
+        mailbox.close()
+        os.unlink(os.path.join(self.path, "new", base))
+        os.unlink(os.path.join(self.path, UIDLIST_NAME))
+        self.restart()
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertIsNone(mailbox.cache_get(base, CACHE_KEY))
+        self.assertIsNotNone(mailbox.cache_get(kept, CACHE_KEY))
         mailbox.close()
 
 

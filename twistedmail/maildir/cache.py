@@ -7,7 +7,9 @@ once per message and stores the result here, keyed by the message's base
 name and a key of the caller's choice; the value is opaque bytes.  The cache
 is an SQLite database, ``twistedmail-cache.sqlite`` in the folder, created
 on first write: SQLite gives atomic updates and locking between processes.
-Entries of expunged messages are removed with them.  Losing the file only
+Entries of expunged messages are removed with them, also when another
+program removed the files (the next refresh that notices forgets them), and
+when the UID list was lost every entry of a message no longer there goes.  Losing the file only
 costs a recomputation.
 
 On-disk format: table ``cache(base TEXT, key TEXT, value BLOB, PRIMARY KEY
@@ -91,6 +93,25 @@ class MessageCache:
             if db is None:
                 return
             db.executemany("DELETE FROM cache WHERE base = ?", [(b,) for b in bases])
+            db.commit()
+
+    def retain(self, bases: Iterable[str]) -> None:
+        """Remove the entries of every message not among these (after the
+        UID list was lost, expunges it knew of are unknown)."""
+        with self._lock:
+            db = self._connect(False)
+            if db is None:
+                return
+            db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS keep (base TEXT PRIMARY KEY)"
+                " WITHOUT ROWID"
+            )
+            db.execute("DELETE FROM keep")
+            db.executemany(
+                "INSERT OR IGNORE INTO keep (base) VALUES (?)", [(b,) for b in bases]
+            )
+            db.execute("DELETE FROM cache WHERE base NOT IN (SELECT base FROM keep)")
+            db.execute("DELETE FROM keep")
             db.commit()
 
     def close(self) -> None:

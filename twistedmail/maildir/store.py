@@ -871,6 +871,9 @@ class Mailbox:
             self._uidlist_stat = self._list_stat()
         if gone:
             self._cache.forget(gone)
+        if dirty:
+            # A new list: entries of messages expunged meanwhile are orphans.
+            self._cache.retain(ul.entries)
         files = {b: w for b, w in files.items() if b in ul.entries}
         return ul, files
 
