@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.maildir_helpers import make_store
 from twistedmail.interfaces import User
-from twistedmail.maildir import MaildirError
-from twistedmail.maildir.delivery import JOURNAL_NAME, DeliveryJournal, token_hash
+from twistedmail.maildir import MaildirError, MaildirStore
+from twistedmail.maildir.delivery import (
+    JOURNAL_NAME,
+    Delivery,
+    DeliveryBatches,
+    DeliveryJournal,
+    deliver_batch,
+    token_hash,
+)
 from twistedmail.replies import INTERNAL_ERROR, MAILBOX_FULL, TemporaryError
 
 MESSAGE = b"Subject: hi\r\n\r\nHello\r\n"
@@ -279,3 +289,171 @@ class MailboxPathTests(SynchronousTestCase):
         are refused."""
         for bad in ("../x", "a/../../x", "..", ".", "", "a\0b", "a/.."):
             self.assertRaises(MaildirError, self.store.mailbox_path, self.user(bad))
+
+
+class _HeldRunner:
+    """A thread runner that holds each job until the test runs it."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def __call__(self, f: Callable[[], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((f, d))
+        return d
+
+    def run_next(self) -> None:
+        f, d = self.jobs.pop(0)
+        try:
+            result = f()
+        except Exception:
+            d.errback()
+        else:
+            d.callback(result)
+
+
+class BatchTests(SynchronousTestCase):
+    """Deliveries in batches: L{deliver_batch} and L{DeliveryBatches}."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.path = os.path.join(self.root, "alice")
+        self.journal = DeliveryJournal(self.path)
+        self.counter = 0
+
+    def new_base(self, size: int, token: str, now: float) -> str:
+        self.counter += 1
+        return f"{int(now)}.M{self.counter}U{token}.host,S={size}"
+
+    def batch(self, *items: Delivery, size: int = 0) -> list[str | Exception]:
+        return deliver_batch(
+            self.path, list(items), self.journal, self.new_base, lambda p: size
+        )
+
+    def test_several(self) -> None:
+        """Each message of a batch lands in new/ under its own name, with
+        its journal record; tmp/ is left empty."""
+        results = self.batch(
+            Delivery(b"one\r\n", "Q1.a", now=10.0),
+            Delivery(b"two!\r\n", "Q2.a", now=10.0),
+        )
+        self.assertEqual(len(results), 2)
+        new = os.path.join(self.path, "new")
+        self.assertEqual(sorted(os.listdir(new)), sorted(results))
+        for base, data in zip(results, (b"one\r\n", b"two!\r\n"), strict=True):
+            assert isinstance(base, str)
+            with open(os.path.join(new, base), "rb") as f:
+                self.assertEqual(f.read(), data)
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
+        again = DeliveryJournal(self.path)
+        self.assertEqual(again.lookup(token_hash("Q1.a")), results[0])
+        self.assertEqual(again.lookup(token_hash("Q2.a")), results[1])
+
+    def test_retry_in_later_batch(self) -> None:
+        """A later batch finds deliveries made before and writes them again
+        for nobody; new ones are delivered."""
+        first = self.batch(Delivery(b"one\r\n", "Q1.a"))
+        second = self.batch(Delivery(b"one\r\n", "Q1.a"), Delivery(b"x\r\n", "Q3.a"))
+        self.assertEqual(second[0], first[0])
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 2)
+
+    def test_same_token_twice(self) -> None:
+        """The same delivery twice in one batch is one message."""
+        results = self.batch(Delivery(b"one\r\n", "Q1.a"), Delivery(b"one\r\n", "Q1.a"))
+        self.assertEqual(results[0], results[1])
+        self.assertEqual(os.listdir(os.path.join(self.path, "new")), [results[0]])
+
+    def test_quota_counts_the_batch(self) -> None:
+        """The quota counts the batch's earlier messages: the one that
+        would pass it waits with 452 4.2.2."""
+        results = self.batch(
+            Delivery(b"x" * 60, "Q1.a", quota=100),
+            Delivery(b"y" * 60, "Q2.a", quota=100),
+            size=10,
+        )
+        self.assertIsInstance(results[0], str)
+        error = results[1]
+        assert isinstance(error, TemporaryError)
+        self.assertEqual(error.reply, MAILBOX_FULL)
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 1)
+
+    def test_file_system_error(self) -> None:
+        """When the Maildir cannot be made, every item gets the error."""
+        os.makedirs(self.root)
+        with open(self.path, "wb"):
+            pass
+        results = self.batch(Delivery(b"a", "Q1.a"), Delivery(b"b", "Q2.a"))
+        self.assertEqual([type(r) for r in results], [FileExistsError] * 2)
+
+    def test_group_commit(self) -> None:
+        """Deliveries handed over while a batch runs form the next batch:
+        one thread job for them all, each Deferred fires with its name."""
+        runner = _HeldRunner()
+        sizes: list[int] = []
+
+        def work(pairs: list[tuple[str, Delivery]]) -> list[str | Exception]:
+            sizes.append(len(pairs))
+            return [f"base-{item.unique}" for _, item in pairs]
+
+        batches = DeliveryBatches(runner, work)
+        first = batches.deliver(self.path, Delivery(b"a", "Q1"))
+        later = [batches.deliver(self.path, Delivery(b"b", f"Q{i}")) for i in (2, 3)]
+        self.assertEqual(len(runner.jobs), 1)
+        runner.run_next()
+        self.assertEqual(self.successResultOf(first), "base-Q1")
+        self.assertNoResult(later[0])
+        self.assertEqual(len(runner.jobs), 1)
+        runner.run_next()
+        self.assertEqual(
+            [self.successResultOf(d) for d in later], ["base-Q2", "base-Q3"]
+        )
+        self.assertEqual(sizes, [1, 2])
+        self.assertEqual(runner.jobs, [])
+
+    def test_group_commit_errors(self) -> None:
+        """An item's exception fails only its Deferred; a job that fails as
+        a whole fails every Deferred of the batch."""
+        runner = _HeldRunner()
+
+        def work(pairs: list[tuple[str, Delivery]]) -> list[str | Exception]:
+            if len(pairs) > 1:
+                raise RuntimeError("broken")
+            return [OSError("disk")]
+
+        batches = DeliveryBatches(runner, work)
+        first = batches.deliver(self.path, Delivery(b"a", "Q1"))
+        later = [batches.deliver(self.path, Delivery(b"b", f"Q{i}")) for i in (2, 3)]
+        runner.run_next()
+        self.failureResultOf(first, OSError)
+        runner.run_next()
+        for d in later:
+            self.failureResultOf(d, RuntimeError)
+
+    def test_store_batches_by_maildir(self) -> None:
+        """The store delivers one batch into two Maildirs, each message to
+        its own, and notifies each INBOX."""
+        runner = _HeldRunner()
+        clock = Clock()
+        clock.advance(1_790_000_000)
+        store = MaildirStore(self.root, "mx.example.test", clock, runner)
+        other = os.path.join(self.root, "bob")
+        heard: list[str] = []
+        store.subscribe(self.path, "INBOX", lambda: heard.append("alice"))
+        store.subscribe(other, "INBOX", lambda: heard.append("bob"))
+        first = store.deliver(self.path, MESSAGE, "Q0.alice")
+        ds = [
+            store.deliver(self.path, MESSAGE, "Q1.alice"),
+            store.deliver(other, MESSAGE, "Q1.bob"),
+            store.deliver(self.path, MESSAGE, "Q2.alice"),
+        ]
+        runner.run_next()
+        runner.run_next()
+        self.assertEqual(runner.jobs, [])
+        base = self.successResultOf(first)
+        names = [self.successResultOf(d) for d in ds]
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(self.path, "new"))),
+            sorted([base, names[0], names[2]]),
+        )
+        self.assertEqual(os.listdir(os.path.join(other, "new")), [names[1]])
+        self.assertEqual(sorted(heard), ["alice", "alice", "alice", "bob"])

@@ -31,23 +31,43 @@ keeping the records of the last 30 days, far longer than the queue retries
 a message.  A message expunged by the user after delivery and
 before a retry would be delivered again: the journal does not know of
 expunges.
+
+Batches: L{deliver_batch} delivers several messages into one Maildir with
+the same steps, sharing what can be shared: the lock is taken once, the
+journal gets all the batch's records with one write and one fsync, each
+message file is written and fsynced, and ``new/`` is fsynced once after the
+last link.  Each message still reaches ``new/`` only after its file and
+its journal record are on disk, so a batch is exactly as durable as single
+deliveries.  L{DeliveryBatches} gathers the deliveries that arrive while a
+batch runs into the next one (group commit), so concurrent deliveries cost
+one trip to the thread pool and a few fsyncs between them instead of three
+fsyncs each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from twistedmail.maildir.lock import FolderLock
 from twistedmail.maildir.names import parse_filename, size_from_base
 from twistedmail.maildir.uidlist import fsync_directory, write_file_atomic
+from twistedmail.replies import MAILBOX_FULL, TemporaryError
 
 __all__ = [
     "DELIVER_LOCK_NAME",
     "JOURNAL_NAME",
+    "Delivery",
+    "DeliveryBatches",
     "DeliveryJournal",
     "SizeCache",
+    "deliver_batch",
     "ensure_maildir",
     "find_delivered",
     "token_hash",
@@ -204,6 +224,228 @@ class DeliveryJournal:
         self._inode = None
         self._catch_up()
         self._compact_at = max(_COMPACT_SIZE, 2 * self._offset)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message for one Maildir's INBOX (an item of a batch).
+
+    @ivar message: the bytes to store.
+    @ivar unique: the delivery's stable token (queue id and recipient).
+    @ivar quota: the mailbox quota in octets, or None.
+    @ivar now: the time the name is made at (the caller's clock).
+    """
+
+    message: bytes
+    unique: str
+    quota: int | None = None
+    now: float = 0.0
+
+
+def deliver_batch(
+    path: str,
+    items: Sequence[Delivery],
+    journal: DeliveryJournal,
+    new_base: Callable[[int, str, float], str],
+    mailbox_size: Callable[[str], int],
+    added: Callable[[str, int], None] | None = None,
+) -> list[str | Exception]:
+    """Deliver messages into the INBOX of the Maildir at C{path}, each
+    exactly once per its token (blocking; see the module docstring).
+
+    @param journal: the Maildir's journal.
+    @param new_base: makes a fresh base name from (size, the token's first
+        eight hex digits, time).
+    @param mailbox_size: the octets the Maildir uses (for quotas).
+    @param added: told (``new/``, size) of each message linked into
+        ``new/`` (L{SizeCache.added}).
+    @return: for each item, in order, its base name or the exception that
+        failed it (L{TemporaryError} with L{MAILBOX_FULL} over quota,
+        L{OSError} from the file system).  When the journal cannot be
+        written nothing is delivered and every item gets that error.
+    """
+    results: list[str | Exception | None] = [None] * len(items)
+    try:
+        ensure_maildir(path)
+        todo = _claim_names(path, items, journal, new_base, mailbox_size, results)
+    except OSError as e:
+        return [e] * len(items)
+    written: list[tuple[int, str, str]] = []
+    for i, base, token in todo:
+        item = items[i]
+        tmp = os.path.join(path, "tmp", new_base(len(item.message), token, item.now))
+        try:
+            write_message(tmp, item.message)
+        except OSError as e:
+            results[i] = e
+        else:
+            written.append((i, base, tmp))
+    new = os.path.join(path, "new")
+    linked: list[int] = []
+    for i, base, tmp in written:
+        try:
+            os.link(tmp, os.path.join(new, base))
+        except FileExistsError:
+            pass  # a racing attempt of the same delivery linked it first
+        except OSError as e:
+            results[i] = e
+            continue
+        finally:
+            _unlink_quietly(tmp)
+        results[i] = base
+        linked.append(i)
+        if added is not None:
+            added(new, len(items[i].message))
+    if linked:
+        try:
+            fsync_directory(new)
+        except OSError as e:
+            for i in linked:
+                results[i] = e
+    done: list[str | Exception] = []
+    for i, result in enumerate(results):
+        if result is None:
+            # A second item with a token already in this batch: it is the
+            # same delivery, so it gets the first one's outcome.
+            result = results[_first_with_token(items, i)]
+            assert result is not None
+        done.append(result)
+    return done
+
+
+def _claim_names(
+    path: str,
+    items: Sequence[Delivery],
+    journal: DeliveryJournal,
+    new_base: Callable[[int, str, float], str],
+    mailbox_size: Callable[[str], int],
+    results: list[str | Exception | None],
+) -> list[tuple[int, str, str]]:
+    """Under the lock: find deliveries already made, check quotas, pick
+    and journal the new names.  Fills C{results} for items that are done
+    (or over quota); returns (index, base name, short token) to write."""
+    todo: list[tuple[int, str, str]] = []
+    records: list[tuple[str, str]] = []
+    tokens: set[str] = set()
+    used: int | None = None
+    with journal.lock():
+        for i, item in enumerate(items):
+            token = token_hash(item.unique)
+            if token in tokens:
+                continue  # resolved from the first item with this token
+            tokens.add(token)
+            size = len(item.message)
+            base = journal.lookup(token)
+            if base is not None and find_delivered(path, base) is not None:
+                results[i] = base
+                continue
+            if base is not None and size_from_base(base) not in (None, size):
+                # Never linked, and this attempt's bytes differ in size: a
+                # fresh name keeps ",S=" truthful.
+                base = None
+            if item.quota is not None:
+                if used is None:
+                    used = mailbox_size(path)
+                if used + size > item.quota:
+                    results[i] = TemporaryError(
+                        MAILBOX_FULL,
+                        f"quota {item.quota} exceeded ({used} used, {size} more)",
+                    )
+                    continue
+                used += size
+            if base is None:
+                # Eight hex digits trace the file to its delivery; the
+                # journal holds the full hash.  Short names suit POP3 UIDL
+                # (at most 70 characters, RFC 1939 §7).
+                base = new_base(size, token[:8], item.now)
+                records.append((token, base))
+            todo.append((i, base, token[:8]))
+        if records:
+            journal.record_many(records, max(item.now for item in items))
+    return todo
+
+
+def _first_with_token(items: Sequence[Delivery], index: int) -> int:
+    token = items[index].unique
+    return next(i for i, item in enumerate(items) if item.unique == token)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@dataclass
+class _Waiting:
+    """A delivery handed to L{DeliveryBatches}, waiting for its batch."""
+
+    path: str
+    item: Delivery
+    done: Deferred[str] = field(default_factory=Deferred)
+
+
+class DeliveryBatches:
+    """Group commit for Maildir deliveries (see the module docstring).
+
+    The first delivery starts a batch at once; deliveries handed over while
+    it runs wait and form the next one.  One thread job runs each batch:
+    C{work} gets (path, item) pairs and returns one result per pair (a base
+    name or the exception that failed it).
+
+    @param run_in_thread: runs a blocking callable off the reactor thread
+        and returns a Deferred of its result.
+    @param work: delivers a batch (blocking).
+    """
+
+    def __init__(
+        self,
+        run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]],
+        work: Callable[[list[tuple[str, Delivery]]], list[str | Exception]],
+    ) -> None:
+        self._run = run_in_thread
+        self._work = work
+        self._waiting: list[_Waiting] = []
+        self._busy = False
+
+    def deliver(self, path: str, item: Delivery) -> Deferred[str]:
+        """Deliver one message; fire with its base name, or fail with the
+        exception the batch gave it."""
+        waiting = _Waiting(path, item)
+        self._waiting.append(waiting)
+        if not self._busy:
+            self._start()
+        return waiting.done
+
+    def _start(self) -> None:
+        batch, self._waiting = self._waiting, []
+        if not batch:
+            return
+        self._busy = True
+        pairs = [(w.path, w.item) for w in batch]
+        d = self._run(lambda: self._work(pairs))
+        d.addCallbacks(
+            lambda results: self._finished(batch, results),
+            lambda f: self._finished(batch, [_exception(f)] * len(batch)),
+        )
+
+    def _finished(
+        self, batch: list[_Waiting], results: Sequence[str | Exception]
+    ) -> None:
+        self._busy = False
+        for waiting, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                waiting.done.errback(Failure(result))
+            else:
+                waiting.done.callback(result)
+        if self._waiting and not self._busy:
+            self._start()
+
+
+def _exception(failure: Failure) -> Exception:
+    value = failure.value
+    return value if isinstance(value, Exception) else RuntimeError(str(value))
 
 
 class SizeCache:
