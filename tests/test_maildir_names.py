@@ -43,6 +43,7 @@ BAD_FOLDER_NAMES = [
     "INBOX.sub",
     "inbox.sub",
     "x" * 300,
+    "bad\udcffbytes",
 ]
 
 
@@ -113,7 +114,7 @@ class FolderNameTests(SynchronousTestCase):
                 folder_directory(name)
             self.assertTrue(str(cm.exception))
 
-    @given(st.text(alphabet=st.sampled_from("ab./\\\0\n.-~ "), max_size=12))
+    @given(st.text(alphabet=st.sampled_from("ab./\\\0\n.-~ \udcff"), max_size=12))
     def test_never_escapes(self, name: str) -> None:
         """Any accepted name is one directory entry starting with '.', and
         not '.' or '..'."""

@@ -175,8 +175,8 @@ def folder_directory(name: str) -> str | None:
 
     @raise FolderNameError: for an empty name or component (which covers
         ``..``, leading, trailing or doubled dots), ``/``, ``\\``, NUL or
-        other control characters, a name below INBOX, or a name too long
-        for a directory entry.
+        other control characters, a name below INBOX, lone surrogates, or
+        a name too long for a directory entry.
     """
     if name.upper() == "INBOX":
         return None
@@ -195,7 +195,12 @@ def folder_directory(name: str) -> str | None:
     if parts[0].upper() == "INBOX":
         raise FolderNameError("folders below INBOX are not supported")
     directory = "." + name
-    if len(directory.encode("utf-8")) > 255:
+    try:
+        encoded = directory.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (undecodable bytes smuggled through a decoder).
+        raise FolderNameError("folder names must be valid Unicode") from None
+    if len(encoded) > 255:
         raise FolderNameError("folder name too long")
     return directory
 
