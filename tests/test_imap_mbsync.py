@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import ssl
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -461,7 +462,10 @@ class ServiceTests(_MbsyncCase):
     async def test_service_imaps(self) -> None:
         """Local mail and a local folder tree go up to the demo account; a
         message APPENDed over IMAP comes down with its flag."""
-        data = os.path.abspath(self.mktemp())
+        # A short path: the queue's control socket lives in the data folder,
+        # and AF_UNIX paths are limited to 107 octets (trial's are long).
+        data = tempfile.mkdtemp(prefix="tm-mbsync-")
+        self.addCleanup(shutil.rmtree, data, True)
         cert, key = make_test_certificate(os.path.join(data, "certs"), HOSTNAME)
         settings = Settings(
             server=ServerSettings(hostname=HOSTNAME, data_dir=data),
