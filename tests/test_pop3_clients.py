@@ -48,6 +48,12 @@ os.close(fd)
 """
 
 
+#: getmail6's own race (see ClientTests.getmail): its messages, and how
+#: many runs a test allows.
+_GETMAIL_RACE = (b"_ForkingBase__orig_handler", b"waiting child pid")
+_GETMAIL_TRIES = 3
+
+
 def messages() -> list[bytes]:
     """Realistic mail: plain, MIME with an attachment, dot lines, and one
     big enough to be read in a thread."""
@@ -133,8 +139,12 @@ class ClientTests(TestCase):
             os.listdir(os.path.join(md, "cur"))
         )
 
-    async def run_client(self, program: str, args: list[str], home: str) -> bytes:
-        """Run a client with a private HOME; fail the test if it fails."""
+    async def run_client(
+        self, program: str, args: list[str], home: str, *, check: bool = True
+    ) -> bytes:
+        """Run a client with a private HOME; fail the test if it fails
+        (unless C{check} is false: then a failure's output is returned,
+        starting with C{b"exit <code>\\n"})."""
         env = {
             "HOME": home,
             "FETCHMAILHOME": home,
@@ -146,6 +156,8 @@ class ClientTests(TestCase):
         out, err, code = await getProcessOutputAndValue(
             path, args, env=env, path=home, reactor=reactor
         )
+        if not check and code != 0:
+            return b"exit %d\n" % code + out + err
         self.assertIn(code, (0,), f"{program} failed ({code}):\n{out!r}\n{err!r}")
         return out + err
 
@@ -255,7 +267,23 @@ class ClientTests(TestCase):
                 f"delete = {'false' if keep else 'true'}\n"
                 "delivered_to = false\nreceived = false\n"
             )
-        await self.run_client("getmail", ["--getmaildir", home, "--rcfile", rc], home)
+        for _ in range(_GETMAIL_TRIES):
+            log = await self.run_client(
+                "getmail", ["--getmaildir", home, "--rcfile", rc], home, check=False
+            )
+            if not log.startswith(b"exit "):
+                break
+            # getmail6 forks a child to deliver each message and sets up its
+            # SIGCHLD handler only after the fork: a child that finishes
+            # first crashes getmail (or leaves it waiting).  That is
+            # getmail's race, not ours: start again from an empty Maildir
+            # (nothing was deleted on the server without QUIT).
+            if not any(sign in log for sign in _GETMAIL_RACE):
+                self.fail(f"getmail failed:\n{log!r}")
+            for name in os.listdir(os.path.join(maildir, "new")):
+                os.unlink(os.path.join(maildir, "new", name))
+        else:
+            self.fail(f"getmail failed {_GETMAIL_TRIES} times:\n{log!r}")
         received = []
         for name in os.listdir(os.path.join(maildir, "new")):
             with open(os.path.join(maildir, "new", name), "rb") as f:
