@@ -702,6 +702,7 @@ class Summary:
     repetitions: int
     date: str
     machine: str
+    load: str = ""
     command: str
     servers: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
@@ -820,6 +821,9 @@ def section_text(summary: Summary, notes: str) -> str:
 
 Command: `{summary.command}` (about {summary.count:,} messages per run, median of
 {summary.repetitions}). Measured {summary.date} on {summary.machine}.
+The machine was shared with other jobs while this ran (load average
+{summary.load}): absolute rates are low and noisy, the ratios between servers
+measured side by side are what the table is for.
 
 Load: Postfix's `smtp-source`, 10 KiB messages ({MESSAGE_BYTES} bytes of body plus
 smtp-source's headers), one recipient, {summary.count:,} messages per run; one message
@@ -922,6 +926,7 @@ def main() -> None:
     )
     summary.versions = versions(args)
     summary.servers = [s.name for s in servers]
+    load_before = _load_average()
     summary.notes = {s.name: s.note for s in servers}
     results: list[Result] = []
     try:
@@ -951,6 +956,7 @@ def main() -> None:
     finally:
         for s in servers:
             s.stop()
+    summary.load = f"{load_before} at the start, {_load_average()} at the end"
     summarise(results, summary)
     with open(os.path.join(args.base, "results.json"), "w") as f:
         json.dump(
@@ -970,6 +976,12 @@ def main() -> None:
         path = os.path.join(args.repo, "docs", "performance.md")
         write_docs(path, section_text(summary, notes))
         print(f"\nwrote the SMTP section of {path}")
+
+
+def _load_average() -> str:
+    """The 1-, 5- and 15-minute load averages."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def _fs_type(path: str) -> str:
