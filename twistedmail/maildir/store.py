@@ -629,6 +629,8 @@ class Mailbox:
         self._signature: tuple[object, ...] | None = None
         self._infos: list[MessageInfo] = []
         self._by_uid: dict[int, MessageInfo] = {}
+        # The last listing of new/ and cur/ with the directory's time then.
+        self._listed: dict[str, tuple[int, dict[str, str]]] = {}
         # Keeps the snapshot this mailbox published or adopted alive for
         # other mailboxes of the folder (the store holds it weakly).
         self._shared: _Shared | None = None
@@ -697,18 +699,33 @@ class Mailbox:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _scan(self) -> dict[str, str]:
+    def _scan(self, cached: bool = True) -> dict[str, str]:
         """Base name to file name relative to the folder (``new/<name>`` or
         ``cur/<name>``) for every message file.
 
         ``new/`` is read before ``cur/`` so a message moving from one to the
         other during the scan is seen at least once (``cur/`` wins when it
-        is seen in both).
+        is seen in both).  A directory whose time has not changed since it
+        was last listed (and was not too recent then) is not listed again:
+        a delivery into ``new/`` of a 100,000-message folder lists only
+        ``new/``.
+
+        @param cached: whether unchanged directories may be taken from the
+            last listing.
         """
         files: dict[str, str] = {}
         for sub in ("new", "cur"):
+            directory = os.path.join(self.path, sub)
             try:
-                names = os.listdir(os.path.join(self.path, sub))
+                mtime = os.stat(directory).st_mtime_ns
+            except FileNotFoundError:
+                raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
+            known = self._listed.get(sub)
+            if cached and known is not None and known[0] == mtime:
+                files.update(known[1])
+                continue
+            try:
+                names = os.listdir(directory)
             except FileNotFoundError:
                 raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
             # Hidden files (NFS's .nfs*, editors') and names with line breaks
@@ -720,10 +737,17 @@ class Mailbox:
                     n for n in names if n[:1] != "." and "\n" not in n and "\r" not in n
                 ]
                 joined = "/".join(names) + "/"
+            part: dict[str, str] = {}
             if names:
                 # One pass in C: each match is one name, its group the base.
                 bases = _BASE.findall(joined)
-                files.update(zip(bases, map((sub + "/").__add__, names), strict=True))
+                part = dict(zip(bases, map((sub + "/").__add__, names), strict=True))
+            if self._recent(mtime):
+                # It may change again within this timestamp tick, unseen.
+                self._listed.pop(sub, None)
+            else:
+                self._listed[sub] = (mtime, part)
+            files.update(part)
         return files
 
     def _load_locked(self) -> tuple[UIDList, dict[str, int], bool]:
@@ -761,7 +785,8 @@ class Mailbox:
         folder's directories are listed and new messages get UIDs (their
         files are ``stat``-ed once, never opened).
 
-        @param force: rescan even when the directories look unchanged.
+        @param force: list the directories again even when they look
+            unchanged.
         @return: whether the snapshot changed.
         @raise NoSuchFolderError: when the folder was deleted.
         """
@@ -772,7 +797,7 @@ class Mailbox:
             shared = self.store._shared.get(self.path)
             if shared is not None and shared.signature == signature:
                 return self._adopt(shared)
-        files = self._scan()
+        files = self._scan(cached=not force)
         ul: UIDList | None = None
         if self._uidlist_stat is not None and self._uidlist_stat == self._list_stat():
             ul = self._uidlist  # unchanged since we read or wrote it
@@ -834,20 +859,22 @@ class Mailbox:
         with self._lock():
             ul, imported, dirty = self._load_locked()
             files = self._scan()
-            gone = [b for b in ul.entries if b not in files]
+            # Set operations (in C): a folder may hold 100,000 messages.
+            gone = list(ul.entries.keys() - files.keys())
             if gone:
                 # A rename between our two listdir calls can hide a file once.
-                again = self._scan()
+                again = self._scan(cached=False)
                 for b, where in again.items():
                     files.setdefault(b, where)
                 gone = [b for b in gone if b not in files]
             fresh = []
-            for base, filename in files.items():
-                if base in ul.entries:
-                    continue
+            vanished = []
+            for base in files.keys() - ul.entries.keys():
+                filename = files[base]
                 try:
                     st = os.stat(os.path.join(self.path, filename))
                 except FileNotFoundError:
+                    vanished.append(base)
                     continue
                 size = size_from_base(base)
                 fresh.append(
@@ -874,7 +901,8 @@ class Mailbox:
         if dirty:
             # A new list: entries of messages expunged meanwhile are orphans.
             self._cache.retain(ul.entries)
-        files = {b: w for b, w in files.items() if b in ul.entries}
+        for base in vanished:
+            del files[base]
         return ul, files
 
     def _rebuild(self, found: list[str | None]) -> bool:

@@ -122,6 +122,9 @@ _make_entry = cast(
 )
 
 
+_first = operator.itemgetter(0)
+
+
 def parse_uidlist(data: bytes) -> UIDList:
     """Parse a version-1 UID list.
 
@@ -165,12 +168,13 @@ def parse_uidlist(data: bytes) -> UIDList:
 
 def format_uidlist(ul: UIDList) -> bytes:
     """Render a UID list in the version-1 format."""
-    out = [f"{_MAGIC} {UIDLIST_VERSION} V{ul.uidvalidity} N{ul.next_uid}\n"]
-    out.extend(
-        f"{e.uid} {e.internal_date} {e.size} {e.base}\n"
-        for e in sorted(ul.entries.values(), key=lambda e: e.uid)
-    )
-    return "".join(out).encode("utf-8")
+    header = f"{_MAGIC} {UIDLIST_VERSION} V{ul.uidvalidity} N{ul.next_uid}\n"
+    entries = list(ul.entries.values())
+    uids = list(map(_first, entries))
+    if not all(map(operator.lt, uids, itertools.islice(uids, 1, None))):
+        entries.sort(key=_first)
+    # One C-level pass: each entry is a (uid, date, size, base) tuple.
+    return (header + "".join(map("%d %d %d %s\n".__mod__, entries))).encode()
 
 
 def read_uidlist(folder: str) -> UIDList | None:
