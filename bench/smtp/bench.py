@@ -702,8 +702,8 @@ class Summary:
     repetitions: int
     date: str
     machine: str
-    load: str = ""
     command: str
+    load: str = ""
     servers: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
