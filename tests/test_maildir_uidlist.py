@@ -19,6 +19,9 @@ from twistedmail.maildir.uidlist import (
     format_uidlist,
     parse_uidlist,
     read_dovecot_uidlist,
+    read_uidlist,
+    read_uidlist_token,
+    write_uidlist,
 )
 
 BASES = st.text(
@@ -43,6 +46,26 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(
             format_uidlist(ul), b"twistedmail-uidlist 1 V77 N5\n3 100 9 a b\n"
         )
+
+    def test_token(self) -> None:
+        """Each write gives the list a new token in its header, read back
+        by parse and by read_uidlist_token (the header line only)."""
+        folder = self.mktemp()
+        os.mkdir(folder)
+        self.assertIsNone(read_uidlist_token(folder))
+        ul = UIDList(7)
+        ul.assign("b", 5, 6)
+        write_uidlist(folder, ul)
+        first = ul.token
+        self.assertEqual(len(first), 16)
+        self.assertEqual(read_uidlist_token(folder), first)
+        self.assertEqual(read_uidlist(folder), ul)
+        write_uidlist(folder, ul)
+        self.assertNotEqual(ul.token, first)
+        self.assertEqual(read_uidlist_token(folder), ul.token)
+        copy = ul.copy()
+        copy.assign("c", 5, 6)
+        self.assertEqual(list(ul.entries), ["b"])
 
     def test_future_header_fields_ignored(self) -> None:
         """Unknown header fields (a later minor addition) are ignored."""

@@ -73,6 +73,7 @@ from twistedmail.maildir.uidlist import (
     fsync_directory,
     read_dovecot_uidlist,
     read_uidlist,
+    read_uidlist_token,
     write_file_atomic,
     write_uidlist,
 )
@@ -231,6 +232,10 @@ class MaildirStore:
         self._sizes = SizeCache()
         self._listeners: dict[str, list[Callable[[], None]]] = {}
         self._watcher = watcher
+        # UID lists by folder and token, while a mailbox uses them.
+        self._lists: weakref.WeakValueDictionary[tuple[str, str], UIDList] = (
+            weakref.WeakValueDictionary()
+        )
         # The last snapshot of each folder, while a mailbox uses it.
         self._shared: weakref.WeakValueDictionary[str, _Shared] = (
             weakref.WeakValueDictionary()
@@ -629,6 +634,8 @@ class Mailbox:
         self._signature: tuple[object, ...] | None = None
         self._infos: list[MessageInfo] = []
         self._by_uid: dict[int, MessageInfo] = {}
+        # The list last remembered (the store holds lists weakly).
+        self._list_ref: UIDList | None = None
         # The last listing of new/ and cur/ with the directory's time then.
         self._listed: dict[str, tuple[int, dict[str, str]]] = {}
         # Keeps the snapshot this mailbox published or adopted alive for
@@ -750,12 +757,33 @@ class Mailbox:
             files.update(part)
         return files
 
+    def _known_list(self) -> UIDList | None:
+        """The UID list on disk, without reading more than its header, when
+        this mailbox or another of the folder in this process has read or
+        written that very version (its token); else None."""
+        token = read_uidlist_token(self.path)
+        if not token:
+            return None
+        if self._uidlist.token == token:
+            return self._uidlist
+        return self.store._lists.get((self.path, token))
+
+    def _remember(self, ul: UIDList) -> None:
+        """Offer a list as read or written (never to be changed again) to
+        the folder's other mailboxes in this process."""
+        if ul.token:
+            self.store._lists[(self.path, ul.token)] = ul
+            self._list_ref = ul
+
     def _load_locked(self) -> tuple[UIDList, dict[str, int], bool]:
         """Read the UID list under the lock; make one when missing or broken.
 
         @return: the list, UIDs to import from Dovecot, and whether the list
             must be written.
         """
+        known = self._known_list()
+        if known is not None:
+            return known.copy(), {}, False
         try:
             ul = read_uidlist(self.path)
         except UIDListError as e:
@@ -770,7 +798,8 @@ class Mailbox:
             os.rename(broken, aside)
             ul = None
         if ul is not None:
-            return ul, {}, False
+            self._remember(ul)
+            return ul.copy(), {}, False
         imported = read_dovecot_uidlist(self.path)
         if imported is not None:
             validity, next_uid, uids = imported
@@ -803,10 +832,15 @@ class Mailbox:
             ul = self._uidlist  # unchanged since we read or wrote it
         else:
             before = self._list_stat()
-            try:
-                ul = read_uidlist(self.path)
-            except UIDListError:
-                pass
+            ul = self._known_list()
+            if ul is None:
+                try:
+                    ul = read_uidlist(self.path)
+                except UIDListError:
+                    pass
+                else:
+                    if ul is not None:
+                        self._remember(ul)
             self._uidlist_stat = before if before == self._list_stat() else None
         if self._uidlist_stat is not None and self._recent(self._uidlist_stat[1]):
             # An inode number reused within one timestamp tick could fool us.
@@ -895,6 +929,7 @@ class Mailbox:
             ul.remove(gone)
             if dirty or fresh or gone:
                 write_uidlist(self.path, ul)
+                self._remember(ul)
             self._uidlist_stat = self._list_stat()
         if gone:
             self._cache.forget(gone)
@@ -1051,6 +1086,7 @@ class Mailbox:
             ul, imported, dirty = self._load_locked()
             uids = [ul.assign(base, date, size).uid for base, date, size in added]
             write_uidlist(self.path, ul)
+            self._remember(ul)
         return uids
 
     def add(
@@ -1153,6 +1189,7 @@ class Mailbox:
             ul, imported, dirty = self._load_locked()
             ul.remove(bases)
             write_uidlist(self.path, ul)
+            self._remember(ul)
         self._cache.forget(bases)
         removed = {i.uid for i in gone}
         self._infos = [i for i in self._infos if i.uid not in removed]
@@ -1193,4 +1230,5 @@ class Mailbox:
     def close(self) -> None:
         """Release what the mailbox holds open (the cache database)."""
         self._shared = None
+        self._list_ref = None
         self._cache.close()

@@ -8,13 +8,16 @@ that opening a folder needs neither ``stat`` nor ``open`` on its messages.
 
 On-disk format, version 1 (UTF-8 text, ``\\n`` line ends)::
 
-    twistedmail-uidlist 1 V<uidvalidity> N<next-uid>
+    twistedmail-uidlist 1 V<uidvalidity> N<next-uid> G<token>
     <uid> <internal-date> <size> <base name>
     ...
 
 - the first line is the header: magic word, format version, UIDVALIDITY and
-  the next UID to assign (RFC 3501 §2.3.1.1); later versions may add
-  ``<letter><value>`` fields after these, which version-1 readers ignore;
+  the next UID to assign (RFC 3501 §2.3.1.1), then ``G<token>``, 16 random
+  hex digits new at each write (a reader that knows the token knows the
+  rest of the file without reading it; optional when reading); later
+  versions may add ``<letter><value>`` fields after these, which version-1
+  readers ignore;
 - then one line per message, in ascending UID order; internal date is whole
   POSIX seconds, size is octets; the base name is the rest of the line (it
   may contain spaces, never a line break: such files are not served).
@@ -55,6 +58,7 @@ __all__ = [
     "format_uidlist",
     "read_dovecot_uidlist",
     "read_uidlist",
+    "read_uidlist_token",
     "write_file_atomic",
     "write_uidlist",
 ]
@@ -90,11 +94,20 @@ class UIDList:
     @ivar uidvalidity: the UIDVALIDITY value (RFC 3501 §2.3.1.1).
     @ivar next_uid: the UID the next new message gets.
     @ivar entries: base name to entry, in ascending UID order.
+    @ivar token: the random ``G`` field of the file this was read from or
+        written to (empty for a list never written): each write makes a
+        new one, so a reader that finds the token it knows in the header
+        line knows the rest without reading it.
     """
 
     uidvalidity: int
     next_uid: int = 1
     entries: dict[str, UIDEntry] = field(default_factory=dict)
+    token: str = ""
+
+    def copy(self) -> UIDList:
+        """A copy to change (the entries themselves are immutable)."""
+        return UIDList(self.uidvalidity, self.next_uid, dict(self.entries), self.token)
 
     def assign(self, base: str, internal_date: int, size: int) -> UIDEntry:
         """Give a new base name the next UID (or return its existing entry)."""
@@ -145,7 +158,7 @@ def parse_uidlist(data: bytes) -> UIDList:
         raise UIDListError(f"unknown version {header[1]!r}")
     fields = {h[0]: h[1:] for h in header[2:] if h}
     try:
-        ul = UIDList(int(fields["V"]), int(fields["N"]))
+        ul = UIDList(int(fields["V"]), int(fields["N"]), token=fields.get("G", ""))
     except (KeyError, ValueError) as e:
         raise UIDListError("bad header fields") from e
     # Built for 100,000 lines: the regular expression and the column-wise
@@ -168,7 +181,8 @@ def parse_uidlist(data: bytes) -> UIDList:
 
 def format_uidlist(ul: UIDList) -> bytes:
     """Render a UID list in the version-1 format."""
-    header = f"{_MAGIC} {UIDLIST_VERSION} V{ul.uidvalidity} N{ul.next_uid}\n"
+    header = f"{_MAGIC} {UIDLIST_VERSION} V{ul.uidvalidity} N{ul.next_uid}"
+    header += f" G{ul.token}\n" if ul.token else "\n"
     entries = list(ul.entries.values())
     uids = list(map(_first, entries))
     if not all(map(operator.lt, uids, itertools.islice(uids, 1, None))):
@@ -227,8 +241,24 @@ def write_file_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
 
 
 def write_uidlist(folder: str, ul: UIDList) -> None:
-    """Replace a folder's UID list (the caller holds the folder lock)."""
+    """Replace a folder's UID list (the caller holds the folder lock); the
+    list gets a new token."""
+    ul.token = os.urandom(8).hex()
     write_file_atomic(os.path.join(folder, UIDLIST_NAME), format_uidlist(ul))
+
+
+def read_uidlist_token(folder: str) -> str | None:
+    """The token in a folder's UID list header (reads the first line only);
+    None when there is no list, or no token in it."""
+    try:
+        with open(os.path.join(folder, UIDLIST_NAME), "rb") as f:
+            line = f.readline(256)
+    except FileNotFoundError:
+        return None
+    for part in line.split():
+        if part.startswith(b"G") and len(part) > 1:
+            return part[1:].decode("ascii", "replace")
+    return None
 
 
 def read_dovecot_uidlist(folder: str) -> tuple[int, int, dict[str, int]] | None:
