@@ -663,6 +663,32 @@ class ReceivedTests(SynchronousTestCase):
             b"\tid abc; Thu, 01 Jan 1970 00:00:00 +0000\r\n",
         )
 
+    def test_date_per_second(self) -> None:
+        """The date is the arrival's second (fractions dropped), whatever
+        header was made before it."""
+        dates = []
+        for when in (0.9, 86400.5, 0.0, 59.99):
+            h = received_header(
+                helo="client.example",
+                client_ip="192.0.2.1",
+                hostname="mx.example",
+                protocol="ESMTP",
+                session_id="abc",
+                tls=None,
+                recipients=[],
+                when=when,
+            )
+            dates.append(h.decode().rsplit("; ", 1)[1])
+        self.assertEqual(
+            dates,
+            [
+                "Thu, 01 Jan 1970 00:00:00 +0000\r\n",
+                "Fri, 02 Jan 1970 00:00:00 +0000\r\n",
+                "Thu, 01 Jan 1970 00:00:00 +0000\r\n",
+                "Thu, 01 Jan 1970 00:00:59 +0000\r\n",
+            ],
+        )
+
     def test_vrfy(self) -> None:
         """VRFY answers from the directory when enabled."""
         c = Client(make_factory(smtp=SMTPSettings(vrfy=True)))

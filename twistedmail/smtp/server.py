@@ -37,9 +37,10 @@ address, get 421 4.7.0 at once.
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -141,7 +142,7 @@ def received_header(
         literal = f"[IPv6:{ip.compressed}]" if ip.version == 6 else f"[{ip}]"
     except ValueError:
         literal = "[unknown]"
-    date = email.utils.format_datetime(datetime.fromtimestamp(when, UTC))
+    date = _date_header(int(when))
     lines = [
         f"Received: from {name} ({literal})",
         f"\tby {hostname} (twistedmail) with {protocol}" + (f" ({tls})" if tls else ""),
@@ -151,6 +152,13 @@ def received_header(
         lines.append(f"\tfor <{recipients[0]}>")
     lines[-1] += f"; {date}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+@functools.lru_cache(maxsize=4)
+def _date_header(second: int) -> str:
+    """An RFC 5322 date-time in UTC; cached, since every message arriving
+    in the same second has the same one and formatting dates is slow."""
+    return email.utils.format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def _peer_ip(peer: IAddress | None) -> str:
@@ -248,6 +256,9 @@ class SMTPServerProtocol(Protocol):
             decision = self._dispatch(event)
             if decision is None:
                 continue
+            if isinstance(decision, list):
+                queue.extend(reversed(decision))
+                continue
             box: list[list[Event]] = []
             waiting = [True]
 
@@ -267,17 +278,37 @@ class SMTPServerProtocol(Protocol):
         self._flush()
         self._update_timers()
 
-    def _dispatch(self, event: Event) -> Deferred[list[Event]] | None:
+    def _decide(
+        self, decision: Coroutine[Any, Any, list[Event]]
+    ) -> Deferred[list[Event]] | list[Event]:
+        """Run a decision; its events at once when it needs no waiting.
+
+        Most decisions await Deferreds that have fired already (an
+        in-memory directory, a cached message), so the first step usually
+        finishes the coroutine; only one that has to wait is handed to
+        L{Deferred.fromCoroutine}, which resumes it where it stopped.
+        """
+        try:
+            decision.send(None)
+        except StopIteration as done:
+            events: list[Event] = done.value
+            return events
+        except Exception:
+            self._log_failure(Failure())
+            return []
+        return Deferred.fromCoroutine(decision)
+
+    def _dispatch(self, event: Event) -> Deferred[list[Event]] | list[Event] | None:
         if isinstance(event, MailRequested):
-            return Deferred.fromCoroutine(self._decide_mail(event))
+            return self._decide(self._decide_mail(event))
         if isinstance(event, RcptRequested):
-            return Deferred.fromCoroutine(self._decide_rcpt(event))
+            return self._decide(self._decide_rcpt(event))
         if isinstance(event, AuthRequested):
-            return Deferred.fromCoroutine(self._decide_auth(event))
+            return self._decide(self._decide_auth(event))
         if isinstance(event, VrfyRequested):
-            return Deferred.fromCoroutine(self._decide_vrfy(event))
+            return self._decide(self._decide_vrfy(event))
         if isinstance(event, MessageCompleted):
-            return Deferred.fromCoroutine(self._commit(event))
+            return self._decide(self._commit(event))
         if isinstance(event, MessageStarted):
             self._start_agent(event)
         elif isinstance(event, BodyReceived):
