@@ -781,13 +781,27 @@ def versions(repo: str, base: str) -> str:
         ]
     )
     dovecot = (out(["dovecot", "--version"]) or "?").split()[0]
-    rev = out(["git", "-C", repo, "rev-parse", "--short", "HEAD"]) or "?"
-    if out(["git", "-C", repo, "status", "--porcelain", "twistedmail"]):
-        rev += " with uncommitted changes in twistedmail/"
     return (
-        f"twistedmail {rev}; Python {platform.python_version()}, Twisted {twisted},"
-        f" Dovecot {dovecot},"
+        f"Python {platform.python_version()}, Twisted {twisted}, Dovecot {dovecot},"
         f" pymap {pymap or '?'}, {os.cpu_count()} CPUs, Linux {platform.release()}"
+    )
+
+
+def revision(repo: str) -> str:
+    """The twistedmail commit measured, and whether its code had changes
+    not yet committed (the checkout is shared with other work)."""
+    rev = subprocess.run(
+        ["git", "-C", repo, "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", repo, "status", "--porcelain", "twistedmail"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"twistedmail {rev or '?'}" + (
+        " with uncommitted changes in twistedmail/" if dirty else ""
     )
 
 
@@ -810,6 +824,7 @@ def report_size(
     load: tuple[float, float],
     timeouts: dict[str, float],
     when: str,
+    rev: str,
 ) -> str:
     ours = results.get("twistedmail", {})
     peers = [n for n in names if n != "twistedmail"]
@@ -823,7 +838,7 @@ def report_size(
         "",
         f"`bench/imap/run --messages {count} --runs {runs}`, {when}: a {corpus_mb:.0f} MB"
         f" folder, median of {runs} run{'s' if runs > 1 else ''}"
-        f" (load average {load[0]:.1f} before, {load[1]:.1f} after).",
+        f" (load average {load[0]:.1f} before, {load[1]:.1f} after); {rev}.",
         "",
         head + " |",
         rule + " |",
@@ -919,7 +934,7 @@ def write_subsection(path: str, heading: str, body: str, summary: str) -> None:
     end = text.find("\n## ", start + 1)
     section = text[start : len(text) if end < 0 else end + 1]
     parts = re.split(r"(?m)^(?=### )", section)
-    subsections = {p.split("\n", 1)[0]: p for p in parts[1:]}
+    subsections = {p.split("\n", 1)[0]: p.rstrip("\n") + "\n\n" for p in parts[1:]}
     subsections[heading] = body.rstrip("\n") + "\n\n"
     order = sorted(subsections, key=_subsection_order)
     new = (
@@ -995,6 +1010,7 @@ def main() -> None:
         for count in sizes:
             corpus = ensure_corpus(args.base, count)
             load0 = os.getloadavg()[0]
+            rev = revision(args.repo)
             when = time.strftime("%Y-%m-%d")
             results = bench_size(servers, corpus, count, args.runs)
             load1 = os.getloadavg()[0]
@@ -1007,6 +1023,7 @@ def main() -> None:
                 (load0, load1),
                 timeouts,
                 when,
+                rev,
             )
             print(body, flush=True)
             out.append(body)
