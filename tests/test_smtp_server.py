@@ -698,3 +698,47 @@ class ReceivedTests(SynchronousTestCase):
         )
         self.assertEqual(c.lines(b"VRFY nobody@local.example\r\n"), ["550 5.1.1"])
         self.assertEqual(c.lines(b"VRFY bob\r\n"), ["252 2.5.0"])
+
+
+class _WritableTransport(StringTransport):
+    """A transport that, like TCP's, can be told to send its buffer now."""
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "198.51.100.7", 40000))
+        self.connected = True
+        self.sent_now = 0
+
+    def doWrite(self) -> None:
+        """Count the calls (the protocol asks to send at once)."""
+        self.sent_now += 1
+
+
+class SendNowTests(SynchronousTestCase):
+    """Replies go to the socket at the end of the read that made them."""
+
+    def test_once_per_read(self) -> None:
+        """One send for the greeting, one per read with replies (pipelined
+        commands in one read share it), none for a read without replies."""
+        transport = _WritableTransport()
+        proto = make_factory().buildProtocol(None)
+        proto.makeConnection(transport)
+        self.assertEqual(transport.sent_now, 1)
+        proto.dataReceived(HELLO)
+        self.assertEqual(transport.sent_now, 2)
+        proto.dataReceived(
+            b"MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@local.example>\r\nDATA\r\n"
+        )
+        self.assertEqual(transport.sent_now, 3)
+        proto.dataReceived(b"Subject: x\r\n")
+        self.assertEqual(transport.sent_now, 3)
+
+    def test_not_while_closing(self) -> None:
+        """Nothing is pushed once the connection is closing (the reactor's
+        own doWrite finishes the close)."""
+        transport = _WritableTransport()
+        proto = make_factory().buildProtocol(None)
+        proto.makeConnection(transport)
+        proto.dataReceived(b"QUIT\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.sent_now, 1)
+        self.assertTrue(transport.value().endswith(b"221 2.0.0 Bye\r\n"))

@@ -180,6 +180,7 @@ class SMTPServerProtocol(Protocol):
         self._counted = False
         self._closed = False
         self._close_reason = ""
+        self._wrote = False
         self._command_timer: Any = None
         self._data_timer: Any = None
         self._logouts: list[Callable[[], None]] = []
@@ -216,6 +217,7 @@ class SMTPServerProtocol(Protocol):
         )
         self._machine.greet("LMTP ready" if f.role == "lmtp" else "ESMTP ready")
         self._flush()
+        self._send_now()
 
     def dataReceived(self, data: bytes) -> None:
         """Feed the machine."""
@@ -276,6 +278,7 @@ class SMTPServerProtocol(Protocol):
             if box:
                 queue.extend(reversed(box[0]))
         self._flush()
+        self._send_now()
         self._update_timers()
 
     def _decide(
@@ -337,8 +340,37 @@ class SMTPServerProtocol(Protocol):
             return
         data = self._machine.data_to_send()
         if data:
+            self._wrote = True
             self._transport.write(data)
             self._restart_command_timer()
+
+    def _send_now(self) -> None:
+        """Hand the replies written since the last call to the socket now,
+        not on the reactor's next turn.
+
+        A TCP transport only buffers on C{write} and sends when the reactor
+        next finds the socket writable: one more poll per reply while the
+        client waits, and one more trip through the reactor's dispatch.
+        Calling the transport's C{doWrite} (L{IWriteDescriptor}) sends at
+        once; what the socket does not take stays buffered and goes the
+        usual way, and an error is left for the reactor's own C{doWrite} to
+        report.  Under STARTTLS the transport is still the TCP connection,
+        which sends what TLS put in its buffer.  Nothing is done while the
+        connection is closing, or for transports without C{doWrite} (test
+        transports).
+        """
+        if not self._wrote:
+            return
+        self._wrote = False
+        transport = self._transport
+        do_write = getattr(transport, "doWrite", None)
+        descriptor = getattr(do_write, "__self__", None)
+        if do_write is None or descriptor is None:
+            return
+        for t in (transport, descriptor):
+            if not getattr(t, "connected", False) or getattr(t, "disconnecting", True):
+                return
+        do_write()
 
     def _answer(
         self, reply: Reply, *, auth_user: str | None = None, reset: bool = False
