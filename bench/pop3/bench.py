@@ -514,6 +514,13 @@ Targets (issue 5): RETR at least 0.75x Dovecot's rate; login+STAT+LIST+UIDL
 within 2x of Dovecot's time, at 10,000 and at 100,000 messages."""
 
 
+def _niceness() -> str:
+    """How the run was prioritised against the machine's other work (every
+    server and the client inherit it alike)."""
+    n = os.nice(0)
+    return f"; run at nice {n} (client and all servers alike)" if n else ""
+
+
 def report(
     results: list[dict[str, Any]],
     count: int,
@@ -531,7 +538,7 @@ def report(
         f"`bench/pop3/run --messages {count} --runs {runs} --sessions {sessions}`"
         f" ({ours.get('corpus_mb', 0):.0f} MB), {time.strftime('%Y-%m-%d')}:"
         f" median of {runs} interleaved runs; load average {load[0]:.1f} at the"
-        f" start, {load[1]:.1f} at the end.  {env}.",
+        f" start, {load[1]:.1f} at the end{_niceness()}.  {env}.",
         "",
         "| | login+STAT+LIST+UIDL, fresh Maildir | the same, warm | RETR all | DELE all + QUIT |"
         f" memory, {sessions} sessions (idle) |",
