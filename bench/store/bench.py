@@ -185,6 +185,25 @@ def drop_caches() -> None:
 # The report.
 
 
+NOTES = """\
+How it works: opening lists `new/` and `cur/` (names only, no `stat`; size
+comes from `,S=`, flags from the info suffix), reads `twistedmail-uidlist`
+(UID, internal date and size per base name) and builds one immutable
+`MessageInfo` per message. Each of those is a pass in C (one regular
+expression over the joined names, `map`/`zip` over columns), so the cost is
+some fifteen passes over 100,000 objects plus the garbage collector (about a
+fifth of it: 100,000 tracked tuples trigger full collections). A second
+session of the same folder in the same process takes the first one's
+snapshot (keyed by the directories' times and the list's token) and copies
+two containers. A refresh after a delivery lists only `new/` when `cur/` is
+unchanged and skips reading the UID list when its token is one it knows, but
+still rebuilds the snapshot and rewrites the list (100,000 lines, fsynced)
+once per change; within two seconds of a change every refresh rescans,
+because a second change in the same file system timestamp tick would not
+show in the directory times.\
+"""
+
+
 def report(
     results: dict[str, list[list[float]]], count: int, runs: int, opened: int
 ) -> str:
@@ -214,7 +233,20 @@ def report(
             wall = statistics.median(r[0] for r in results[key])
             cpu = statistics.median(r[1] for r in results[key])
             lines.append(f"| {label} | {wall:.3f} | {cpu:.3f} |")
+    if "restart" in results:
+        wall = statistics.median(r[0] for r in results["restart"])
+        cpu = statistics.median(r[1] for r in results["restart"])
+        verdict = "met" if wall < 1.0 else "not met on this run"
+        lines += [
+            "",
+            "Target: IMAP SELECT of a 100,000-message folder after a restart under"
+            f" 1 second, of which this open is the store's part: {verdict}"
+            f" ({wall:.2f} s wall, {cpu:.2f} s CPU; with the machine's load the"
+            " wall time is several times the CPU time).",
+        ]
     lines += [
+        "",
+        NOTES,
         "",
         f"Message files opened during all of that: {opened}.",
         f"Run {time.strftime('%Y-%m-%d')} on {platform.node() or 'this machine'}"
