@@ -454,11 +454,17 @@ def _fsync_dir(path: str, fsync: Callable[[int], None]) -> None:
 def _write_file(
     path: str, parts: Sequence[bytes], fsync: Callable[[int], None]
 ) -> None:
-    with open(path, "xb") as f:
-        for p in parts:
-            f.write(p)
-        f.flush()
-        fsync(f.fileno())
+    # One write call: a buffered file would split a message of a few
+    # kilobytes into several system calls.
+    data = b"".join(parts)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _error_reply(e: BaseException) -> Reply:
