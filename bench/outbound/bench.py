@@ -356,7 +356,11 @@ smarthost_tls = "opportunistic"
 """
             )
         venv = os.path.join(self.args.repo, ".venv", "bin")
-        env = dict(os.environ, PYTHONPATH=self.args.repo)
+        # The source tree first on the path: the plugin and the package come
+        # from there (the venv's editable install points at the checkout).
+        env = dict(
+            os.environ, PYTHONPATH=getattr(self.args, "source", "") or self.args.repo
+        )
         self._log = open(os.path.join(self.data, "server.log"), "ab")
         self.proc = subprocess.Popen(
             [
@@ -401,9 +405,25 @@ smarthost_tls = "opportunistic"
         return sum(1 for n in names if "." not in n)
 
     def waiting(self) -> int:
-        # The relay keeps a refused message with its next attempt recorded:
-        # every entry has been tried once the server's CPU is quiet again.
-        return self.queued()
+        # A message whose attempt was refused has the reply in its status
+        # record (and the relay has scheduled its retry).
+        try:
+            names = os.listdir(self.spool)
+        except FileNotFoundError:
+            return 0
+        n = 0
+        for name in names:
+            if not name.endswith(".status"):
+                continue
+            try:
+                with open(os.path.join(self.spool, name), "rb") as f:
+                    f.readline()
+                    record = json.loads(f.readline())
+            except (OSError, ValueError):
+                continue
+            if all(r["reply"] is not None for r in record["recipients"]):
+                n += 1
+        return n
 
     def flush(self) -> None:
         path = os.path.join(self.data, "var", "queue.control")
@@ -768,12 +788,16 @@ def summarise(
 ) -> None:
     for r in results:
         if not r.ok:
-            summary.failures.append(f"{r.server} {r.scenario} #{r.repetition}: {r.error}")
+            summary.failures.append(
+                f"{r.server} {r.scenario} #{r.repetition}: {r.error}"
+            )
     for mode, domains, concurrency in scenarios:
         name = scenario_name(mode, domains, concurrency)
         row: dict[str, dict[str, float]] = {}
         for server in summary.servers:
-            runs = [r for r in results if r.ok and r.server == server and r.scenario == name]
+            runs = [
+                r for r in results if r.ok and r.server == server and r.scenario == name
+            ]
             if runs:
                 row[server] = {
                     key: statistics.median(getattr(r, key) for r in runs)
@@ -858,9 +882,11 @@ def section_text(summary: Summary, body: str, notes: str) -> str:
     )
     failures = ""
     if summary.failures:
-        failures = "\nFailed runs (left out of the medians):\n\n" + "\n".join(
-            f"- {f}" for f in summary.failures
-        ) + "\n"
+        failures = (
+            "\nFailed runs (left out of the medians):\n\n"
+            + "\n".join(f"- {f}" for f in summary.failures)
+            + "\n"
+        )
     return f"""{SECTION}
 
 Command: `{summary.command}` ({summary.count:,} messages per run, median of
@@ -932,6 +958,11 @@ def main() -> None:
     )
     parser.add_argument("--modes", default=",".join(MODES), help="relay,flow")
     parser.add_argument("--servers", default="twistedmail,postfix")
+    parser.add_argument(
+        "--source",
+        default="",
+        help="run twistedmail from this source tree instead of the checkout",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="300 messages, one repetition, c=10"
     )
