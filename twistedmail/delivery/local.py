@@ -170,8 +170,11 @@ def _header_block(message: bytes) -> bytes:
 def delivered_to(message: bytes) -> list[str]:
     """The addresses in the message's ``Delivered-To:`` header fields,
     lower-cased."""
+    header = _header_block(message)
+    if b"delivered-to" not in header.lower():
+        return []  # the usual case: no need to split the header into fields
     found = []
-    lines = re.split(rb"\r?\n(?![ \t])", _header_block(message))
+    lines = re.split(rb"\r?\n(?![ \t])", header)
     for line in lines:
         name, colon, value = line.partition(b":")
         if colon and name.strip().lower() == b"delivered-to":
