@@ -806,6 +806,44 @@ def _is_section_heading(line: str) -> bool:
     return text == SECTION or text.startswith(SECTION + " ")
 
 
+def target_lines(summary: Summary) -> str:
+    """One line per target (c=10 and c=50, each of our servers): met or
+    missed, and by how much."""
+    ours = [n for n in summary.servers if n not in PEERS]
+    lines = []
+    for scenario in TARGET_SCENARIOS:
+        row = summary.medians.get(scenario, {})
+        for name in ours:
+            tm = row.get(name)
+            if tm is None:
+                continue
+            parts = []
+            for peer, target in TARGET_RATIOS.items():
+                m = row.get(peer)
+                if m is None or not m["delivered_per_s"]:
+                    continue
+                got = tm["delivered_per_s"] / m["delivered_per_s"]
+                verdict = (
+                    "met"
+                    if got >= target
+                    else f"missed, {target / got:.1f}x short"
+                    if got
+                    else "missed"
+                )
+                parts.append(f"{got:.2f}x {peer} (target {target}x: {verdict})")
+            cpu = tm["cpu_ms_per_msg"]
+            cpu_verdict = (
+                "met"
+                if cpu <= TARGET_CPU_MS
+                else f"missed, {cpu / TARGET_CPU_MS:.1f}x the target"
+            )
+            parts.append(
+                f"{cpu:.2f} ms CPU/msg (target {TARGET_CPU_MS} ms: {cpu_verdict})"
+            )
+            lines.append(f"- {scenario}, {name}: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
 def section_text(summary: Summary, notes: str) -> str:
     servers = "\n".join(
         f"- **{name}** ({summary.versions.get(name.split()[0], '')}): "
@@ -841,6 +879,10 @@ sum of PSS (shared pages split between the processes mapping them) sampled every
 {servers}
 
 {table(summary)}
+
+Targets (issue 3), delivered msgs/s ratios:
+
+{target_lines(summary)}
 {failures}
 {notes}
 """
@@ -905,7 +947,16 @@ def main() -> None:
     parser.add_argument(
         "--notes", default="", help="a file whose text goes under the table"
     )
+    parser.add_argument(
+        "--render",
+        default="",
+        metavar="RESULTS_JSON",
+        help="run nothing: write the docs section from a saved results.json",
+    )
     args = parser.parse_args()
+    if args.render:
+        render(args)
+        return
     if args.quick:
         args.count, args.repetitions, args.no_docs = 300, 1, True
     scenarios = [s for s in SCENARIOS if s[0] in set(args.scenarios.split(","))]
@@ -969,13 +1020,26 @@ def main() -> None:
     if summary.failures:
         print("\nfailed runs:\n" + "\n".join(summary.failures))
     if not args.no_docs:
-        notes = ""
-        if args.notes:
-            with open(args.notes) as f:
-                notes = f.read()
-        path = os.path.join(args.repo, "docs", "performance.md")
-        write_docs(path, section_text(summary, notes))
-        print(f"\nwrote the SMTP section of {path}")
+        _write_section(args, summary)
+
+
+def _write_section(args: argparse.Namespace, summary: Summary) -> None:
+    notes = ""
+    if args.notes:
+        with open(args.notes) as f:
+            notes = f.read()
+    path = os.path.join(args.repo, "docs", "performance.md")
+    write_docs(path, section_text(summary, notes))
+    print(f"\nwrote the SMTP section of {path}")
+
+
+def render(args: argparse.Namespace) -> None:
+    """Write the docs section from a results.json an earlier run saved."""
+    with open(args.render) as f:
+        saved = json.load(f)["summary"]
+    summary = Summary(**saved)
+    print(table(summary))
+    _write_section(args, summary)
 
 
 def _load_average() -> str:
