@@ -858,7 +858,11 @@ class ClientMachine:
 
 def normalize_line_endings(data: bytes) -> bytes:
     """Every CR, LF or CRLF becomes CRLF; a final CRLF is added if missing."""
-    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
+        # Spooled mail is CRLF already; counting is much cheaper than a
+        # regular expression over the whole message.
+        data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data
@@ -866,7 +870,9 @@ def normalize_line_endings(data: bytes) -> bytes:
 
 def dot_stuff(data: bytes) -> bytes:
     """Dot-stuff CRLF text and add the final ``.`` (RFC 5321 §4.5.2)."""
-    return re.sub(rb"(?m)^\.", b"..", data) + b".\r\n"
+    if data.startswith(b".") or b"\n." in data:
+        return re.sub(rb"(?m)^\.", b"..", data) + b".\r\n"
+    return data + b".\r\n"
 
 
 def _is_8bit(data: bytes) -> bool:

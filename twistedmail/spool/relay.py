@@ -28,7 +28,14 @@ max_concurrency`` connections in all and ``max_per_domain`` to one domain;
 a worker keeps its connection for the next job of its domain, up to
 ``connection_reuse`` messages.  A connection that cannot be made fails
 every job waiting for that domain the same way (a dead destination is not
-tried once per message).
+tried once per message).  A worker goes on to its next job as soon as the
+server has answered; the results are written meanwhile (the job's records
+stay in flight, so they are not sent again, until they are written).
+
+The active set is bounded: at most ``examine_limit`` entries are being
+examined (read, attempt recorded) at once, so a flush of a long queue
+turns into a steady stream of small spool batches and sends, not one huge
+batch of status writes before the first message leaves.
 
 Per-recipient results are applied under the lock again: a 2xx reply makes
 the record ``delivered`` (it is never sent again), a 5xx one ``failed``
@@ -73,6 +80,7 @@ from twisted.python.failure import Failure
 from twistedmail.address import Address, AddressError
 from twistedmail.config import QueueSettings
 from twistedmail.interfaces import IDirectory
+from twistedmail.logs import preformatted
 from twistedmail.replies import INTERNAL_ERROR, MailError, Reply, TemporaryError
 from twistedmail.smtp.client import (
     DeliveryResult,
@@ -96,6 +104,7 @@ from twistedmail.spool.store import (
 )
 
 __all__ = [
+    "EXAMINE_LIMIT",
     "JITTER_FRACTION",
     "Connection",
     "DeliveryReport",
@@ -113,6 +122,10 @@ log = Logger()
 
 #: The jitter adds up to this fraction of the delay.
 JITTER_FRACTION = 0.1
+
+#: The least number of entries examined at once (read, attempt recorded,
+#: jobs queued); at least four per connection allowed.
+EXAMINE_LIMIT = 32
 
 BAD_ADDRESS = Reply(550, "5.1.3", "Bad recipient address syntax")
 
@@ -368,6 +381,9 @@ class RelayRunner(Service):
         went back to it, or on release and flush).
     @param random: draws the retry jitter in [0, 1).
     @param poll_interval: seconds between looks for due entries.
+    @param examine_limit: how many entries may be examined at once; by
+        default L{EXAMINE_LIMIT} or four per allowed connection, whichever
+        is more.
     """
 
     def __init__(
@@ -384,6 +400,7 @@ class RelayRunner(Service):
         kick: Kick | None = None,
         random: Callable[[], float] = _random.random,
         poll_interval: float = 1.0,
+        examine_limit: int | None = None,
     ) -> None:
         self._spool = spool
         self._transport = transport
@@ -396,6 +413,12 @@ class RelayRunner(Service):
         self._kick = kick
         self._random = random
         self._poll_interval = poll_interval
+        self._examine_limit = examine_limit or max(
+            EXAMINE_LIMIT, 4 * self._settings.max_concurrency
+        )
+        self._throttled = False
+        self._dispatching = False
+        self._redispatch = False
         self._waiting: dict[str, float] = {}
         self._forced: set[str] = set()
         self._examining: set[str] = set()
@@ -528,9 +551,16 @@ class RelayRunner(Service):
         if not self.running:
             return
         now = self._clock.seconds()
-        for queue_id, due in list(self._waiting.items()):
-            if due > now or queue_id in self._examining:
-                continue
+        room = self._examine_limit - len(self._examining)
+        start: list[str] = []
+        for queue_id, due in self._waiting.items():
+            if due <= now and queue_id not in self._examining:
+                if len(start) >= room:
+                    # More are due: look again when an examination ends.
+                    self._throttled = True
+                    break
+                start.append(queue_id)
+        for queue_id in start:
             del self._waiting[queue_id]
             self._examining.add(queue_id)
             d = self._locks.run(queue_id, self._examiner(queue_id))
@@ -550,6 +580,9 @@ class RelayRunner(Service):
     def _examined(self, _: object, queue_id: str) -> None:
         self._examining.discard(queue_id)
         self._dispatch()
+        if self._throttled:
+            self._throttled = False
+            self._run_soon()
 
     def _track(self, d: Deferred[None]) -> None:
         if d.called:
@@ -654,6 +687,21 @@ class RelayRunner(Service):
 
     def _dispatch(self) -> None:
         """Start workers while limits allow, taking domains in turn."""
+        if self._dispatching:
+            # Called back from a worker that this loop started and that
+            # finished at once: the loop goes round again instead.
+            self._redispatch = True
+            return
+        self._dispatching = True
+        try:
+            self._redispatch = True
+            while self._redispatch:
+                self._redispatch = False
+                self._start_workers()
+        finally:
+            self._dispatching = False
+
+    def _start_workers(self) -> None:
         limit, per_domain = (
             self._settings.max_concurrency,
             self._settings.max_per_domain,
@@ -664,7 +712,9 @@ class RelayRunner(Service):
             for name in list(self._domains):
                 if self._connections >= limit:
                     break
-                domain = self._domains[name]
+                domain = self._domains.get(name)
+                if domain is None:
+                    continue
                 if not domain.jobs:
                     if not domain.workers:
                         del self._domains[name]
@@ -751,20 +801,41 @@ class RelayRunner(Service):
             report = await connection.send(message)
         except MailError as e:
             outcomes = {r.address: e.reply for r in job.records}
-            await self._apply(job, outcomes, "", False, e.reason)
+            self._record(job, outcomes, "", False, e.reason)
             return False
         except Exception as e:
             log.failure("relay: sending {id} failed", id=job.queue_id)
             outcomes = {r.address: INTERNAL_ERROR for r in job.records}
-            await self._apply(job, outcomes, "", False, repr(e))
+            self._record(job, outcomes, "", False, repr(e))
             return False
         outcomes = {o.address.lower(): o.reply for o in report.recipients}
         missing = Reply(451, "4.4.2", report.session_error or "No reply")
         by_address = {
             r.address: outcomes.get(r.address.lower(), missing) for r in job.records
         }
-        await self._apply(job, by_address, report.host, report.dsn, "")
+        self._record(job, by_address, report.host, report.dsn, "")
         return report.session_error is None
+
+    def _record(
+        self,
+        job: _Job,
+        outcomes: dict[str, Reply],
+        host: str,
+        dsn: bool,
+        reason: str,
+    ) -> None:
+        """Record a transaction's results while the connection goes on to
+        the next job.  The job's records stay in flight (never sent again)
+        until the results are written."""
+        d = Deferred.fromCoroutine(self._apply(job, outcomes, host, dsn, reason))
+        d.addErrback(self._record_failed, job.queue_id)
+        self._track(d)
+
+    def _record_failed(self, failure: Failure, queue_id: str) -> None:
+        log.failure("relay: recording results for {id} failed", failure, id=queue_id)
+        if self.running:
+            retry = self._clock.seconds() + self._settings.retry_schedule[0]
+            self._waiting[queue_id] = retry
 
     def _done_with(self, job: _Job) -> None:
         busy = self._in_flight.get(job.queue_id)
@@ -810,7 +881,7 @@ class RelayRunner(Service):
                         done=done,
                     )
                     log.info(
-                        "{id}: relayed to {rcpt}: {why}",
+                        preformatted(f"{job.queue_id}: relayed to {r.address}: {why}"),
                         id=job.queue_id,
                         rcpt=r.address,
                         why=why,
@@ -820,7 +891,7 @@ class RelayRunner(Service):
                         r, status=FAILED, reply=reply, reason=why, next_attempt=None
                     )
                     log.info(
-                        "{id}: {rcpt} refused: {why}",
+                        preformatted(f"{job.queue_id}: {r.address} refused: {why}"),
                         id=job.queue_id,
                         rcpt=r.address,
                         why=why,
@@ -828,7 +899,7 @@ class RelayRunner(Service):
                 else:
                     records[i] = replace(r, reply=reply, reason=why)
                     log.info(
-                        "{id}: {rcpt} deferred: {why}",
+                        preformatted(f"{job.queue_id}: {r.address} deferred: {why}"),
                         id=job.queue_id,
                         rcpt=r.address,
                         why=why,
