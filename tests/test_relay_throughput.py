@@ -1,5 +1,6 @@
 """Tests for the relay's throughput paths: results written while the
-connection goes on, a bounded number of entries examined at once, and the
+connection goes on, connections kept while more jobs may come, a bounded
+number of entries examined at once, and the
 ESMTP client's fast paths for message text that needs no rewriting."""
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.relay_helpers import FakeTransport
-from twistedmail.config import QueueSettings
+from twistedmail.config import QueueSettings, RelaySettings
 from twistedmail.interfaces import Envelope, Recipient
 from twistedmail.smtp._client import dot_stuff, normalize_line_endings
+from twistedmail.smtp.mx import MXResolver
+from twistedmail.smtp.routing import Router
 from twistedmail.spool.dsn import Notifier
-from twistedmail.spool.relay import RelayRunner
+from twistedmail.spool.relay import IDLE_TIME, RelayRunner
 from twistedmail.spool.runner import EntryLocks
 from twistedmail.spool.store import REMOTE, RecipientRecord, Spool
+from twistedmail.testing import memory_resolver
 
 T = TypeVar("T")
 MESSAGE = b"From: alice@a.test\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -42,6 +46,11 @@ class HeldRunner:
         d: Deferred[T] = Deferred()
         self.waiting.append((f, d))
         return d
+
+    def run_next(self) -> None:
+        """Run the oldest kept call."""
+        f, d = self.waiting.pop(0)
+        maybeDeferred(f).chainDeferred(d)
 
     def release_all(self) -> None:
         """Stop holding and run every kept call."""
@@ -163,6 +172,112 @@ class PipeliningTests(SynchronousTestCase):
         s.turn()
         self.assertEqual(s.transport.recipients_sent(), ["bob@b.test"])
         self.assertEqual(s.queue_ids(), [])
+
+
+class IdleConnectionTests(SynchronousTestCase):
+    """A connection with nothing to send waits while entries are examined."""
+
+    def setUp(self) -> None:
+        settings = QueueSettings(max_concurrency=1, max_per_domain=1)
+        self.setup = RelaySetup(self.mktemp(), settings, examine_limit=1)
+        self.addCleanup(self.setup.stop)
+        self.setup.queue("bob@b.test")
+        self.setup.queue("carol@b.test")
+        self.setup.relay.startService()
+        self.setup.runner.held = True
+        self.setup.turn()
+        while not self.setup.transport.sent:
+            self.setup.runner.run_next()
+            self.setup.turn()
+
+    def test_waits_for_the_next_job(self) -> None:
+        """While the second entry is examined the connection stays open, and
+        the second message goes over it."""
+        s = self.setup
+        self.assertTrue(s.runner.waiting)
+        self.assertEqual(s.transport.closes, 0)
+        s.runner.release_all()
+        s.turn()
+        self.assertEqual(s.transport.recipients_sent(), ["bob@b.test", "carol@b.test"])
+        self.assertEqual(len(s.transport.connects), 1)
+        self.assertEqual(s.transport.closes, 1)
+        self.assertEqual(s.queue_ids(), [])
+
+    def test_gives_up(self) -> None:
+        """After idle_time seconds without a job the connection closes; the
+        next job opens another."""
+        s = self.setup
+        s.clock.advance(IDLE_TIME)
+        self.assertEqual(s.transport.closes, 1)
+        s.runner.release_all()
+        s.turn()
+        self.assertEqual(s.transport.recipients_sent(), ["bob@b.test", "carol@b.test"])
+        self.assertEqual(len(s.transport.connects), 2)
+        self.assertEqual(s.queue_ids(), [])
+
+    def test_closed_on_stop(self) -> None:
+        """Stopping the relay closes an idle connection at once."""
+        s = self.setup
+        s.relay.stopService()
+        self.assertEqual(s.transport.closes, 1)
+        self.assertEqual(s.clock.getDelayedCalls(), [])
+
+
+class HopTransport(FakeTransport):
+    """A fake transport whose b.test and c.test share the next hop
+    ``[relay.test]:25``."""
+
+    def next_hop(self, domain: str) -> str | None:
+        """The shared hop for b.test and c.test."""
+        return "[relay.test]:25" if domain in ("b.test", "c.test") else None
+
+
+class SharedHopTests(SynchronousTestCase):
+    """Domains with one next hop share its queue and connections."""
+
+    def test_one_connection(self) -> None:
+        """Mail for two domains through one smarthost goes over one
+        connection, opened for the first job's domain; a domain of its own
+        gets its own connection."""
+        settings = QueueSettings(max_concurrency=5, max_per_domain=1)
+        s = RelaySetup(self.mktemp(), settings)
+        self.addCleanup(s.stop)
+        s.transport = HopTransport()
+        s.relay = RelayRunner(
+            s.spool,
+            s.transport,
+            s.clock,
+            Notifier(s.spool, s.clock, "mx.a.test", settings, "postmaster@a.test"),
+            EntryLocks(),
+            settings,
+        )
+        for address in ("x@b.test", "y@c.test", "z@b.test", "w@d.test"):
+            s.queue(address)
+        s.relay.startService()
+        s.turn()
+        self.assertEqual(sorted(s.transport.connects), ["b.test", "d.test"])
+        self.assertEqual(
+            sorted(s.transport.recipients_sent()),
+            ["w@d.test", "x@b.test", "y@c.test", "z@b.test"],
+        )
+        self.assertEqual(s.queue_ids(), [])
+
+    def test_router(self) -> None:
+        """The router names the smarthost for the domains it takes."""
+        mx = MXResolver(memory_resolver({}), Clock())
+        everything = Router(
+            RelaySettings(smarthost="relay.test:587"), mx, helo_name="mx.a.test"
+        )
+        self.assertEqual(everything.next_hop("B.test."), "[relay.test]:587")
+        some = Router(
+            RelaySettings(smarthost="[192.0.2.1]", smarthost_domains=("b.test",)),
+            mx,
+            helo_name="mx.a.test",
+        )
+        self.assertEqual(some.next_hop("sub.b.test"), "[192.0.2.1]:25")
+        self.assertIsNone(some.next_hop("c.test"))
+        none = Router(RelaySettings(), mx, helo_name="mx.a.test")
+        self.assertIsNone(none.next_hop("b.test"))
 
 
 class ExamineLimitTests(SynchronousTestCase):

@@ -159,6 +159,23 @@ class Router:
             ),
         )
 
+    def next_hop(self, domain: str) -> str | None:
+        """The smarthost (``host:port``) mail for C{domain} goes through, or
+        None when it goes to the domain's own MX hosts.  Domains with the
+        same next hop can share connections."""
+        if self._smarthost is None:
+            return None
+        name = domain.rstrip(".").lower()
+        if not name.startswith("["):
+            try:
+                name = normalize_domain(name)
+            except AddressError:
+                return None
+        if not self._uses_smarthost(name):
+            return None
+        host, port = self._smarthost
+        return f"[{host}]:{port}"
+
     def _uses_smarthost(self, domain: str) -> bool:
         if not self._smarthost_domains:
             return True

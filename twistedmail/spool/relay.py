@@ -24,7 +24,9 @@ read-change-write cycle loses another's update):
     jobs and queues each job on its domain.
 
 Jobs are sent by workers, one connection each: at most ``[queue]
-max_concurrency`` connections in all and ``max_per_domain`` to one domain;
+max_concurrency`` connections in all and ``max_per_domain`` to one domain
+(domains sent through one smarthost share its queue, limit and
+connections, L{SharedHops});
 a worker keeps its connection for the next job of its domain, up to
 ``connection_reuse`` messages.  A connection that cannot be made fails
 every job waiting for that domain the same way (a dead destination is not
@@ -71,7 +73,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -105,6 +107,7 @@ from twistedmail.spool.store import (
 
 __all__ = [
     "EXAMINE_LIMIT",
+    "IDLE_TIME",
     "JITTER_FRACTION",
     "Connection",
     "DeliveryReport",
@@ -114,6 +117,7 @@ __all__ = [
     "RecipientOutcome",
     "RelayRunner",
     "SMTPTransport",
+    "SharedHops",
     "Transport",
     "retry_delay",
 ]
@@ -126,6 +130,10 @@ JITTER_FRACTION = 0.1
 #: The least number of entries examined at once (read, attempt recorded,
 #: jobs queued); at least four per connection allowed.
 EXAMINE_LIMIT = 32
+
+#: Seconds an open connection waits for another job while entries are
+#: being examined (Postfix's smtp_connection_cache_time_limit is 2 s too).
+IDLE_TIME = 2.0
 
 BAD_ADDRESS = Reply(550, "5.1.3", "Bad recipient address syntax")
 
@@ -228,6 +236,16 @@ class Transport(Protocol):
         domain: bounce)."""
 
 
+class SharedHops(Protocol):
+    """A L{Transport} may also say which domains share a next hop (a
+    smarthost): their jobs then wait in one queue, with one connection
+    limit, and go over the same connections (as Postfix queues by next
+    hop)."""
+
+    def next_hop(self, domain: str) -> str | None:
+        """The next hop's name, or None for the domain's own servers."""
+
+
 class _SMTPConnection:
     """L{Connection} over the ESMTP client's L{SMTPClientConnection}."""
 
@@ -282,6 +300,10 @@ class SMTPTransport:
     def connect(self, domain: str) -> Deferred[Connection]:
         """A session with one of the domain's servers."""
         return Deferred.fromCoroutine(self._connect(domain))
+
+    def next_hop(self, domain: str) -> str | None:
+        """The smarthost for the domain, if it has one (L{SharedHops})."""
+        return self._router.next_hop(domain)
 
     async def _connect(self, domain: str) -> Connection:
         router = self._router
@@ -348,6 +370,9 @@ class _Domain:
 
     jobs: collections.deque[_Job] = field(default_factory=collections.deque)
     workers: int = 0
+    #: Workers with an open connection waiting for a job: fired with True
+    #: to take one, False to close.
+    idle: list[Deferred[bool]] = field(default_factory=list)
 
 
 def _naming(domain: str, reason: str) -> str:
@@ -384,6 +409,8 @@ class RelayRunner(Service):
     @param examine_limit: how many entries may be examined at once; by
         default L{EXAMINE_LIMIT} or four per allowed connection, whichever
         is more.
+    @param idle_time: seconds a connection with nothing to send waits for
+        a job while entries are being examined.
     """
 
     def __init__(
@@ -401,6 +428,7 @@ class RelayRunner(Service):
         random: Callable[[], float] = _random.random,
         poll_interval: float = 1.0,
         examine_limit: int | None = None,
+        idle_time: float = IDLE_TIME,
     ) -> None:
         self._spool = spool
         self._transport = transport
@@ -417,6 +445,7 @@ class RelayRunner(Service):
             EXAMINE_LIMIT, 4 * self._settings.max_concurrency
         )
         self._throttled = False
+        self._idle_time = idle_time
         self._dispatching = False
         self._redispatch = False
         self._waiting: dict[str, float] = {}
@@ -457,6 +486,7 @@ class RelayRunner(Service):
         self._waiting.clear()
         for domain in self._domains.values():
             domain.jobs.clear()
+            self._wake(domain, False)
         d = DeferredList(list(self._work), consumeErrors=True)
         return d.addCallback(lambda _: None)
 
@@ -567,6 +597,9 @@ class RelayRunner(Service):
             d.addErrback(self._examine_failed, queue_id)
             d.addBoth(self._examined, queue_id)
             self._track(d)
+        if not self._more_coming():
+            # Nothing more to examine: idle connections need not wait.
+            self._wake_idle()
 
     def _examiner(self, queue_id: str) -> Callable[[], Deferred[None]]:
         return lambda: Deferred.fromCoroutine(self._examine(queue_id))
@@ -579,6 +612,7 @@ class RelayRunner(Service):
 
     def _examined(self, _: object, queue_id: str) -> None:
         self._examining.discard(queue_id)
+        self._wake_idle()
         self._dispatch()
         if self._throttled:
             self._throttled = False
@@ -658,9 +692,18 @@ class RelayRunner(Service):
                 [entry.recipients[i] for i in indexes],
                 entry,
             )
-            self._domains.setdefault(domain, _Domain()).jobs.append(job)
+            self._domains.setdefault(self._queue_name(domain), _Domain()).jobs.append(
+                job
+            )
         if not jobs:
             self._reschedule(entry)
+
+    def _queue_name(self, domain: str) -> str:
+        """The queue a domain's jobs wait in: its next hop's when the
+        transport says it shares one (L{SharedHops}), else its own."""
+        next_hop = getattr(self._transport, "next_hop", None)
+        hop = next_hop(domain) if next_hop is not None else None
+        return hop if hop is not None else domain
 
     async def _sender_for(self, entry: QueueEntry, record: RecipientRecord) -> str:
         sender = entry.envelope.sender
@@ -741,8 +784,11 @@ class RelayRunner(Service):
         self._dispatch()
 
     async def _worker(self, name: str, domain: _Domain) -> None:
+        # A shared next hop's queue holds several domains: any of them
+        # routes to it.
+        target = domain.jobs[0].domain if domain.jobs else name
         try:
-            connection = await self._transport.connect(name)
+            connection = await self._transport.connect(target)
         except MailError as e:
             await self._fail_waiting(domain, e.reply, _naming(name, e.reason))
             return
@@ -752,8 +798,10 @@ class RelayRunner(Service):
             return
         try:
             sent = 0
-            while domain.jobs and sent < self._settings.connection_reuse:
-                if not self.running:
+            while sent < self._settings.connection_reuse and self.running:
+                if not domain.jobs:
+                    if await self._next_job(domain):
+                        continue
                     break
                 job = domain.jobs.popleft()
                 sent += 1
@@ -764,6 +812,59 @@ class RelayRunner(Service):
                 await connection.close()
             except Exception:
                 log.failure("relay: closing the connection to {domain}", domain=name)
+
+    def _next_job(self, domain: _Domain) -> Deferred[bool]:
+        """Whether a worker with nothing to send should wait for another job:
+        while entries are being examined (they may bring jobs for it), up to
+        C{idle_time} seconds, so a flush of a long queue does not close and
+        reopen connections between jobs."""
+        if not self._more_coming() or not self.running:
+            return succeed(False)
+        d: Deferred[bool] = Deferred()
+        domain.idle.append(d)
+        timer = self._clock.callLater(self._idle_time, self._give_up, domain, d)
+
+        def stop_timer(result: bool) -> bool:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addCallback(stop_timer)
+
+    def _give_up(self, domain: _Domain, d: Deferred[bool]) -> None:
+        if d in domain.idle:
+            domain.idle.remove(d)
+            d.callback(False)
+
+    def _wake(self, domain: _Domain, take: bool, count: int | None = None) -> None:
+        """Fire idle workers of a domain (all, or C{count})."""
+        n = len(domain.idle) if count is None else min(count, len(domain.idle))
+        for _ in range(n):
+            domain.idle.pop(0).callback(take)
+
+    def _more_coming(self) -> bool:
+        """Whether entries are being examined or wait for room to be."""
+        return bool(self._examining) or self._throttled
+
+    def _wake_idle(self) -> None:
+        """Idle workers take new jobs of their domain; with no examination
+        left, the others close.  At the total limit, idle workers of other
+        domains close for a domain that needs a connection."""
+        needy = False
+        for domain in list(self._domains.values()):
+            if domain.jobs and domain.idle:
+                self._wake(domain, True, len(domain.jobs))
+            elif not self._more_coming() and domain.idle:
+                self._wake(domain, False)
+            if domain.jobs and domain.workers < min(
+                self._settings.max_per_domain, len(domain.jobs)
+            ):
+                needy = True
+        if needy and self._connections >= self._settings.max_concurrency:
+            for domain in list(self._domains.values()):
+                if domain.idle and not domain.jobs:
+                    self._wake(domain, False, 1)
+                    break
 
     async def _fail_waiting(self, domain: _Domain, reply: Reply, reason: str) -> None:
         """A destination that cannot be reached: every job waiting for it
