@@ -937,6 +937,31 @@ def write_docs(path: str, text: str) -> None:
         f.write(new + "".join(tail))
 
 
+def render(args: argparse.Namespace) -> None:
+    """Write the docs section from a results.json of an earlier run."""
+    with open(args.render) as f:
+        saved = json.load(f)
+    summary = Summary(**saved["summary"])
+    results = [Result(**r) for r in saved["runs"]]
+    scenarios: list[tuple[str, int, int]] = []
+    for r in results:
+        key = (r.mode, r.domains, r.concurrency)
+        if key not in scenarios:
+            scenarios.append(key)
+    scenarios.sort(key=lambda k: (MODES.index(k[0]), k[1], k[2]))
+    summary.medians, summary.failures = {}, []
+    summarise(results, summary, scenarios)
+    body = tables(summary, scenarios)
+    print(body)
+    notes = ""
+    if args.notes:
+        with open(args.notes) as f:
+            notes = f.read()
+    path = os.path.join(args.repo, "docs", "performance.md")
+    write_docs(path, section_text(summary, body, notes))
+    print(f"\nwrote the Outbound section of {path}")
+
+
 def load_average() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -970,7 +995,15 @@ def main() -> None:
         "--write", action="store_true", help="update docs/performance.md"
     )
     parser.add_argument("--notes", default="", help="a file whose text goes last")
+    parser.add_argument(
+        "--render",
+        default="",
+        help="write the docs section from a saved results.json (runs nothing)",
+    )
     args = parser.parse_args()
+    if args.render:
+        render(args)
+        return
     if args.quick:
         args.count, args.repetitions, args.concurrency = 300, 1, "10"
     concurrencies = [int(c) for c in args.concurrency.split(",")]
