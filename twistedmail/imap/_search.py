@@ -96,6 +96,7 @@ class _Candidate:
     __slots__ = (
         "_body_texts",
         "_fields",
+        "_header",
         "_header_text",
         "_msg",
         "_sent",
@@ -112,6 +113,7 @@ class _Candidate:
         self.seq = 0
         self._msg: bytes | None = None
         self._fields: dict[str, list[str]] | None = None
+        self._header: bytes | None = None
         self._header_text: str | None = None
         self._body_texts: list[str] | None = None
         self._sent: datetime.date | None = None
@@ -121,6 +123,7 @@ class _Candidate:
         self.seq = seq
         self._msg = None
         self._fields = None
+        self._header = None
         self._header_text = None
         self._body_texts = None
         self._sent = None
@@ -135,17 +138,23 @@ class _Candidate:
             self._msg = self.load(self.uid) or b""
         return self._msg
 
+    def header(self) -> bytes:
+        """The header block, from the message when it is loaded, else from
+        the header loader (or the message loader when there is none)."""
+        if self._header is None:
+            if self._msg is not None:
+                self._header = header_block(self._msg)
+            elif self.load_header is not None:
+                self._header = self.load_header(self.uid) or b""
+            else:
+                self._header = header_block(self.message())
+        return self._header
+
     def fields(self) -> dict[str, list[str]]:
         """Decoded, case-folded header values by lower-cased field name."""
         if self._fields is None:
-            if self._msg is not None:
-                header = header_block(self._msg)
-            elif self.load_header is not None:
-                header = self.load_header(self.uid) or b""
-            else:
-                header = header_block(self.message())
             fields: dict[str, list[str]] = {}
-            for name, value in header_fields(header):
+            for name, value in header_fields(self.header()):
                 key = name.decode("utf-8", "replace")
                 fields.setdefault(key, []).append(decode_header_value(value).casefold())
             self._fields = fields
@@ -165,6 +174,27 @@ class _Candidate:
                 self.info, tz
             )
         return self._sent
+
+
+def _plain_needle(needle: str) -> bytes | None:
+    """The (case-folded) search string as octets when a byte search of the
+    raw header can rule a message out (L{_may_contain}): non-empty
+    printable ASCII without white space, which unfolding could bring
+    together.  None otherwise."""
+    if needle.isascii() and needle.isprintable() and needle.split() == [needle]:
+        return needle.encode()
+    return None
+
+
+def _may_contain(header: bytes, needle: bytes) -> bool:
+    """False only when no field of C{header} can contain C{needle} once
+    decoded: a header of plain ASCII with no encoded word (no ``=?``)
+    decodes to itself but for its line folds (CRLF before white space),
+    and ASCII case folding is lower-casing.  This spares parsing and
+    decoding every field of the (many) headers that cannot match."""
+    if not header.isascii() or b"=?" in header:
+        return True
+    return needle in header.lower()
 
 
 def _internal_day(info: MessageInfo | None, tz: datetime.tzinfo) -> datetime.date:
@@ -271,7 +301,14 @@ class _Compiler:
             return lambda c: modseq_of(c.uid) >= wanted
         if isinstance(key, SearchHeader):
             field, needle = key.field.lower(), key.value.casefold()
-            return lambda c: any(needle in v for v in c.fields().get(field, ()))
+            raw = _plain_needle(needle)
+
+            def header(c: _Candidate) -> bool:
+                if raw is not None and not _may_contain(c.header(), raw):
+                    return False
+                return any(needle in v for v in c.fields().get(field, ()))
+
+            return header
         if isinstance(key, SearchBody):
             needle = key.value.casefold()
             return lambda c: not needle or any(needle in t for t in c.texts()[1])
