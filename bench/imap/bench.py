@@ -349,11 +349,43 @@ class Server:
         return c
 
 
+def snapshot(repo: str, base: str) -> tuple[str, str]:
+    """Export the committed twistedmail package (HEAD) to base/snapshot-<rev>
+    once; its directory and the revision.  The checkout is shared with work
+    in progress, and each run starts a fresh server process: running from a
+    snapshot keeps every run on the same, committed code."""
+    rev = subprocess.run(
+        ["git", "-C", repo, "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    target = os.path.join(base, f"snapshot-{rev}")
+    if not os.path.isdir(os.path.join(target, "twistedmail")):
+        partial = target + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        archive = subprocess.run(
+            ["git", "-C", repo, "archive", "HEAD", "twistedmail"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", partial], input=archive, check=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(partial, target)
+    return target, rev
+
+
 def twistedmail_server(
-    base: str, repo: str, users: list[str], timeout: float
+    base: str, repo: str, users: list[str], timeout: float, source: str | None
 ) -> Server:
+    """twistedmail's server; its package from C{source} (a snapshot) when
+    given, else from the repository's working tree."""
     data = os.path.join(base, "twistedmail")
     mail = os.path.join(data, "mail")
+    env = None
+    if source is not None:
+        env = {**os.environ, "PYTHONPATH": source}
     return Server(
         "twistedmail",
         lambda u: os.path.join(mail, u),
@@ -366,6 +398,7 @@ def twistedmail_server(
             *(f"{u}={u}" for u in users),
         ],
         timeout=timeout,
+        env=env,
     )
 
 
@@ -600,6 +633,7 @@ class Run:
         self.skip = skip
         self.samples: dict[str, float] = {}
         self.timed_out: list[str] = []
+        self.failed: dict[str, str] = {}
         self.client: imaplib.IMAP4 | None = None
 
     def _session(self) -> imaplib.IMAP4:
@@ -629,8 +663,23 @@ class Run:
                 self.client = None
             self.server.stop(grace=1)
             self.server.start()
+            self._log(key, "timed out")
+            return
+        except (Failed, imaplib.IMAP4.error, OSError) as e:
+            # Recorded, not fatal: the other figures of a long run stay.
+            self.failed[key] = str(e)[:200]
+            self._close()
+            self._log(key, f"failed: {e!s:.200}")
             return
         self.samples[key] = time.perf_counter() - t0
+        self._log(key, f"{self.samples[key]:.3f} s")
+
+    def _log(self, key: str, what: str) -> None:
+        print(
+            f"  {self.count} {self.server.name} {key}: {what}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def run(self) -> None:
         n = self.count
@@ -703,6 +752,7 @@ def bench_size(
     user = f"m{count}"
     samples: dict[tuple[str, str], list[float]] = {}
     timed_out: dict[str, set[str]] = {s.name: set() for s in servers}
+    failed: dict[str, dict[str, str]] = {s.name: {} for s in servers}
     for r in range(runs):
         for server in servers:
             server.fresh_maildir(corpus, user)
@@ -714,6 +764,7 @@ def bench_size(
                 server.stop()
             for key, value in run.samples.items():
                 samples.setdefault((server.name, key), []).append(value)
+            failed[server.name].update(run.failed)
             print(
                 f"{count} run {r + 1} {server.name}: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in run.samples.items())
@@ -722,7 +773,8 @@ def bench_size(
                 flush=True,
             )
     results: dict[str, dict[str, Any]] = {
-        s.name: {"timed_out": timed_out[s.name], "runs": {}} for s in servers
+        s.name: {"timed_out": timed_out[s.name], "failed": failed[s.name], "runs": {}}
+        for s in servers
     }
     for (name, key), values in samples.items():
         results[name][key] = statistics.median(values)
@@ -805,9 +857,11 @@ def revision(repo: str) -> str:
     )
 
 
-def _seconds(value: float | None, timed_out: bool, timeout: float) -> str:
+def _seconds(value: float | None, timed_out: bool, failed: bool, timeout: float) -> str:
     if value is None:
-        return f"> {timeout:.0f} s" if timed_out else "-"
+        if timed_out:
+            return f"> {timeout:.0f} s"
+        return "failed" if failed else "-"
     return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
 
 
@@ -847,9 +901,13 @@ def report_size(
         row = f"| {label} |"
         for n in names:
             r = results.get(n, {})
-            row += (
-                f" {_seconds(r.get(key), key in r.get('timed_out', ()), timeouts[n])} |"
+            cell = _seconds(
+                r.get(key),
+                key in r.get("timed_out", ()),
+                key in r.get("failed", {}),
+                timeouts[n],
             )
+            row += f" {cell} |"
         for p in peers:
             a, b = ours.get(key), results.get(p, {}).get(key)
             if a is not None and b is not None and b > 0:
@@ -867,10 +925,12 @@ def report_size(
     if short:
         lines += [
             "",
-            "Fewer samples than runs (an operation timed out in a later run):"
-            + ", ".join(short)
-            + ".",
+            "Fewer samples than runs (an operation timed out or failed in a"
+            " later run): " + ", ".join(short) + ".",
         ]
+    for n in names:
+        for key, why in results.get(n, {}).get("failed", {}).items():
+            lines += ["", f"{n}, {key} failed (in at least one run): {why}"]
     lines.append("")
     return "\n".join(lines)
 
@@ -979,6 +1039,11 @@ def main() -> None:
         "--no-memory", action="store_true", help="skip the idle-session memory"
     )
     parser.add_argument(
+        "--live-tree",
+        action="store_true",
+        help="run twistedmail from the working tree, not a snapshot of HEAD",
+    )
+    parser.add_argument(
         "--write", action="store_true", help="update docs/performance.md"
     )
     args = parser.parse_args()
@@ -994,9 +1059,13 @@ def main() -> None:
         "Dovecot": args.timeout,
         "pymap": args.pymap_timeout,
     }
+    source: str | None = None
+    snap_rev = ""
+    if not args.live_tree:
+        source, snap_rev = snapshot(args.repo, args.base)
     makers = {
         "twistedmail": lambda: twistedmail_server(
-            args.base, args.repo, users, args.timeout
+            args.base, args.repo, users, args.timeout, source
         ),
         "Dovecot": lambda: dovecot_server(args.base, users, args.timeout),
         "pymap": lambda: pymap_server(args.base, users, args.pymap_timeout),
@@ -1010,7 +1079,11 @@ def main() -> None:
         for count in sizes:
             corpus = ensure_corpus(args.base, count)
             load0 = os.getloadavg()[0]
-            rev = revision(args.repo)
+            rev = (
+                revision(args.repo)
+                if source is None
+                else f"twistedmail {snap_rev} (committed code, run from a snapshot)"
+            )
             when = time.strftime("%Y-%m-%d")
             results = bench_size(servers, corpus, count, args.runs)
             load1 = os.getloadavg()[0]
