@@ -42,9 +42,15 @@ class FormatTests(SynchronousTestCase):
 
     def test_layout(self) -> None:
         """The documented layout: header with version, then one line each."""
-        ul = UIDList(77, 5, {"a b": UIDEntry(3, 100, 9, "a b")})
+        ul = UIDList(77, 5, [UIDEntry(3, 100, 9, "a b")])
         self.assertEqual(
             format_uidlist(ul), b"twistedmail-uidlist 1 V77 N5\n3 100 9 a b\n"
+        )
+        ul.limit = 50
+        ul.token = "ab"
+        self.assertEqual(
+            format_uidlist(ul),
+            b"twistedmail-uidlist 1 V77 N50 Gab U5\n3 100 9 a b\n",
         )
 
     def test_token(self) -> None:
@@ -65,12 +71,12 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(read_uidlist_token(folder), ul.token)
         copy = ul.copy()
         copy.assign("c", 5, 6)
-        self.assertEqual(list(ul.entries), ["b"])
+        self.assertEqual(ul.bases, ["b"])
 
     def test_future_header_fields_ignored(self) -> None:
         """Unknown header fields (a later minor addition) are ignored."""
         ul = parse_uidlist(b"twistedmail-uidlist 1 V7 N2 Xfoo\n1 5 6 b\n")
-        self.assertEqual((ul.uidvalidity, ul.next_uid, list(ul.entries)), (7, 2, ["b"]))
+        self.assertEqual((ul.uidvalidity, ul.next_uid, ul.bases), (7, 2, ["b"]))
 
     def test_errors(self) -> None:
         """Malformed lists are refused, never half-read."""

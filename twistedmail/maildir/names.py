@@ -30,6 +30,7 @@ __all__ = [
     "FolderNameError",
     "IMAP_SYSTEM_FLAGS",
     "MaildirError",
+    "delivery_order",
     "escape_hostname",
     "folder_directory",
     "folder_from_directory",
@@ -156,10 +157,33 @@ def make_base(
     """
     sec = int(seconds)
     usec = int(round((seconds - sec) * 1_000_000)) % 1_000_000
-    unique = f"M{usec}P{pid}Q{counter}"
+    # Zero-padded, so that names made within one second also sort in
+    # delivery order as text (older names have no padding; see
+    # delivery_order).
+    unique = f"M{usec:06d}P{pid}Q{counter}"
     if token:
         unique += f"U{token}"
     return f"{sec}.{unique}.{escape_hostname(hostname)},S={size}"
+
+
+#: ``<seconds>.`` then, in the unique part, Dovecot's and our
+#: ``M<microseconds>`` and our ``Q<counter>`` (qmail's own names,
+#: ``<seconds>.<pid>.<host>``, have neither).
+_ORDER = re.compile(r"([0-9]+)\.(?:[^.]*?M([0-9]+))?(?:[^.]*?Q([0-9]+))?")
+
+
+def delivery_order(base: str, mtime: int) -> tuple[int, int, int, str]:
+    """A sort key putting base names in delivery order: the time fields of
+    the name compared as numbers (``M5`` before ``M40``, as written before
+    microseconds were zero-padded), then our counter, then the name.
+
+    @param mtime: the file's time, for names that carry none.
+    """
+    m = _ORDER.match(base)
+    if m is None:
+        return (mtime, 0, 0, base)
+    sec, usec, counter = m.groups()
+    return (int(sec), int(usec or 0), int(counter or 0), base)
 
 
 _FORBIDDEN_FOLDER_CHARS = (

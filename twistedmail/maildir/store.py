@@ -24,15 +24,18 @@ Change notifications run in the thread that made the change
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import errno
 import functools
+import gc
 import itertools
 import operator
 import os
 import re
 import shutil
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, NamedTuple, TypeVar, cast
 
 from twisted.internet.defer import Deferred
@@ -58,6 +61,7 @@ from twistedmail.maildir.names import (
     FLAG_LETTERS,
     FolderNameError,
     MaildirError,
+    delivery_order,
     folder_directory,
     folder_from_directory,
     format_filename,
@@ -73,7 +77,7 @@ from twistedmail.maildir.uidlist import (
     fsync_directory,
     read_dovecot_uidlist,
     read_uidlist,
-    read_uidlist_token,
+    save_uidlist,
     write_file_atomic,
     write_uidlist,
 )
@@ -87,6 +91,7 @@ __all__ = [
     "MessageInfo",
     "NoSuchFolderError",
     "NoSuchMessageError",
+    "gc_paused",
 ]
 
 _T = TypeVar("_T")
@@ -148,12 +153,45 @@ _make_info = cast(
 )
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
-_third = operator.itemgetter(2)
-_fourth = operator.itemgetter(3)
+_starts_new = operator.methodcaller("startswith", "new/")
 #: The info part of each line of file names (``:2,S``, or empty).
 _SUFFIX = re.compile(r"^[^:\n]*(.*)$", re.MULTILINE)
 #: The base name of each ``/``-terminated file name.
 _BASE = re.compile(r"([^/:]*)[^/]*/")
+
+
+class _Columns:
+    """A snapshot's columns, in UID order (never changed in place; the file
+    names, which flag changes rename, are kept apart by each mailbox).
+
+    @ivar source: the UID list these columns are (not a filtered copy of),
+        or None.
+    @ivar cur: the listing of ``cur/`` the snapshot was made from.
+    @ivar in_new: the positions of messages that were in ``new/``.
+    """
+
+    __slots__ = ("bases", "cur", "dates", "in_new", "sizes", "source", "uids")
+
+    def __init__(
+        self,
+        uids: list[int],
+        bases: list[str],
+        dates: list[int],
+        sizes: list[int],
+        source: UIDList | None,
+    ) -> None:
+        self.uids = uids
+        self.bases = bases
+        self.dates = dates
+        self.sizes = sizes
+        self.source = source
+        self.cur: dict[str, str] | None = None
+        self.in_new: list[int] = []
+
+    @classmethod
+    def empty(cls) -> _Columns:
+        """No messages."""
+        return cls([], [], [], [], None)
 
 
 class _Shared:
@@ -164,8 +202,8 @@ class _Shared:
 
     __slots__ = (
         "__weakref__",
-        "by_uid",
-        "infos",
+        "columns",
+        "files",
         "keywords",
         "signature",
         "uidlist",
@@ -178,15 +216,36 @@ class _Shared:
         uidlist: UIDList,
         uidlist_stat: tuple[int, int, int] | None,
         keywords: KeywordMap,
-        infos: tuple[MessageInfo, ...],
-        by_uid: dict[int, MessageInfo],
+        columns: _Columns,
+        files: list[str],
     ) -> None:
         self.signature = signature
         self.uidlist = uidlist
         self.uidlist_stat = uidlist_stat
         self.keywords = keywords
-        self.infos = infos
-        self.by_uid = by_uid
+        self.columns = columns
+        self.files = files
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a snapshot of a big
+    folder is built, and resume it after (only if it was running).
+
+    Building one makes some hundred thousand container objects that all
+    live on; each allocation burst would trigger collections that walk
+    every tracked object, a fifth of the time spent.  Reference counting
+    still frees everything as usual; only cycles wait until the collector
+    runs again.  The switch is process-wide: a pause in one thread also
+    delays (never loses) collection for the others.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _default_opener(path: str) -> IO[bytes]:
@@ -232,8 +291,8 @@ class MaildirStore:
         self._sizes = SizeCache()
         self._listeners: dict[str, list[Callable[[], None]]] = {}
         self._watcher = watcher
-        # UID lists by folder and token, while a mailbox uses them.
-        self._lists: weakref.WeakValueDictionary[tuple[str, str], UIDList] = (
+        # The newest UID list of each folder, while a mailbox uses it.
+        self._lists: weakref.WeakValueDictionary[str, UIDList] = (
             weakref.WeakValueDictionary()
         )
         # The last snapshot of each folder, while a mailbox uses it.
@@ -619,6 +678,12 @@ class Mailbox:
     object (L{set_flags}, L{expunge}) update the snapshot at once; messages
     it adds (L{add}, L{copy} into it) appear at the next L{refresh}.
 
+    The snapshot is kept column by column (UIDs, base names, file names,
+    dates, sizes: lists shared with the UID list where they can be); the
+    L{MessageInfo} objects are made when first asked for (L{get} makes one,
+    L{messages} all of them), so that opening a folder of 100,000 messages
+    makes no object per message beyond the file names.
+
     Made by L{MaildirStore.open_mailbox}.
     """
 
@@ -632,8 +697,11 @@ class Mailbox:
         self._uidlist_stat: tuple[int, int, int] | None = None
         self._keywords = KeywordMap()
         self._signature: tuple[object, ...] | None = None
-        self._infos: list[MessageInfo] = []
-        self._by_uid: dict[int, MessageInfo] = {}
+        self._columns = _Columns.empty()
+        # File names changed since the columns were made (flag changes).
+        self._files: list[str] = []
+        self._infos: list[MessageInfo] | None = None
+        self._suffixes: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         # The list last remembered (the store holds lists weakly).
         self._list_ref: UIDList | None = None
         # The last listing of new/ and cur/ with the directory's time then.
@@ -654,19 +722,89 @@ class Mailbox:
         """UIDNEXT as of the last refresh."""
         return self._uidlist.next_uid
 
+    def __len__(self) -> int:
+        """How many messages the snapshot holds."""
+        return len(self._columns.uids)
+
+    def uids(self) -> list[int]:
+        """The snapshot's UIDs, ascending (no per-message object made)."""
+        return list(self._columns.uids)
+
     def messages(self) -> list[MessageInfo]:
         """The snapshot's messages in UID order."""
+        if self._infos is None:
+            with gc_paused():
+                self._infos = self._make_infos()
         return list(self._infos)
+
+    def _make_infos(self) -> list[MessageInfo]:
+        # Every step is a pass in C (map, zip, one regular expression);
+        # only the few distinct info suffixes (":2,S", ":2,RS"...) are
+        # parsed in Python.
+        c = self._columns
+        if not c.uids:
+            return []
+        files = self._files
+        suffixes = _SUFFIX.findall("\n".join(files))
+        for suffix in set(suffixes).difference(self._suffixes):
+            self._flags_of(suffix)
+        known = list(map(self._suffixes.__getitem__, suffixes))
+        return list(
+            map(
+                _make_info,
+                zip(
+                    c.uids,
+                    c.bases,
+                    files,
+                    c.sizes,
+                    c.dates,
+                    map(_first, known),
+                    map(_second, known),
+                    strict=True,
+                ),
+            )
+        )
+
+    def _flags_of(self, suffix: str) -> tuple[frozenset[str], frozenset[str]]:
+        """Flags and keyword names of an info suffix (``:2,RSa``)."""
+        parsed = self._suffixes.get(suffix)
+        if parsed is None:
+            _, flags, letters = parse_filename(suffix)
+            names = self._keywords.names
+            keywords = frozenset(
+                names[ord(c) - 97] for c in letters if ord(c) - 97 in names
+            )
+            parsed = self._suffixes[suffix] = (flags, keywords)
+        return parsed
+
+    def _position(self, uid: int) -> int | None:
+        uids = self._columns.uids
+        i = bisect.bisect_left(uids, uid)
+        if i < len(uids) and uids[i] == uid:
+            return i
+        return None
+
+    def _info_at(self, i: int) -> MessageInfo:
+        if self._infos is not None:
+            return self._infos[i]
+        c = self._columns
+        filename = self._files[i]
+        flags, keywords = self._flags_of(filename[filename.find(":") :])
+        if ":" not in filename:
+            flags, keywords = frozenset(), frozenset()
+        return MessageInfo(
+            c.uids[i], c.bases[i], filename, c.sizes[i], c.dates[i], flags, keywords
+        )
 
     def get(self, uid: int) -> MessageInfo:
         """The snapshot's message with this UID.
 
         @raise NoSuchMessageError: when there is none.
         """
-        try:
-            return self._by_uid[uid]
-        except KeyError:
-            raise NoSuchMessageError(f"no message with UID {uid}") from None
+        i = self._position(uid)
+        if i is None:
+            raise NoSuchMessageError(f"no message with UID {uid}")
+        return self._info_at(i)
 
     def keywords(self) -> list[str]:
         """The keyword names this folder has letters for."""
@@ -699,7 +837,8 @@ class Mailbox:
         return abs(int(self.store.now() * 1e9) - mtime_ns) < _MTIME_SLACK_NS
 
     def _list_stat(self) -> tuple[int, int, int] | None:
-        # The list is only ever replaced by rename, so a new inode.
+        # The list is replaced by rename (a new inode) or appended to (a
+        # new size).
         try:
             st = os.stat(os.path.join(self.path, UIDLIST_NAME))
         except FileNotFoundError:
@@ -722,70 +861,78 @@ class Mailbox:
         """
         files: dict[str, str] = {}
         for sub in ("new", "cur"):
-            directory = os.path.join(self.path, sub)
-            try:
-                mtime = os.stat(directory).st_mtime_ns
-            except FileNotFoundError:
-                raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
-            known = self._listed.get(sub)
-            if cached and known is not None and known[0] == mtime:
-                files.update(known[1])
-                continue
-            try:
-                names = os.listdir(directory)
-            except FileNotFoundError:
-                raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
-            # Hidden files (NFS's .nfs*, editors') and names with line breaks
-            # (they would break the UID list) are not messages; one check
-            # over all names spares a test per name in the usual case.
-            joined = "/".join(names) + "/"
-            if "\n" in joined or "\r" in joined or "/." in joined or joined[0] == ".":
-                names = [
-                    n for n in names if n[:1] != "." and "\n" not in n and "\r" not in n
-                ]
-                joined = "/".join(names) + "/"
-            part: dict[str, str] = {}
-            if names:
-                # One pass in C: each match is one name, its group the base.
-                bases = _BASE.findall(joined)
-                part = dict(zip(bases, map((sub + "/").__add__, names), strict=True))
-            if self._recent(mtime):
-                # It may change again within this timestamp tick, unseen.
-                self._listed.pop(sub, None)
+            part = self._scan_one(sub, cached)
+            if files:
+                files.update(part)
             else:
-                self._listed[sub] = (mtime, part)
-            files.update(part)
+                files = dict(part)
         return files
 
-    def _known_list(self) -> UIDList | None:
-        """The UID list on disk, without reading more than its header, when
-        this mailbox or another of the folder in this process has read or
-        written that very version (its token); else None."""
-        token = read_uidlist_token(self.path)
-        if not token:
-            return None
-        if self._uidlist.token == token:
-            return self._uidlist
-        return self.store._lists.get((self.path, token))
+    def _scan_one(self, sub: str, cached: bool) -> dict[str, str]:
+        """One directory's part of L{_scan} (never to be changed)."""
+        directory = os.path.join(self.path, sub)
+        try:
+            mtime = os.stat(directory).st_mtime_ns
+        except FileNotFoundError:
+            raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
+        known = self._listed.get(sub)
+        if cached and known is not None and known[0] == mtime:
+            return known[1]
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
+        # Hidden files (NFS's .nfs*, editors') and names with line breaks
+        # (they would break the UID list) are not messages; one check
+        # over all names spares a test per name in the usual case.
+        joined = "/".join(names) + "/"
+        if "\n" in joined or "\r" in joined or "/." in joined or joined[0] == ".":
+            names = [
+                n for n in names if n[:1] != "." and "\n" not in n and "\r" not in n
+            ]
+            joined = "/".join(names) + "/"
+        part: dict[str, str] = {}
+        if names:
+            # One pass in C: each match is one name, its group the base.
+            bases = _BASE.findall(joined)
+            part = dict(zip(bases, map((sub + "/").__add__, names), strict=True))
+        if self._recent(mtime):
+            # It may change again within this timestamp tick, unseen.
+            self._listed.pop(sub, None)
+        else:
+            self._listed[sub] = (mtime, part)
+        return part
+
+    def _candidate(self) -> UIDList | None:
+        """The newest UID list of this folder this process knows (to read
+        only what was appended to it since)."""
+        mine = self._uidlist if self._uidlist.token else None
+        other = self.store._lists.get(self.path)
+        if mine is None or (other is not None and other.length > mine.length):
+            return other
+        return mine
 
     def _remember(self, ul: UIDList) -> None:
         """Offer a list as read or written (never to be changed again) to
         the folder's other mailboxes in this process."""
         if ul.token:
-            self.store._lists[(self.path, ul.token)] = ul
+            self.store._lists[self.path] = ul
             self._list_ref = ul
+
+    def _read_list(self) -> UIDList | None:
+        ul = read_uidlist(self.path, self._candidate())
+        if ul is not None:
+            self._remember(ul)
+        return ul
 
     def _load_locked(self) -> tuple[UIDList, dict[str, int], bool]:
         """Read the UID list under the lock; make one when missing or broken.
 
-        @return: the list, UIDs to import from Dovecot, and whether the list
-            must be written.
+        @return: a copy of the list to change, UIDs to import from Dovecot,
+            and whether the list must be rewritten.
         """
-        known = self._known_list()
-        if known is not None:
-            return known.copy(), {}, False
         try:
-            ul = read_uidlist(self.path)
+            ul = self._read_list()
         except UIDListError as e:
             broken = os.path.join(self.path, UIDLIST_NAME)
             aside = f"{broken}.broken.{int(self.store.now())}.{os.getpid()}"
@@ -798,7 +945,6 @@ class Mailbox:
             os.rename(broken, aside)
             ul = None
         if ul is not None:
-            self._remember(ul)
             return ul.copy(), {}, False
         imported = read_dovecot_uidlist(self.path)
         if imported is not None:
@@ -807,12 +953,22 @@ class Mailbox:
         validity = max(1, int(self.store.now()), self._uidlist.uidvalidity + 1)
         return UIDList(validity), {}, True
 
+    def _save(self, ul: UIDList, rewrite: bool) -> None:
+        """Write a changed list (under the lock) and remember it."""
+        if rewrite:
+            write_uidlist(self.path, ul)
+        else:
+            save_uidlist(self.path, ul)
+        self._remember(ul)
+
     def refresh(self, force: bool = False) -> bool:
         """Bring the snapshot up to date with the disk.
 
         Cheap when nothing changed (a few ``stat`` calls); otherwise the
-        folder's directories are listed and new messages get UIDs (their
-        files are ``stat``-ed once, never opened).
+        changed directories are listed, the lines appended to the UID list
+        are read, and new messages get UIDs (their files are ``stat``-ed
+        once, never opened).  The garbage collector is paused meanwhile
+        (L{gc_paused}).
 
         @param force: list the directories again even when they look
             unchanged.
@@ -826,41 +982,71 @@ class Mailbox:
             shared = self.store._shared.get(self.path)
             if shared is not None and shared.signature == signature:
                 return self._adopt(shared)
+        with gc_paused():
+            changed = self._refresh(signature, force)
+        if signature is not None:
+            self._publish(signature)
+        return changed
+
+    def _refresh(self, signature: tuple[object, ...] | None, force: bool) -> bool:
         files = self._scan(cached=not force)
         ul: UIDList | None = None
         if self._uidlist_stat is not None and self._uidlist_stat == self._list_stat():
             ul = self._uidlist  # unchanged since we read or wrote it
         else:
             before = self._list_stat()
-            ul = self._known_list()
-            if ul is None:
-                try:
-                    ul = read_uidlist(self.path)
-                except UIDListError:
-                    pass
-                else:
-                    if ul is not None:
-                        self._remember(ul)
+            try:
+                ul = self._read_list()
+            except UIDListError:
+                pass
             self._uidlist_stat = before if before == self._list_stat() else None
         if self._uidlist_stat is not None and self._recent(self._uidlist_stat[1]):
             # An inode number reused within one timestamp tick could fool us.
             self._uidlist_stat = None
         found: list[str | None] | None = None
-        if ul is not None and len(ul.entries) == len(files):
+        if ul is not None and len(ul.bases) == len(files):
             # Every listed message on disk, and as many files: the same set.
-            found = list(map(files.get, ul.entries))
+            found = self._found(ul, files)
             if None in found:
                 found = None
         if ul is None or found is None:
             ul, files = self._sync(files)
-            found = list(map(files.get, ul.entries))
+            found = list(map(files.get, ul.bases))
+        keywords = KeywordMap.load(self.path)
+        if keywords.names != self._keywords.names:
+            self._suffixes = {}
+            self._infos = None
+        self._keywords = keywords
         self._uidlist = ul
-        self._keywords = KeywordMap.load(self.path)
         self._signature = signature
-        changed = self._rebuild(found)
-        if signature is not None:
-            self._publish(signature)
-        return changed
+        return self._rebuild(ul, found)
+
+    def _found(self, ul: UIDList, files: dict[str, str]) -> list[str | None]:
+        """Each listed message's file name (None: not on disk); only the
+        rows appended since the snapshot are looked up when the rest
+        cannot have changed (same list, ``cur/`` not listed again, and
+        the snapshot's messages in ``new/`` still there)."""
+        old = self._columns
+        n = len(old.uids)
+        if (
+            n
+            and old.source is not None
+            and old.source.token == ul.token
+            and old.source.inode == ul.inode
+            and len(ul.uids) >= n
+            and old.uids is not ul.uids
+            and ul.uids[n - 1] == old.uids[-1]
+            and len(old.source.uids) == n
+            and self._listed.get("cur") is not None
+            and self._listed["cur"][1] is old.cur
+        ):
+            fresh = list(map(files.get, itertools.islice(ul.bases, n, None)))
+            in_new = [
+                i for i in old.in_new if files.get(old.bases[i]) == self._files[i]
+            ]
+            if len(in_new) == len(old.in_new):
+                return [*self._files, *fresh]
+        return list(map(files.get, ul.bases))
 
     def _publish(self, signature: tuple[object, ...]) -> None:
         """Offer this snapshot to other mailboxes of the folder in this
@@ -870,22 +1056,27 @@ class Mailbox:
             self._uidlist,
             self._uidlist_stat,
             self._keywords,
-            tuple(self._infos),
-            dict(self._by_uid),
+            self._columns,
+            list(self._files),
         )
         self._shared = shared
         self.store._shared[self.path] = shared
 
     def _adopt(self, shared: _Shared) -> bool:
         """Take another mailbox's snapshot of the same disk state."""
+        changed = (
+            shared.columns.uids != self._columns.uids or shared.files != self._files
+        )
         self._uidlist = shared.uidlist
         self._uidlist_stat = shared.uidlist_stat
+        if shared.keywords.names != self._keywords.names:
+            self._suffixes = {}
+            changed = True
         self._keywords = shared.keywords
         self._signature = shared.signature
-        infos = list(shared.infos)
-        changed = infos != self._infos
-        self._infos = infos
-        self._by_uid = dict(shared.by_uid)
+        self._columns = shared.columns
+        self._files = list(shared.files)
+        self._infos = None
         self._shared = shared
         return changed
 
@@ -894,7 +1085,8 @@ class Mailbox:
             ul, imported, dirty = self._load_locked()
             files = self._scan()
             # Set operations (in C): a folder may hold 100,000 messages.
-            gone = list(ul.entries.keys() - files.keys())
+            listed = set(ul.bases)
+            gone = list(listed - files.keys())
             if gone:
                 # A rename between our two listdir calls can hide a file once.
                 again = self._scan(cached=False)
@@ -903,7 +1095,7 @@ class Mailbox:
                 gone = [b for b in gone if b not in files]
             fresh = []
             vanished = []
-            for base in files.keys() - ul.entries.keys():
+            for base in files.keys() - listed:
                 filename = files[base]
                 try:
                     st = os.stat(os.path.join(self.path, filename))
@@ -911,79 +1103,66 @@ class Mailbox:
                     vanished.append(base)
                     continue
                 size = size_from_base(base)
+                date = int(st.st_mtime)
                 fresh.append(
-                    (int(st.st_mtime), base, st.st_size if size is None else size)
+                    (
+                        delivery_order(base, date),
+                        base,
+                        date,
+                        st.st_size if size is None else size,
+                    )
                 )
+            # UIDs in delivery order (the time in the name, read as numbers).
             fresh.sort()
-            taken = {e.uid for e in ul.entries.values()} if imported else set()
-            for date, base, size in fresh:
+            taken = set(ul.uids) if imported else set()
+            for _, base, date, size in fresh:
                 uid = imported.get(base)
                 if uid is not None and uid < ul.next_uid and uid not in taken:
                     # Dovecot's UID, kept so that clients need not resync.
-                    ul.entries[base] = UIDEntry(uid, date, size, base)
+                    ul.insert(UIDEntry(uid, date, size, base))
                     taken.add(uid)
                 else:
-                    ul.assign(base, date, size)
-            if imported:
-                ul.entries = dict(sorted(ul.entries.items(), key=lambda kv: kv[1].uid))
+                    ul.add_new(base, date, size)
             ul.remove(gone)
             if dirty or fresh or gone:
-                write_uidlist(self.path, ul)
-                self._remember(ul)
+                self._save(ul, dirty)
             self._uidlist_stat = self._list_stat()
         if gone:
             self._cache.forget(gone)
         if dirty:
             # A new list: entries of messages expunged meanwhile are orphans.
-            self._cache.retain(ul.entries)
+            self._cache.retain(ul.bases)
         for base in vanished:
             del files[base]
         return ul, files
 
-    def _rebuild(self, found: list[str | None]) -> bool:
+    def _rebuild(self, ul: UIDList, found: list[str | None]) -> bool:
         """Make the snapshot from the UID list and each listed message's
         file name (None: not on disk)."""
-        # Built for 100,000 messages: every step is a pass in C (map, zip,
-        # one regular expression) with no Python-level step per message;
-        # only the few distinct info suffixes (":2,S", ":2,RS"...) are
-        # parsed in Python.  The UID list is already in UID order.
-        values = list(self._uidlist.entries.values())
+        # Columns shared with the UID list unless messages are missing.
         if None in found:
-            values = [e for e, f in zip(values, found, strict=True) if f]
-        filenames = [f for f in found if f] if None in found else cast(list[str], found)
-        infos: list[MessageInfo] = []
-        if values:
-            names = self._keywords.names
-            suffixes = _SUFFIX.findall("\n".join(filenames))
-            parsed: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
-            for suffix in set(suffixes):
-                _, flags, letters = parse_filename(suffix)
-                keywords = frozenset(
-                    names[ord(c) - 97] for c in letters if ord(c) - 97 in names
-                )
-                parsed[suffix] = (flags, keywords)
-            known = list(map(parsed.__getitem__, suffixes))
-            uids = list(map(_first, values))
-            infos = list(
-                map(
-                    _make_info,
-                    zip(
-                        uids,
-                        map(_fourth, values),
-                        filenames,
-                        map(_third, values),
-                        map(_second, values),
-                        map(_first, known),
-                        map(_second, known),
-                        strict=True,
-                    ),
-                )
+            keep = [f is not None for f in found]
+            columns = _Columns(
+                list(itertools.compress(ul.uids, keep)),
+                list(itertools.compress(ul.bases, keep)),
+                list(itertools.compress(ul.dates, keep)),
+                list(itertools.compress(ul.sizes, keep)),
+                None,
             )
-            if not all(map(operator.lt, uids, itertools.islice(uids, 1, None))):
-                infos.sort(key=_first)
-        changed = infos != self._infos
-        self._infos = infos
-        self._by_uid = dict(zip(map(_first, infos), infos, strict=True))
+            filenames = cast(list[str], [f for f in found if f is not None])
+        else:
+            columns = _Columns(ul.uids, ul.bases, ul.dates, ul.sizes, ul)
+            filenames = cast(list[str], found)
+        listed = self._listed.get("cur")
+        columns.cur = None if listed is None else listed[1]
+        columns.in_new = list(
+            itertools.compress(itertools.count(), map(_starts_new, filenames))
+        )
+        changed = columns.uids != self._columns.uids or filenames != self._files
+        self._columns = columns
+        self._files = filenames
+        if changed:
+            self._infos = None
         return changed
 
     # Reading
@@ -1024,9 +1203,12 @@ class Mailbox:
     # Changing
 
     def _replace(self, info: MessageInfo) -> None:
-        old = self._by_uid[info.uid]
-        self._by_uid[info.uid] = info
-        self._infos[self._infos.index(old)] = info
+        i = self._position(info.uid)
+        if i is None:
+            return
+        self._files[i] = info.filename
+        if self._infos is not None:
+            self._infos[i] = info
 
     def _letters(self, keywords: Iterable[str]) -> frozenset[str]:
         keywords = list(keywords)
@@ -1038,6 +1220,7 @@ class Mailbox:
             letters = [kmap.add(k) for k in keywords]
             kmap.save(self.path)
         self._keywords = kmap
+        self._suffixes = {}
         return frozenset(cast(list[str], letters))
 
     def set_flags(
@@ -1082,11 +1265,11 @@ class Mailbox:
         return info
 
     def _assign(self, added: list[tuple[str, int, int]]) -> list[int]:
+        """Give new messages UIDs in this order; appended to the list."""
         with self._lock():
             ul, imported, dirty = self._load_locked()
-            uids = [ul.assign(base, date, size).uid for base, date, size in added]
-            write_uidlist(self.path, ul)
-            self._remember(ul)
+            uids = [ul.add_new(base, date, size).uid for base, date, size in added]
+            self._save(ul, dirty)
         return uids
 
     def add(
@@ -1124,16 +1307,18 @@ class Mailbox:
 
     def copy(self, uids: Iterable[int], target: Mailbox) -> dict[int, int]:
         """Copy messages into another folder (hard links where possible),
-        with their flags, keywords and internal dates.
+        with their flags, keywords (mapped to the target's letters) and
+        internal dates, in UID order.
 
         @return: source UID to new UID (IMAP COPYUID), for the messages that
             were still there.
         """
         added: list[tuple[int, str, int, int]] = []
         for uid in sorted(set(uids)):
-            info = self._by_uid.get(uid)
-            if info is None:
+            i = self._position(uid)
+            if i is None:
                 continue
+            info = self._info_at(i)
             letters = target._letters(info.keywords)
             base = self.store.new_base(info.size)
             dst = os.path.join(
@@ -1172,9 +1357,10 @@ class Mailbox:
         """
         gone: list[MessageInfo] = []
         for uid in sorted(set(uids)):
-            info = self._by_uid.get(uid)
-            if info is None:
+            i = self._position(uid)
+            if i is None:
                 continue
+            info = self._info_at(i)
             try:
                 os.unlink(os.path.join(self.path, info.filename))
             except FileNotFoundError:
@@ -1188,13 +1374,21 @@ class Mailbox:
         with self._lock():
             ul, imported, dirty = self._load_locked()
             ul.remove(bases)
-            write_uidlist(self.path, ul)
-            self._remember(ul)
+            self._save(ul, True)
         self._cache.forget(bases)
         removed = {i.uid for i in gone}
-        self._infos = [i for i in self._infos if i.uid not in removed]
-        for uid in removed:
-            del self._by_uid[uid]
+        c = self._columns
+        keep = [u not in removed for u in c.uids]
+        self._columns = _Columns(
+            list(itertools.compress(c.uids, keep)),
+            list(itertools.compress(c.bases, keep)),
+            list(itertools.compress(c.dates, keep)),
+            list(itertools.compress(c.sizes, keep)),
+            None,
+        )
+        self._files = list(itertools.compress(self._files, keep))
+        if self._infos is not None:
+            self._infos = list(itertools.compress(self._infos, keep))
         self.store.notify(self.maildir, self.name)
         return sorted(removed)
 
@@ -1207,9 +1401,9 @@ class Mailbox:
         @return: the UIDs claimed, ascending.
         """
         taken = []
-        for info in list(self._infos):
-            if not info.recent:
-                continue
+        in_new = itertools.compress(itertools.count(), map(_starts_new, self._files))
+        for i in list(in_new):
+            info = self._info_at(i)
             name = info.filename[4:]
             if not name[len(info.base) :].startswith(":2,"):
                 name = format_filename(info.base, info.flags)
