@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import poplib
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -176,4 +177,58 @@ class LoopbackTests(TestCase):
 
         d = self.in_thread(run)
         d.addCallback(lambda error: self.assertIn("[AUTH]", error))
+        return d
+
+    def read_to_end(self, sock: Any) -> bytes:
+        """Everything the server sends until it closes (a 30 s timeout
+        raises, so a server that never closes fails the test)."""
+        sock.settimeout(30)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(4096)
+            except ssl.SSLZeroReturnError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def test_pop3s_quit_closes(self) -> None:
+        """After QUIT on implicit TLS the server sends its TLS close and
+        closes the connection; the client sees the end of the stream."""
+        port = self.listen(implicit=True)
+
+        def run() -> bytes:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+            with self.context().wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"QUIT\r\n")
+                return self.read_to_end(s)
+
+        d = self.in_thread(run)
+        d.addCallback(
+            lambda data: self.assertEqual(
+                [line.split(b" ")[0] for line in data.splitlines()], [b"+OK", b"+OK"]
+            )
+        )
+        return d
+
+    def test_stls_quit_closes(self) -> None:
+        """After STLS, QUIT closes the TLS connection too."""
+        port = self.listen(implicit=False)
+
+        def run() -> bytes:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+            raw.settimeout(30)
+            greeting = raw.recv(4096)
+            assert greeting.startswith(b"+OK"), greeting
+            raw.sendall(b"STLS\r\n")
+            answer = raw.recv(4096)
+            assert answer.startswith(b"+OK"), answer
+            with self.context().wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"QUIT\r\n")
+                return self.read_to_end(s)
+
+        d = self.in_thread(run)
+        d.addCallback(lambda data: self.assertTrue(data.startswith(b"+OK"), data))
         return d

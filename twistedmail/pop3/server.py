@@ -353,6 +353,7 @@ class POP3ServerProtocol(Protocol):
         self._events: deque[Event] = deque()
         self._running = False
         self._wrote = False
+        self._registered = False
 
     @property
     def _transport(self) -> Any:
@@ -383,6 +384,7 @@ class POP3ServerProtocol(Protocol):
         if set_no_delay is not None:
             set_no_delay(True)
         self._transport.registerProducer(self, True)
+        self._registered = True
         self.machine.greet()
         self._flush()
         self._start_timer()
@@ -528,13 +530,22 @@ class POP3ServerProtocol(Protocol):
             self._close_reason = event.reason
             self._flush()
             self._stop_timer()
-            self._transport.loseConnection()
+            self._lose_connection()
         elif isinstance(event, TLSRequested):
             self._start_tls()
         elif isinstance(event, LoginRequested):
             self._background(self._login(event))
         elif isinstance(event, UpdateRequested):
             self._background(self._update(event))
+
+    def _lose_connection(self) -> None:
+        """Close after what was written is sent.  The producer goes first:
+        a TLS transport holds back its close_notify (and so the close)
+        while a producer is registered."""
+        if self._registered:
+            self._registered = False
+            self._transport.unregisterProducer()
+        self._transport.loseConnection()
 
     def _start_tls(self) -> None:
         self._flush()
@@ -569,7 +580,7 @@ class POP3ServerProtocol(Protocol):
                 session=self.session_id,
             )
             if not self._gone:
-                self._transport.loseConnection()
+                self._lose_connection()
 
         d.addErrback(failed)
 
