@@ -561,12 +561,25 @@ class FolderTests(StoreCase):
         """Renaming INBOX moves its messages to a new folder and leaves it
         empty (RFC 3501 §6.3.5)."""
         self.deliver(b"a", "Q1")
-        self.store.open_mailbox(self.path).set_flags(1, {"S"})
+        inbox = self.store.open_mailbox(self.path)
+        inbox.set_flags(1, {"S"}, {"$Work"})
         self.deliver(b"b", "Q2")
+        self.deliver(b"c", "Q3")
+        inbox.refresh()
+        inbox.set_flags(3, set(), {"$Later"})
+        inbox.close()
         self.store.rename_folder(self.path, "INBOX", "Old")
         self.assertEqual(self.store.open_mailbox(self.path).messages(), [])
-        old = self.store.open_mailbox(self.path, "Old").messages()
-        self.assertEqual([i.flags for i in old], [frozenset({"S"}), frozenset()])
+        moved = self.store.open_mailbox(self.path, "Old")
+        old = moved.messages()
+        self.assertEqual([moved.read(i.uid) for i in old], [b"a", b"b", b"c"])
+        self.assertEqual(
+            [i.flags for i in old], [frozenset({"S"}), frozenset(), frozenset()]
+        )
+        self.assertEqual(
+            [i.keywords for i in old],
+            [frozenset({"$Work"}), frozenset(), frozenset({"$Later"})],
+        )
 
     def test_subscriptions(self) -> None:
         """Subscriptions live in the Maildir++ subscriptions file."""

@@ -603,7 +603,8 @@ class MaildirStore:
     def rename_folder(self, path: str, old: str, new: str) -> None:
         """Rename a folder and its subfolders (UIDs and UIDVALIDITY go
         with them).  Renaming INBOX moves its messages into a new folder
-        and leaves INBOX empty (RFC 3501 §6.3.5).
+        and leaves INBOX empty (RFC 3501 §6.3.5): their flags and keywords
+        go with them, and the new folder's UIDs follow delivery order.
 
         @raise FolderNameError: for names that are not allowed, or a new
             name of INBOX.
@@ -618,6 +619,11 @@ class MaildirStore:
             raise FolderExistsError(f"folder {new!r} exists")
         if old_dir == path:
             self.create_folder(path, new)
+            # The letters in the names keep their meaning: the new folder
+            # gets INBOX's keyword map before any message moves.
+            keywords = KeywordMap.load(path)
+            if keywords.names:
+                keywords.save(new_dir)
             for sub in ("new", "cur"):
                 for name in os.listdir(os.path.join(path, sub)):
                     os.rename(
