@@ -198,20 +198,22 @@ def drop_caches() -> None:
 
 NOTES = """\
 How it works: opening lists `new/` and `cur/` (names only, no `stat`; size
-comes from `,S=`, flags from the info suffix), reads `twistedmail-uidlist`
-(UID, internal date and size per base name) and builds one immutable
-`MessageInfo` per message. Each of those is a pass in C (one regular
-expression over the joined names, `map`/`zip` over columns), so the cost is
-some fifteen passes over 100,000 objects plus the garbage collector (about a
-fifth of it: 100,000 tracked tuples trigger full collections). A second
-session of the same folder in the same process takes the first one's
-snapshot (keyed by the directories' times and the list's token) and copies
-two containers. A refresh after a delivery lists only `new/` when `cur/` is
-unchanged and skips reading the UID list when its token is one it knows, but
-still rebuilds the snapshot and rewrites the list (100,000 lines, fsynced)
-once per change; within two seconds of a change every refresh rescans,
-because a second change in the same file system timestamp tick would not
-show in the directory times.\
+comes from `,S=`, flags from the info suffix) and reads `twistedmail-uidlist`
+(UID, internal date and size per base name) into four columns (lists of
+UIDs, names, dates, sizes). The snapshot is those columns plus each
+message's file name, matched by one dictionary lookup per message in C
+(`map`); no object is made per message until a protocol asks for one
+(`MessageInfo` objects are built on first use, again in passes over the
+columns). The cyclic garbage collector is paused while a snapshot is built.
+A second session of the same folder in the same process takes the first
+one's snapshot (keyed by the directories' times and the list's token). A
+delivery appends one line to the UID list (one write and an `fdatasync`,
+no rename; the list is rewritten whole only when messages leave it or its
+reserve of UIDs runs out), and a refresh after it lists only `new/` when
+`cur/` is unchanged, reads only the lines appended since, and looks up only
+the new messages. Within two seconds of a change every refresh lists the
+directories again, because a second change in the same file system
+timestamp tick would not show in the directory times.\
 """
 
 
@@ -284,7 +286,8 @@ def write_section(path: str, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end < 0 else text[end + 1 :])
+        rest = "" if end < 0 else "\n" + text[end + 1 :]
+        text = text[:start] + section.rstrip("\n") + "\n" + rest
     with open(path, "w") as f:
         f.write(text.rstrip("\n") + "\n")
 
