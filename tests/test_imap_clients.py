@@ -460,6 +460,43 @@ class ImaplibTests(TestCase):
         await self.logout(client)
 
 
+class ImaplibLimitTests(TestCase):
+    """imaplib against the literal limit ([imap] max_literal, announced as
+    APPENDLIMIT)."""
+
+    async def test_append_over_the_limit(self) -> None:
+        """An APPEND one octet over APPENDLIMIT gets a tagged NO [TOOBIG]
+        before imaplib sends any of the message; the session goes on and an
+        APPEND that fits works.  A LITERAL+ one gets BAD [TOOBIG], its
+        octets are skipped, and the session still works."""
+        server = make_server(self, max_literal=1000)
+        port = server.listen()
+        client = await in_thread(server.imaplib, port)
+        _ok(await in_thread(client.login, ALICE, PASSWORD))
+        self.assertIn("APPENDLIMIT=1000", client.capabilities)
+        big = b"Subject: big\r\n\r\n" + b"x" * (1001 - 16)
+        self.assertEqual(len(big), 1001)
+        typ, data = await in_thread(client.append, "INBOX", None, None, big)
+        self.assertEqual(
+            (typ, data), ("NO", [b"[TOOBIG] Literal of 1001 octets is too large"])
+        )
+        _ok(await in_thread(client.noop))
+        lines = await in_thread(
+            transcript, client, "APPEND INBOX {1001+}\r\n" + big.decode()
+        )
+        self.assertEqual(len(lines), 1)
+        self.assertRegex(
+            lines[0], rb"^\S+ BAD \[TOOBIG\] Literal of 1001 octets is too large$"
+        )
+        typ, data = await in_thread(client.append, "INBOX", None, None, big[:1000])
+        self.assertEqual(typ, "OK", data)
+        self.assertRegex(data[0], rb"^\[APPENDUID \d+ 1\]")
+        data = _ok(await in_thread(client.select, "INBOX"))
+        self.assertEqual(data, [b"1"])
+        typ, _ = await in_thread(client.logout)
+        self.assertEqual(typ, "BYE")
+
+
 class IMAPClientTests(TestCase):
     """imapclient (PyPI): its parsed responses, IDLE and CONDSTORE."""
 

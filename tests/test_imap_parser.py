@@ -89,6 +89,7 @@ from twistedmail.imap import (
     format_status,
     format_string,
 )
+from twistedmail.imap._parser import SKIP_FACTOR
 
 _EVENT_TYPES = (
     Command,
@@ -1135,33 +1136,65 @@ class LimitTests(SynchronousTestCase):
 
     def test_huge_non_sync_literal_skipped(self) -> None:
         """A refused {n+} literal is skipped, then the rest of its line."""
-        parser = CommandParser(max_literal=10)
+        parser = CommandParser(max_literal=100)
         smuggled = b"b DELETE INBOX\r\n" * 10
         events = parser.receive_data(
             b"a APPEND INBOX {%d+}\r\n" % len(smuggled)
             + smuggled
             + b" rest {3}\r\nc NOOP\r\n"
         )
-        self.assertEqual(events, [LiteralTooLarge("a", len(smuggled)), Noop("c")])
+        self.assertEqual(
+            events, [LiteralTooLarge("a", len(smuggled), False), Noop("c")]
+        )
 
     def test_huge_non_sync_memory_flat(self) -> None:
-        """Skipping a 2 GB {n+} literal keeps nothing in memory."""
+        """Skipping a refused {n+} literal keeps nothing in memory, up to
+        max_skip octets."""
         parser = CommandParser()
+        size = parser.max_skip
+        self.assertEqual(size, SKIP_FACTOR * DEFAULT_MAX_LITERAL)
         self.assertEqual(
-            parser.receive_data(b"a APPEND INBOX {2147483648+}\r\n"),
-            [LiteralTooLarge("a", 2147483648)],
+            parser.receive_data(b"a APPEND INBOX {%d+}\r\n" % size),
+            [LiteralTooLarge("a", size, False)],
         )
         chunk = b"x" * 65536
         for _ in range(200):
             self.assertEqual(parser.receive_data(chunk), [])
             self.assertEqual(parser.buffered_size, 0)
+        self.assertFalse(parser.closed)
+
+    def test_non_sync_past_max_skip_closes(self) -> None:
+        """A 2 GB {n+} announcement is not worth reading: LiteralTooLarge
+        with closing set, and the parser takes nothing more."""
+        parser = CommandParser()
+        self.assertEqual(
+            parser.receive_data(b"a APPEND INBOX {2147483648+}\r\nxyz"),
+            [LiteralTooLarge("a", 2147483648, False, True)],
+        )
+        self.assertTrue(parser.closed)
+        self.assertEqual(parser.receive_data(b"\r\nb NOOP\r\n"), [])
+        self.assertEqual(parser.buffered_size, 0)
+
+    def test_skip_limit_follows_max_literal(self) -> None:
+        """max_skip follows max_literal (the server raises it at login)."""
+        parser = CommandParser(max_literal=10)
+        self.assertEqual(parser.max_skip, 10 * SKIP_FACTOR)
+        self.assertEqual(
+            parser.receive_data(b"a LOGIN {41+}\r\n"),
+            [LiteralTooLarge("a", 41, False, True)],
+        )
+        parser = CommandParser(max_literal=10)
+        self.assertEqual(
+            parser.receive_data(b"a LOGIN {40+}\r\n" + b"x" * 40 + b"\r\nb NOOP\r\n"),
+            [LiteralTooLarge("a", 40, False), Noop("b")],
+        )
 
     def test_skip_chain(self) -> None:
         """A further {n+} in a refused command's rest is skipped too."""
         parser = CommandParser(max_literal=4)
         self.assertEqual(
             parser.receive_data(b"a LOGIN {9+}\r\n123456789 {3+}\r\nb N\r\nc NOOP\r\n"),
-            [LiteralTooLarge("a", 9), Noop("c")],
+            [LiteralTooLarge("a", 9, False), Noop("c")],
         )
 
     def test_literal_total(self) -> None:
@@ -1207,6 +1240,14 @@ class LimitTests(SynchronousTestCase):
             max_line=64,
         )
         self.assertEqual(events, [LineTooLong("t"), Noop("u")])
+        parser = CommandParser(max_line=64)
+        events = parser.receive_data(
+            b"t APPEND " + b"x" * 100 + b" {2147483648+}\r\nb NOOP\r\n"
+        )
+        self.assertEqual(
+            events, [LineTooLong("t"), LiteralTooLarge("t", 2147483648, False, True)]
+        )
+        self.assertTrue(parser.closed)
         parser = CommandParser(max_line=64)
         events = parser.receive_data(b"t APPEND " + b"x" * 100)
         events += parser.receive_data(b" {16+}\r\nb DELETE INBOX\r\n\r\nu NOOP\r\n")

@@ -684,7 +684,7 @@ class AppendTests(SynchronousTestCase):
         out = client.raw(b"a APPEND INBOX {%d}\r\n" % (PRE_AUTH_MAX_LITERAL + 1))
         self.assertEqual(
             out,
-            b"a BAD [TOOBIG] Literal of %d octets is too large\r\n"
+            b"a NO [TOOBIG] Literal of %d octets is too large\r\n"
             % (PRE_AUTH_MAX_LITERAL + 1),
         )
         self.assertEqual(

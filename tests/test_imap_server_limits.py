@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap_server_helpers import Client, make_message, make_world
 from twistedmail.imap._modseq import MODSEQ_NAME
+from twistedmail.imap.server import PRE_AUTH_MAX_LITERAL
 
 TWO_GB = 2 * 1024**3
 
@@ -24,13 +25,34 @@ class LiteralLimitTests(SynchronousTestCase):
         self.client = self.world.logged_in()
 
     def test_two_gigabytes_synchronising(self) -> None:
-        """A 2 GB synchronising literal: BAD [TOOBIG] at once, no
-        continuation; the session goes on."""
+        """A 2 GB synchronising literal: a tagged NO [TOOBIG] at once (RFC
+        7889), no continuation; the session goes on."""
         out = self.client.raw(b"a APPEND INBOX {%d}\r\n" % TWO_GB)
         self.assertEqual(
-            out, b"a BAD [TOOBIG] Literal of %d octets is too large\r\n" % TWO_GB
+            out, b"a NO [TOOBIG] Literal of %d octets is too large\r\n" % TWO_GB
         )
         self.assertEqual(self.client.ok("NOOP"), [])
+
+    def test_just_over_synchronising(self) -> None:
+        """One octet over the limit: NO [TOOBIG]; a following APPEND that
+        fits works, and NO does not count towards max_errors."""
+        world = make_world(self.mktemp(), max_literal=1000, max_errors=2)
+        client = world.logged_in()
+        for _ in range(3):
+            out = client.raw(b"a APPEND INBOX (\\Seen) {1001}\r\n")
+            self.assertEqual(
+                out, b"a NO [TOOBIG] Literal of 1001 octets is too large\r\n"
+            )
+        self.assertEqual(
+            client.raw(b"b APPEND INBOX {6}\r\n"), b"+ Ready for literal\r\n"
+        )
+        self.assertRegex(client.raw(b"x: y\r\n\r\n"), rb"^b OK \[APPENDUID \d+ 1\] ")
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_untagged_synchronising(self) -> None:
+        """Without a readable tag the refusal is an untagged BAD."""
+        out = self.client.raw(b"* APPEND INBOX {1001}\r\n")
+        self.assertEqual(out, b"* BAD [TOOBIG] Literal of 1001 octets is too large\r\n")
 
     def test_two_gigabytes_default_limit(self) -> None:
         """The same with the default limit (35 MiB)."""
@@ -38,7 +60,7 @@ class LiteralLimitTests(SynchronousTestCase):
         client = world.logged_in()
         out = client.raw(b"a APPEND INBOX (\\Seen) {%d}\r\n" % TWO_GB)
         self.assertEqual(
-            out, b"a BAD [TOOBIG] Literal of %d octets is too large\r\n" % TWO_GB
+            out, b"a NO [TOOBIG] Literal of %d octets is too large\r\n" % TWO_GB
         )
         parser = client.proto._parser
         assert parser is not None
@@ -52,10 +74,36 @@ class LiteralLimitTests(SynchronousTestCase):
         out = self.client.raw(b"x" * 1001 + b" more\r\nb NOOP\r\n")
         self.assertEqual(out, b"b OK NOOP completed\r\n")
 
+    def test_non_synchronising_two_gigabytes(self) -> None:
+        """A 2 GB LITERAL+ literal is past what is worth skipping: BAD
+        [TOOBIG], BYE, the connection closes, memory flat; other sessions
+        go on."""
+        other = self.world.logged_in()
+        out = self.client.raw(b"a APPEND INBOX {%d+}\r\n" % TWO_GB + b"x" * 65536)
+        self.assertEqual(
+            out,
+            b"a BAD [TOOBIG] Literal of %d octets is too large\r\n" % TWO_GB
+            + b"* BYE Literal too large to skip\r\n",
+        )
+        self.assertTrue(self.client.transport.disconnecting)
+        parser = self.client.proto._parser
+        assert parser is not None
+        self.assertEqual(self.client.raw(b"x" * 65536 + b"\r\nb NOOP\r\n"), b"")
+        self.assertEqual(parser.buffered_size, 0)
+        self.assertEqual(other.ok("NOOP"), [])
+
+    def test_non_synchronising_before_login(self) -> None:
+        """Before login the limits are PRE_AUTH_MAX_LITERAL: a {n+} beyond
+        four times that closes the connection."""
+        client = self.world.connect()
+        out = client.raw(b"a LOGIN {%d+}\r\n" % (4 * PRE_AUTH_MAX_LITERAL + 1))
+        self.assertTrue(out.endswith(b"* BYE Literal too large to skip\r\n"), out)
+        self.assertTrue(client.transport.disconnecting)
+
     def test_total_of_literals(self) -> None:
         """The limit counts all literals of one command."""
         out = self.client.raw(b"a LOGIN {600+}\r\n" + b"u" * 600 + b" {600}\r\n")
-        self.assertEqual(out, b"a BAD [TOOBIG] Literal of 600 octets is too large\r\n")
+        self.assertEqual(out, b"a NO [TOOBIG] Literal of 600 octets is too large\r\n")
 
     def test_at_the_limit(self) -> None:
         """A literal of exactly max_literal octets is taken."""

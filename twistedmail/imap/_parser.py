@@ -18,7 +18,11 @@ Framing (RFC 3501 §4.3, §7.5; RFC 7888):
     - ``max_literal`` bounds the literal octets of one command.  A larger
       announcement yields L{LiteralTooLarge} before any octet of it is read
       and without a continuation; the command is dropped.  The octets of a
-      refused ``{n+}`` literal are skipped, then the rest of its command.
+      refused ``{n+}`` literal are skipped as they arrive (never kept), then
+      the rest of its command; a ``{n+}`` larger than L{max_skip} (so many
+      octets that reading them is pointless, as for a 2 GB announcement)
+      closes the parser instead: it reads nothing more, and the server
+      says BYE (RFC 7888 §4 allows either).
 
 Input modes, which the server drives:
 
@@ -115,6 +119,7 @@ from twistedmail.imap._types import (
 __all__ = [
     "DEFAULT_MAX_LINE",
     "DEFAULT_MAX_LITERAL",
+    "SKIP_FACTOR",
     "CommandParser",
     "InputMode",
     "ParserStateError",
@@ -126,6 +131,10 @@ DEFAULT_MAX_LINE = 64 * 1024
 
 #: Default bound on the literal octets of one command (an APPEND's message).
 DEFAULT_MAX_LITERAL = 35 * 1024 * 1024
+
+#: A refused non-synchronising literal of up to this many times
+#: C{max_literal} octets is skipped; a larger one closes the session.
+SKIP_FACTOR = 4
 
 #: Largest mod-sequence-value (RFC 7162 §7: 63-bit unsigned).
 _MAX_MODSEQ = 2**63 - 1
@@ -209,6 +218,7 @@ class _Frame(Enum):
     LITERAL = "literal"
     SKIP = "skip"
     DISCARD = "discard"
+    CLOSED = "closed"
 
 
 class _Bad(Exception):
@@ -1180,6 +1190,18 @@ class CommandParser:
         return self._mode
 
     @property
+    def max_skip(self) -> int:
+        """The largest refused ``{n+}`` literal that is skipped rather than
+        ending the session (L{SKIP_FACTOR} times C{max_literal})."""
+        return SKIP_FACTOR * self.max_literal
+
+    @property
+    def closed(self) -> bool:
+        """True once a literal too large to skip was announced: the parser
+        reads nothing more (the server closes the connection)."""
+        return self._frame is _Frame.CLOSED
+
+    @property
     def paused(self) -> bool:
         """True while the parser waits for the server to say what comes next."""
         return self._mode is InputMode.PAUSED
@@ -1202,6 +1224,8 @@ class CommandParser:
         While paused, octets are only buffered (up to one command's limits;
         beyond that they are dropped and L{LineTooLong} comes on resuming).
         """
+        if self._frame is _Frame.CLOSED:
+            return []
         if self._mode is InputMode.PAUSED:
             room = self.max_line + self.max_literal - (len(self._buffer) - self._pos)
             if len(data) > room:
@@ -1302,8 +1326,11 @@ class CommandParser:
                 progressed = self._read_literal()
             elif self._frame is _Frame.SKIP:
                 progressed = self._skip_literal()
+            elif self._frame is _Frame.DISCARD:
+                progressed = self._discard_line(events)
             else:
-                progressed = self._discard_line()
+                self._drop_buffer()
+                break
             if not progressed:
                 break
         if self._pos:
@@ -1339,7 +1366,7 @@ class CommandParser:
                 tag = self._current_tag()
             events.append(LineTooLong(tag))
             self._start_discarding()
-            self._discarded_line_ended(line[-40:])
+            self._discarded_line_ended(line[-40:], tag, events)
             return True
         crlf = line.endswith(b"\r\n")
         text = line[:-2] if crlf else line[:-1]
@@ -1413,11 +1440,12 @@ class CommandParser:
         length, synchronising = announced
         first = self._segments[0] if self._segments else text
         if self._literal_size + length > self.max_literal:
-            events.append(LiteralTooLarge(_tag_of(first), length))
             self._reset_command()
-            if not synchronising:
-                self._remaining = length
-                self._frame = _Frame.SKIP
+            tag = _tag_of(first)
+            if synchronising:
+                events.append(LiteralTooLarge(tag, length))
+            else:
+                self._skip_or_close(tag, length, events)
             return
         if synchronising and not self._segments:
             refusal = self._grammar.early_check(text)
@@ -1463,7 +1491,19 @@ class CommandParser:
         self._tail = b""
         return True
 
-    def _discard_line(self) -> bool:
+    def _skip_or_close(self, tag: str | None, length: int, events: list[Event]) -> None:
+        """A refused ``{n+}`` literal: skip its octets, or close when there
+        are too many to be worth reading."""
+        closing = length > self.max_skip
+        events.append(LiteralTooLarge(tag, length, False, closing))
+        if closing:
+            self._frame = _Frame.CLOSED
+            self._drop_buffer()
+        else:
+            self._remaining = length
+            self._frame = _Frame.SKIP
+
+    def _discard_line(self, events: list[Event]) -> bool:
         buf = self._buffer
         nl = buf.find(b"\n", self._pos)
         if nl < 0:
@@ -1474,15 +1514,22 @@ class CommandParser:
             return False
         end = self._tail + bytes(buf[max(self._pos, nl + 1 - 40) : nl + 1])
         self._pos = self._scanned = nl + 1
-        self._discarded_line_ended(end)
+        self._discarded_line_ended(end, None, events)
         return True
 
-    def _discarded_line_ended(self, end: bytes) -> None:
-        """A skipped line ended; a ``{n+}`` at its end is skipped too."""
+    def _discarded_line_ended(
+        self, end: bytes, tag: str | None, events: list[Event]
+    ) -> None:
+        """A skipped line ended; a ``{n+}`` at its end is skipped too (or,
+        past L{max_skip}, closes the parser with a L{LiteralTooLarge})."""
         self._tail = b""
         announced = _literal_at_end(end[:-2]) if end.endswith(b"\r\n") else None
         if announced is not None and not announced[1]:
-            self._remaining = announced[0]
-            self._frame = _Frame.SKIP
+            size = announced[0]
+            if size > self.max_skip:
+                self._skip_or_close(tag, size, events)
+            else:
+                self._remaining = size
+                self._frame = _Frame.SKIP
         else:
             self._frame = _Frame.LINE

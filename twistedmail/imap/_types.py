@@ -101,13 +101,20 @@ class ContinuationNeeded:
 class LiteralTooLarge:
     """A literal above the limit was announced; none of it was or will be kept.
 
-    The server answers with a tagged BAD (untagged when C{tag} is None).  No
-    continuation was requested; a non-synchronising literal (RFC 7888) and
-    the rest of its command are skipped.
+    No continuation was requested.  For a synchronising literal the client
+    sends nothing more of the command, so the server answers with a tagged
+    ``NO [TOOBIG]`` (RFC 7889, RFC 4469) and the session goes on.  A
+    non-synchronising literal (RFC 7888 §4) is on its way: it and the rest
+    of its command are skipped without being kept, and the server answers
+    with a tagged ``BAD [TOOBIG]``; when it is too large even to skip
+    (C{closing}), the parser reads nothing more and the server says BYE.
+    The answer is untagged when C{tag} is None.
     """
 
     tag: str | None
     size: int
+    synchronising: bool = True
+    closing: bool = False
 
 
 @dataclass(frozen=True)

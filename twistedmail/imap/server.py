@@ -765,7 +765,7 @@ class IMAPServerProtocol(Protocol):
         elif isinstance(event, LineTooLong):
             self._refuse(tag, "Command line too long", "TOOBIG")
         elif isinstance(event, LiteralTooLarge):
-            self._refuse(tag, f"Literal of {event.size} octets is too large", "TOOBIG")
+            self._too_large(event)
         elif isinstance(event, BadCommand):
             self._refuse(tag, event.reason)
         elif isinstance(event, AuthenticateResponse):
@@ -776,6 +776,19 @@ class IMAPServerProtocol(Protocol):
             await self._idle_done(event.tag)
         elif isinstance(event, Command):
             await self._command(event)
+
+    def _too_large(self, event: LiteralTooLarge) -> None:
+        """A literal over the limit: ``NO [TOOBIG]`` for a synchronising one
+        (the client sent nothing more of it; RFC 7889), ``BAD [TOOBIG]``
+        for a non-synchronising one (its octets are skipped; RFC 7888 §4),
+        then BYE when it is too large even to skip."""
+        text = f"Literal of {event.size} octets is too large"
+        if event.synchronising and event.tag is not None:
+            self._send(_no(event.tag, text, "TOOBIG"))
+            return
+        self._refuse(event.tag, text, "TOOBIG")
+        if event.closing and not self._closing:
+            self._bye("Literal too large to skip", "literal too large")
 
     def _refuse(self, tag: str | None, text: str, code: str | None = None) -> None:
         """A BAD; too many in a row end the session."""
