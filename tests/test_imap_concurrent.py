@@ -138,28 +138,37 @@ class TwoSessionTests(TestCase):
     async def test_append_and_copy_reach_other_session(self) -> None:
         """A message APPENDed by A, and one COPYed into the INBOX from another
         folder, reach B as EXISTS at its next command; A's APPEND answer
-        tells A too."""
+        tells A too.  Each new message is \\Recent in exactly one session
+        (RFC 3501 §2.3.2): A's own for its APPEND to the mailbox it has
+        selected, B's for the COPY into B's mailbox."""
         a = await self.session()
         b = await self.session()
         new = plain_message(6).decode()
         lines = await in_thread(
             transcript, a, f"APPEND INBOX (\\Seen) {{{len(new)}+}}\r\n{new}"
         )
-        self.assertIn(b"* 6 EXISTS", lines)
+        self.assertEqual(lines[:-1], [b"* 6 EXISTS", b"* 6 RECENT"])
         self.assertRegex(lines[-1], rb"OK \[APPENDUID \d+ 6\]")
-        self.assertIn(b"* 6 EXISTS", await self.say(b, "NOOP"))
+        self.assertEqual(await self.say(b, "NOOP"), [b"* 6 EXISTS", b"* 0 RECENT"])
         await self.say(a, "CREATE Saved")
         await self.say(a, "SELECT Saved")
         self.assertEqual(
             await self.say(a, "APPEND Saved {8+}\r\nx: y\r\n\r\n"),
-            [b"* 1 EXISTS", b"* 0 RECENT"],
+            [b"* 1 EXISTS", b"* 1 RECENT"],
         )
         copied = await in_thread(transcript, a, "COPY 1 INBOX")
         self.assertRegex(copied[-1], rb"OK \[COPYUID \d+ 1 7\]")
-        self.assertIn(b"* 7 EXISTS", await self.say(b, "NOOP"))
+        self.assertEqual(await self.say(b, "NOOP"), [b"* 7 EXISTS", b"* 1 RECENT"])
         self.assertEqual(
-            await self.say(b, "FETCH 7 (UID RFC822.SIZE)"),
-            [b"* 7 FETCH (UID 7 RFC822.SIZE 8)"],
+            await self.say(b, "FETCH 6:7 (UID RFC822.SIZE FLAGS)"),
+            [
+                b"* 6 FETCH (UID 6 RFC822.SIZE %d FLAGS (\\Seen))" % len(new),
+                b"* 7 FETCH (UID 7 RFC822.SIZE 8 FLAGS (\\Recent))",
+            ],
+        )
+        await self.say(a, "SELECT INBOX")
+        self.assertEqual(
+            _recent_uids(await self.say(a, "FETCH 1:* (UID FLAGS)")), set()
         )
         await in_thread(a.logout)
         await in_thread(b.logout)

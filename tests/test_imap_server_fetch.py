@@ -537,7 +537,9 @@ class CopyMoveExpungeTests(SynchronousTestCase):
         self.assertEqual(self.client.ok("SEARCH ALL"), [b"* SEARCH 1 2 3"])
 
     def test_uid_copy(self) -> None:
-        """UID COPY names UIDs; copied flags go along."""
+        """UID COPY names UIDs; copied flags go along, and the copies are
+        \\Recent for the next session to select the target (RFC 3501
+        §6.4.7)."""
         self.client.ok("STORE 2 +FLAGS.SILENT (\\Flagged)")
         validity = self.trash_validity()
         lines = self.client.cmd("UID COPY 2:9 Trash")
@@ -548,8 +550,8 @@ class CopyMoveExpungeTests(SynchronousTestCase):
         self.assertEqual(
             self.client.ok("FETCH 1:2 FLAGS"),
             [
-                b"* 1 FETCH (FLAGS (\\Flagged))",
-                b"* 2 FETCH (FLAGS ())",
+                b"* 1 FETCH (FLAGS (\\Flagged \\Recent))",
+                b"* 2 FETCH (FLAGS (\\Recent))",
             ],
         )
 
@@ -624,7 +626,8 @@ class AppendTests(SynchronousTestCase):
 
     def test_append_sync_literal(self) -> None:
         """A synchronising literal gets a continuation; flags and the date
-        are kept; APPENDUID names the new message."""
+        are kept; APPENDUID names the new message, \\Recent in the next
+        session to select the mailbox."""
         out = self.client.raw(
             b'a APPEND Drafts (\\Draft $Work) "14-Jul-2025 02:44:25 -0700" {%d}\r\n'
             % len(APPENDED)
@@ -636,8 +639,8 @@ class AppendTests(SynchronousTestCase):
         self.assertEqual(
             self.client.ok("FETCH 1 (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])"),
             [
-                b'* 1 FETCH (FLAGS (\\Draft $Work) INTERNALDATE "14-Jul-2025 09:44:25'
-                b' +0000" RFC822.SIZE 28 BODY[] {28}',
+                b"* 1 FETCH (FLAGS (\\Draft $Work \\Recent) INTERNALDATE"
+                b' "14-Jul-2025 09:44:25 +0000" RFC822.SIZE 28 BODY[] {28}',
                 b"Subject: appended",
                 b"",
                 b"hello",
@@ -653,14 +656,20 @@ class AppendTests(SynchronousTestCase):
         self.assertRegex(out, rb"^a OK \[APPENDUID \d+ 1\] APPEND completed\r\n$")
 
     def test_append_to_selected(self) -> None:
-        """APPEND to the selected mailbox reports EXISTS before its OK."""
+        """APPEND to the selected mailbox reports EXISTS before its OK;
+        the message is \\Recent in this session, not in a later one."""
         self.client.ok("SELECT INBOX")
         out = self.client.raw(
             b"a APPEND INBOX {%d+}\r\n" % len(APPENDED) + APPENDED + b"\r\n"
         )
         self.assertRegex(
-            out, rb"^\* 1 EXISTS\r\n\* 0 RECENT\r\na OK \[APPENDUID \d+ 1\] "
+            out, rb"^\* 1 EXISTS\r\n\* 1 RECENT\r\na OK \[APPENDUID \d+ 1\] "
         )
+        self.assertEqual(
+            self.client.ok("FETCH 1 FLAGS"), [b"* 1 FETCH (FLAGS (\\Recent))"]
+        )
+        other = self.world.logged_in()
+        self.assertIn(b"* 0 RECENT", other.ok("SELECT INBOX"))
 
     def test_append_missing_mailbox(self) -> None:
         """APPEND to a missing mailbox: NO [TRYCREATE]; bad names: NO

@@ -38,6 +38,39 @@ class TwoSessionTests(SynchronousTestCase):
         )
         self.assertEqual(self.first.ok("FETCH 4 FLAGS"), [b"* 4 FETCH (FLAGS ())"])
 
+    def test_copy_and_move_recent_in_one_session(self) -> None:
+        """Messages COPYed or MOVEd into a mailbox another session has
+        selected are \\Recent there (it is told at once), and in no session
+        that selects the mailbox later (RFC 3501 §2.3.2, §6.4.7)."""
+        self.first.ok("CREATE Saved")
+        self.second.ok("SELECT Saved")
+        self.first.ok("COPY 1 Saved")
+        self.assertEqual(self.second.ok("NOOP"), [b"* 1 EXISTS", b"* 1 RECENT"])
+        self.first.ok("MOVE 2 Saved")
+        self.assertEqual(self.second.ok("NOOP"), [b"* 2 EXISTS", b"* 2 RECENT"])
+        self.assertEqual(
+            self.second.ok("FETCH 1:2 FLAGS"),
+            [b"* 1 FETCH (FLAGS (\\Recent))", b"* 2 FETCH (FLAGS (\\Recent))"],
+        )
+        self.assertIn(b"* 0 RECENT", self.first.ok("EXAMINE Saved"))
+        self.assertIn(b"* 0 RECENT", self.first.ok("SELECT Saved"))
+        self.assertEqual(self.first.ok("SEARCH RECENT"), [b"* SEARCH"])
+
+    def test_append_recent_to_the_session_that_looks_first(self) -> None:
+        """A message APPENDed to a mailbox nobody has selected is \\Recent
+        for the first session to select it; STATUS counts it as RECENT
+        until then."""
+        self.first.ok("APPEND Drafts (\\Draft) {8+}\r\nx: y\r\n\r\n")
+        self.assertEqual(
+            self.first.ok("STATUS Drafts (MESSAGES RECENT)"),
+            [b"* STATUS Drafts (MESSAGES 1 RECENT 1)"],
+        )
+        self.assertIn(b"* 1 RECENT", self.second.ok("SELECT Drafts"))
+        self.assertEqual(
+            self.second.ok("FETCH 1 FLAGS"), [b"* 1 FETCH (FLAGS (\\Draft \\Recent))"]
+        )
+        self.assertIn(b"* 0 RECENT", self.first.ok("SELECT Drafts"))
+
     def test_flag_changes_reach_the_other(self) -> None:
         """A STORE in one session is an unsolicited FETCH in the other, at
         its next command."""

@@ -401,7 +401,8 @@ def _append(
         return None
     mailbox = store.open_mailbox(path, name)
     try:
-        uid = mailbox.add(message, letters, keywords, when)
+        # \Recent for the next session to look (RFC 3501 §6.3.11).
+        uid = mailbox.add(message, letters, keywords, when, recent=True)
         return mailbox.uidvalidity, uid
     finally:
         mailbox.close()
@@ -446,7 +447,8 @@ def _copy(
             return None
     target = store.open_mailbox(path, name)
     try:
-        mapping = view.mailbox.copy(uids, target)
+        # The copies are \Recent for one session (RFC 3501 §6.4.7).
+        mapping = view.mailbox.copy(uids, target, recent=True)
         validity = target.uidvalidity
     finally:
         target.close()

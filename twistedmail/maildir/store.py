@@ -1284,10 +1284,15 @@ class Mailbox:
         flags: Iterable[str] = (),
         keywords: Iterable[str] = (),
         internal_date: float | None = None,
+        *,
+        recent: bool = False,
     ) -> int:
         """Store a message (IMAP APPEND) in ``cur/`` with these flags.
 
         @param internal_date: POSIX seconds; now when None.
+        @param recent: store it in ``new/`` (with its flags in the name)
+            instead, so that the next session to look claims it as
+            ``\\Recent`` (L{take_recent}; RFC 3501 §2.3.2, §6.3.11).
         @return: its UID (it appears in L{messages} at the next refresh).
         """
         flags = frozenset(flags)
@@ -1299,27 +1304,35 @@ class Mailbox:
         base = self.store.new_base(len(message), now=now)
         tmp = os.path.join(self.path, "tmp", base)
         write_message(tmp, message, date)
+        sub = "new" if recent else "cur"
         try:
             os.link(
                 tmp,
-                os.path.join(self.path, "cur", format_filename(base, flags, letters)),
+                os.path.join(self.path, sub, format_filename(base, flags, letters)),
             )
         finally:
             os.unlink(tmp)
-        fsync_directory(os.path.join(self.path, "cur"))
+        fsync_directory(os.path.join(self.path, sub))
         [uid] = self._assign([(base, int(date), len(message))])
         self.store.notify(self.maildir, self.name)
         return uid
 
-    def copy(self, uids: Iterable[int], target: Mailbox) -> dict[int, int]:
+    def copy(
+        self, uids: Iterable[int], target: Mailbox, *, recent: bool = False
+    ) -> dict[int, int]:
         """Copy messages into another folder (hard links where possible),
         with their flags, keywords (mapped to the target's letters) and
         internal dates, in UID order.
+
+        @param recent: put the copies in the target's ``new/`` (flags in
+            their names), so that the next session to look claims them as
+            ``\\Recent`` (IMAP COPY and MOVE, RFC 3501 §6.4.7).
 
         @return: source UID to new UID (IMAP COPYUID), for the messages that
             were still there.
         """
         added: list[tuple[int, str, int, int]] = []
+        sub = "new" if recent else "cur"
         for uid in sorted(set(uids)):
             i = self._position(uid)
             if i is None:
@@ -1328,7 +1341,7 @@ class Mailbox:
             letters = target._letters(info.keywords)
             base = self.store.new_base(info.size)
             dst = os.path.join(
-                target.path, "cur", format_filename(base, info.flags, letters)
+                target.path, sub, format_filename(base, info.flags, letters)
             )
             src = os.path.join(self.path, info.filename)
             try:
@@ -1351,7 +1364,7 @@ class Mailbox:
             added.append((uid, base, info.internal_date, info.size))
         if not added:
             return {}
-        fsync_directory(os.path.join(target.path, "cur"))
+        fsync_directory(os.path.join(target.path, sub))
         new_uids = target._assign([(b, d, s) for _, b, d, s in added])
         self.store.notify(target.maildir, target.name)
         return {old: new for (old, _, _, _), new in zip(added, new_uids, strict=True)}
