@@ -24,6 +24,7 @@ from twistedmail.config import IMAPSettings, ServerSettings, Settings
 from twistedmail.imap.server import IMAPServerFactory, IMAPServerProtocol
 from twistedmail.interfaces import User
 from twistedmail.maildir import MaildirStore
+from twistedmail.maildir.watch import WatchMode, make_watcher
 from twistedmail.tls import ServerTLS
 
 __all__ = [
@@ -194,10 +195,17 @@ def make_world(
     run_in_thread: Callable[..., Deferred[Any]] | None = run_now,
     reactor: Any = None,
     quota: int | None = None,
+    watch: WatchMode = "off",
+    watch_interval: float = 1.0,
     **imap: Any,
 ) -> World:
     """A world with users alice and bob (password L{PASSWORD}) in
     example.test, a synchronous store and portal, and a clock in 2026.
+
+    @param watch: the store's watcher (C{[maildir] watch}), on the
+        reactor or the world's clock: C{"poll"} looks every
+        C{watch_interval} seconds, C{"auto"} uses inotify; C{"off"} (the
+        default here) gives none, and IMAP sessions poll on their own.
 
     @param imap: C{[imap]} settings; C{allow_plaintext_auth} defaults to
         true here so sessions need no TLS.
@@ -207,7 +215,13 @@ def make_world(
     clock.advance(1_790_000_000)
     mail_root = os.path.join(root, "mail")
     store = MaildirStore(
-        mail_root, HOSTNAME, reactor if reactor is not None else clock, run_in_thread
+        mail_root,
+        HOSTNAME,
+        reactor if reactor is not None else clock,
+        run_in_thread,
+        watcher=make_watcher(
+            reactor if reactor is not None else clock, watch, watch_interval
+        ),
     )
     directory = MemoryDirectory(
         domains=("example.test",),

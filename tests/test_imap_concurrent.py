@@ -11,6 +11,7 @@ arrives with the next NOOP.
 from __future__ import annotations
 
 import imaplib
+import os
 import poplib
 import re
 from typing import Any
@@ -255,3 +256,46 @@ class IdleSessionsTests(TestCase):
             recent.append(b"\\Recent" in flags[4])
             await in_thread(client.logout)
         self.assertEqual(recent.count(True), 1, recent)
+
+    async def test_outside_delivery_pushed_by_the_watcher(self) -> None:
+        """A message another program puts into new/ is pushed to an IDLE
+        session by the store's watcher (inotify where there is one): the
+        session's own polling is out of the picture (check_interval is an
+        hour), and \\Recent goes to that session."""
+        server = make_server(
+            self, allow_plaintext_auth=True, watch="auto", check_interval=3600.0
+        )
+        self.addCleanup(server.store.stop_watching)
+        server.seed([plain_message(1)])
+        port = server.listen()
+
+        def idle() -> IMAPClient:
+            client = IMAPClient("127.0.0.1", port, ssl=False, timeout=TIMEOUT)
+            client.login(ALICE, PASSWORD)
+            client.select_folder("INBOX")
+            client.idle()
+            return client
+
+        client = await in_thread(idle)
+        self.addCleanup(
+            lambda: client.shutdown() if client._imap.state != "LOGOUT" else None
+        )
+        new = os.path.join(server.maildir(), "new")
+        with open(os.path.join(new, "1790000000.outside.host,S=9"), "wb") as f:
+            f.write(b"x: y\r\n\r\nz")
+
+        def wait_for_exists() -> list[Any]:
+            seen: list[Any] = []
+            while (2, b"EXISTS") not in seen:
+                got = client.idle_check(TIMEOUT)
+                if not got:
+                    break
+                seen += got
+            client.idle_done()
+            return seen
+
+        seen = await in_thread(wait_for_exists)
+        self.assertIn((2, b"EXISTS"), seen)
+        flags = await in_thread(client.get_flags, [2])
+        self.assertEqual(flags[2], (b"\\Recent",))
+        await in_thread(client.logout)

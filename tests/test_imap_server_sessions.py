@@ -278,3 +278,80 @@ class IdleTests(SynchronousTestCase):
         self.assertEqual(
             out, b"+ idling\r\ni OK IDLE terminated\r\na OK NOOP completed\r\n"
         )
+
+
+class WatcherTests(SynchronousTestCase):
+    """With a store watcher ([maildir] watch), sessions learn of changes
+    made by other programs from its notifications, and do not poll on their
+    own every check_interval."""
+
+    def setUp(self) -> None:
+        # The watcher looks every 5 s; the sessions' own check_interval
+        # (1 s) must not matter while it is there.
+        self.world = make_world(self.mktemp(), watch="poll", watch_interval=5.0)
+        self.world.deliver(make_message(1))
+        self.client = self.world.logged_in()
+        self.client.ok("SELECT INBOX")
+
+    def outside_delivery(self) -> None:
+        """Another program puts a message into new/."""
+        new = os.path.join(self.world.maildir(), "new")
+        with open(os.path.join(new, "1790000000.outside.host,S=9"), "wb") as f:
+            f.write(b"x: y\r\n\r\nz")
+
+    def test_idle_pushes_what_the_watcher_reports(self) -> None:
+        """During IDLE, an outside delivery is pushed when the watcher
+        reports the folder; the session keeps no check timer of its own
+        (only the keep-alive is added)."""
+        before = len(self.world.clock.getDelayedCalls())
+        self.assertEqual(self.client.raw(b"i IDLE\r\n"), b"+ idling\r\n")
+        self.assertEqual(len(self.world.clock.getDelayedCalls()), before + 1)
+        self.outside_delivery()
+        self.world.clock.advance(1)
+        self.assertEqual(self.client.take(), b"")
+        self.world.clock.advance(4)
+        self.assertEqual(self.client.take(), b"* 2 EXISTS\r\n* 2 RECENT\r\n")
+        self.assertEqual(self.client.raw(b"DONE\r\n"), b"i OK IDLE terminated\r\n")
+
+    def test_store_changes_pushed_at_once(self) -> None:
+        """A delivery and an expunge through the store (as SMTP delivery
+        and POP3 make them) are pushed during IDLE with no time passing."""
+        self.client.raw(b"i IDLE\r\n")
+        self.world.deliver(make_message(2))
+        self.assertEqual(self.client.raw(b""), b"* 2 EXISTS\r\n* 2 RECENT\r\n")
+        mailbox = self.world.store.open_mailbox(self.world.maildir())
+        try:
+            mailbox.expunge([1])
+        finally:
+            mailbox.close()
+        self.assertEqual(self.client.raw(b""), b"* 1 EXPUNGE\r\n")
+        self.assertEqual(self.client.raw(b"DONE\r\n"), b"i OK IDLE terminated\r\n")
+
+    def test_commands_do_not_poll(self) -> None:
+        """An outside flag change reaches the session once the watcher
+        reports it, not when check_interval passes; NOOP still looks at
+        once."""
+        cur = os.path.join(self.world.maildir(), "cur")
+        [name] = os.listdir(cur)
+        os.rename(os.path.join(cur, name), os.path.join(cur, name[:-1] + ",F"))
+        self.world.clock.advance(2)
+        self.assertEqual(self.client.ok("FETCH 1 (UID)"), [b"* 1 FETCH (UID 1)"])
+        self.world.clock.advance(3)
+        self.assertEqual(
+            self.client.ok("FETCH 1 (UID)"),
+            [b"* 1 FETCH (UID 1)", b"* 1 FETCH (FLAGS (\\Flagged \\Recent))"],
+        )
+        os.rename(
+            os.path.join(cur, name[:-1] + ",F"), os.path.join(cur, name[:-1] + ",S")
+        )
+        self.assertEqual(
+            self.client.ok("NOOP"), [b"* 1 FETCH (FLAGS (\\Seen \\Recent))"]
+        )
+
+    def test_watch_ends_with_the_session(self) -> None:
+        """The folder is watched while a session has it selected."""
+        self.assertEqual(
+            [os.path.basename(p) for p in self.world.store.watched], ["alice"]
+        )
+        self.client.ok("UNSELECT")
+        self.assertEqual(self.world.store.watched, [])

@@ -22,8 +22,10 @@ and queued (reading from the socket stops while many commands wait).
 
 Many sessions on one mailbox (RFC 3501 §7, §5.2): each session holds a
 L{MailboxView}.  The store tells every session of each change made through
-it (delivery, other IMAP sessions, POP3); a session also looks at the disk
-every C{[imap] check_interval} seconds for changes made by other programs.
+it (delivery, other IMAP sessions, POP3), and its watcher (inotify, or a
+directory poll) of changes made by other programs; only when the store has
+no watcher does a session look at the disk itself every C{[imap]
+check_interval} seconds.  NOOP and CHECK always look.
 Changes are told just before a command's tagged response, and at once
 during IDLE; ``EXPUNGE`` is held back during FETCH, STORE and SEARCH.
 
@@ -861,14 +863,27 @@ class IMAPServerProtocol(Protocol):
             # Let the notifying code finish first.
             self.factory.reactor.callLater(0, self._pump)
 
+    @property
+    def _polling(self) -> bool:
+        """Whether the session looks at the disk every C{check_interval}
+        itself: only when the store has no watcher (C{[maildir] watch =
+        "off"}); otherwise the watcher's notifications (inotify, or its
+        own directory poll) tell of changes made by other programs."""
+        return self.factory.store.watcher is None
+
     async def _update(self, allow_expunge: bool, force: bool = False) -> None:
-        """Tell the client what changed in the selected mailbox."""
+        """Tell the client what changed in the selected mailbox: at once
+        when the store said it changed (or C{force}: NOOP, CHECK), else
+        only when the session polls and C{check_interval} has passed."""
         view = self._view
         if view is None:
             return
         now = self.factory.reactor.seconds()
-        interval = self.factory.settings.imap.check_interval
-        if force or self._dirty or now - self._last_poll >= interval:
+        due = (
+            self._polling
+            and now - self._last_poll >= self.factory.settings.imap.check_interval
+        )
+        if force or self._dirty or due:
             self._dirty = False
             self._last_poll = now
             try:
@@ -1375,8 +1390,11 @@ class IMAPServerProtocol(Protocol):
         reactor = self.factory.reactor
         self._idle_timers = [
             reactor.callLater(limits.idle_keepalive, self._idle_keepalive),
-            reactor.callLater(limits.check_interval, self._idle_check),
         ]
+        if self._polling:
+            self._idle_timers.append(
+                reactor.callLater(limits.check_interval, self._idle_check)
+            )
         if self.state is State.SELECTED:
             await self._update(allow_expunge=True)
         assert self._parser is not None
