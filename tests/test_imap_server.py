@@ -130,8 +130,67 @@ class GreetingAndStateTests(SynchronousTestCase):
         self.world.clock.advance(59)
         self.assertFalse(client.transport.disconnecting)
         self.world.clock.advance(1)
+        self.assertEqual(client.take(), b"* BYE Autologout; no login in time\r\n")
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_login_deadline_not_restarted(self) -> None:
+        """Before login, input does not restart the timer: a client that
+        sends commands, or trickles a line an octet at a time, is still
+        logged out one minute after it connected."""
+        client = self.world.connect()
+        self.world.clock.advance(30)
+        self.assertEqual(client.cmd("NOOP"), [b"a1 OK NOOP completed"])
+        for _ in range(29):
+            client.raw(b"x")
+            self.world.clock.advance(1)
+        self.assertFalse(client.transport.disconnecting)
+        self.world.clock.advance(1)
+        self.assertEqual(client.take(), b"* BYE Autologout; no login in time\r\n")
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_login_timeout_during_authenticate(self) -> None:
+        """A client that never answers the AUTHENTICATE challenge is logged
+        out at the minute too."""
+        client = self.world.connect()
+        self.assertEqual(client.raw(b"a AUTHENTICATE PLAIN\r\n"), b"+ \r\n")
+        self.world.clock.advance(60)
+        self.assertEqual(client.take(), b"* BYE Autologout; no login in time\r\n")
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_timer_switches_at_login(self) -> None:
+        """Logging in replaces the login deadline with the 30-minute
+        autologout (RFC 3501 §5.4), counted from the login."""
+        client = self.world.connect()
+        self.world.clock.advance(50)
+        client.login()
+        self.world.clock.advance(1799)
+        self.assertFalse(client.transport.disconnecting)
+        self.world.clock.advance(1)
         self.assertEqual(client.take(), b"* BYE Autologout; idle for too long\r\n")
         self.assertTrue(client.transport.disconnecting)
+
+    def test_partial_input_restarts_after_login(self) -> None:
+        """Logged in, any input restarts the timer, even part of a line (a
+        slow APPEND upload stays)."""
+        client = self.world.logged_in()
+        self.assertEqual(
+            client.raw(b"a APPEND INBOX {10}\r\n"), b"+ Ready for literal\r\n"
+        )
+        for _ in range(3):
+            self.world.clock.advance(1700)
+            client.raw(b"x")
+        self.assertFalse(client.transport.disconnecting)
+        self.world.clock.advance(1800)
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_timers_released(self) -> None:
+        """A closed session leaves no timer behind, IDLE's included."""
+        client = self.world.logged_in()
+        client.ok("SELECT INBOX")
+        client.raw(b"i IDLE\r\n")
+        self.assertNotEqual(self.world.clock.getDelayedCalls(), [])
+        client.proto.connectionLost(None)
+        self.assertEqual(self.world.clock.getDelayedCalls(), [])
 
     def test_idle_timeout_after_login(self) -> None:
         """Logged in, the autologout timer is 30 minutes."""

@@ -29,8 +29,9 @@ check_interval} seconds.  NOOP and CHECK always look.
 Changes are told just before a command's tagged response, and at once
 during IDLE; ``EXPUNGE`` is held back during FETCH, STORE and SEARCH.
 
-Timeouts on the injected clock: C{login_timeout} before login,
-C{idle_timeout} after (RFC 3501 §5.4); IDLE sends ``* OK Still here`` every
+Timeouts on the injected clock: C{login_timeout} from the connection's
+start until login (input does not restart it), C{idle_timeout} of silence
+after (RFC 3501 §5.4); IDLE sends ``* OK Still here`` every
 C{idle_keepalive} seconds.  Mod-sequences (CONDSTORE, QRESYNC) live in
 L{twistedmail.imap._modseq}.
 """
@@ -673,15 +674,21 @@ class IMAPServerProtocol(Protocol):
     # --- timers --------------------------------------------------------------
 
     def _start_timer(self) -> None:
+        """(Re)start the autologout timer: C{idle_timeout} of silence once
+        logged in (RFC 3501 §5.4); before login C{login_timeout} from the
+        connection's start, which input does not restart, so a client
+        that trickles octets cannot hold a connection without logging in."""
         if self._gone or self._closing:
             return
         limits = self.factory.settings.imap
-        delay = (
-            limits.login_timeout
-            if self.state is State.NOT_AUTHENTICATED
-            else limits.idle_timeout
-        )
-        if self._timer is not None and self._timer.active():
+        active = self._timer is not None and self._timer.active()
+        if self.state is State.NOT_AUTHENTICATED:
+            if active:
+                return
+            delay = limits.login_timeout
+        else:
+            delay = limits.idle_timeout
+        if self._timer is not None and active:
             self._timer.reset(delay)
         else:
             self._timer = self.factory.reactor.callLater(delay, self._timed_out)
@@ -693,7 +700,10 @@ class IMAPServerProtocol(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._bye("Autologout; idle for too long", "idle timeout")
+        if self.state is State.NOT_AUTHENTICATED:
+            self._bye("Autologout; no login in time", "login timeout")
+        else:
+            self._bye("Autologout; idle for too long", "idle timeout")
 
     # --- the command queue ---------------------------------------------------
 
