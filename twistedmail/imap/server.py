@@ -156,6 +156,7 @@ from twistedmail.maildir import (
     NoSuchFolderError,
     NoSuchMessageError,
 )
+from twistedmail.maildir.delivery import ensure_maildir
 from twistedmail.tls import ServerTLS
 
 __all__ = [
@@ -321,8 +322,9 @@ def _span(low: int, high: int) -> bytes:
 
 def prepare_account(store: MaildirStore, path: str) -> None:
     """Make the INBOX, and on first login the special-use folders
-    (RFC 6154), subscribed (blocking)."""
-    store.open_mailbox(path).close()
+    (RFC 6154), subscribed (blocking).  The INBOX is not opened: reading
+    a big folder's UID list here would be thrown away before SELECT."""
+    ensure_maildir(path)
     marker = os.path.join(path, FIRST_LOGIN_MARKER)
     if os.path.exists(marker):
         return
@@ -1609,15 +1611,15 @@ class IMAPServerProtocol(Protocol):
         mailbox = view.mailbox
         seen: dict[int, MessageInfo] = {}
         if sets_seen:
+            plan = []
             for uid in uids:
                 try:
                     current = mailbox.get(uid)
                 except NoSuchMessageError:
                     continue
                 if "S" not in current.flags:
-                    seen[uid] = mailbox.set_flags(
-                        uid, current.flags | {"S"}, current.keywords
-                    )
+                    plan.append((uid, current.flags | {"S"}, current.keywords))
+            seen = {i.uid: i for i in mailbox.set_flags_many(plan)}
             if seen:
                 view.modseqs.sync(mailbox.uidvalidity, mailbox.messages())
         out: list[bytes] = []
@@ -1732,6 +1734,8 @@ class IMAPServerProtocol(Protocol):
         except MaildirError as e:
             return _store_refusal(command.tag, e)
         lines = []
+        # Formatted once per distinct set of flags (few, for many messages).
+        flag_items: dict[tuple[frozenset[str], frozenset[str], bool], bytes] = {}
         for info in changed:
             view.changed(info)
             uid = info.uid
@@ -1740,9 +1744,12 @@ class IMAPServerProtocol(Protocol):
             if command.uid or self._qresync:
                 items.append(b"UID %d" % uid)
             if not command.silent:
-                items.append(
-                    b"FLAGS " + format_flags(imap_flags(info, uid in view.recent))
-                )
+                key = (info.flags, info.keywords, uid in view.recent)
+                item = flag_items.get(key)
+                if item is None:
+                    item = b"FLAGS " + format_flags(imap_flags(info, key[2]))
+                    flag_items[key] = item
+                items.append(item)
             if self._condstore:
                 items.append(b"MODSEQ (%d)" % view.modseq_of(uid))
             if not command.silent or self._condstore:
@@ -1769,9 +1776,11 @@ class IMAPServerProtocol(Protocol):
         mailbox = view.mailbox
         if unchanged_since is not None:
             view.modseqs.sync(mailbox.uidvalidity, mailbox.messages())
-        changed: list[MessageInfo] = []
+        # Unchanged messages in place, UIDs of those to change (renamed in
+        # one batch, with one change notification).
+        order: list[MessageInfo | int] = []
+        plan: list[tuple[int, frozenset[str], frozenset[str]]] = []
         failed: list[int] = []
-        touched = False
         for uid in uids:
             try:
                 current = mailbox.get(uid)
@@ -1789,13 +1798,16 @@ class IMAPServerProtocol(Protocol):
             else:
                 new_letters, new_keywords = letters, keywords
             if new_letters == current.flags and new_keywords == current.keywords:
-                changed.append(current)
+                order.append(current)
                 continue
-            changed.append(mailbox.set_flags(uid, new_letters, new_keywords))
-            touched = True
-        if touched:
+            plan.append((uid, new_letters, new_keywords))
+            order.append(uid)
+        done: dict[int, MessageInfo] = {}
+        if plan:
+            done = {i.uid: i for i in mailbox.set_flags_many(plan)}
             view.modseqs.sync(mailbox.uidvalidity, mailbox.messages())
-        return changed, failed
+        changed = [done.get(x) if isinstance(x, int) else x for x in order]
+        return [i for i in changed if i is not None], failed
 
     async def _do_copy(self, command: Copy | Move) -> bytes:
         view = self._view

@@ -1,0 +1,195 @@
+"""Tests for the IMAP server's fast paths on big folders: batched flag
+changes (L{twistedmail.maildir.Mailbox.set_flags_many}), the column-wise
+mod-sequence index (L{twistedmail.imap._modseq}), and a LOGIN that does not
+read the INBOX."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.imap_server_helpers import make_message, make_world
+from tests.maildir_helpers import make_store
+from twistedmail.imap._modseq import (
+    MODSEQ_NAME,
+    ModSeqIndex,
+    flag_signature,
+    signatures,
+)
+from twistedmail.maildir import Mailbox
+from twistedmail.maildir.uidlist import UIDLIST_NAME
+
+
+class SetFlagsManyTests(SynchronousTestCase):
+    """L{Mailbox.set_flags_many}."""
+
+    def setUp(self) -> None:
+        root = os.path.abspath(self.mktemp())
+        clock = Clock()
+        clock.advance(1_790_000_000)
+        self.store = make_store(root, clock)
+        self.path = os.path.join(root, "example.test", "alice")
+        for i in range(4):
+            self.successResultOf(self.store.deliver(self.path, b"m%d" % i, f"Q{i}"))
+        self.mailbox: Mailbox = self.store.open_mailbox(self.path)
+        self.heard: list[None] = []
+        self.store.subscribe(self.path, "INBOX", lambda: self.heard.append(None))
+
+    def test_one_notification(self) -> None:
+        """Many changes, one notification; the results come in the order
+        given and the files carry the flags."""
+        done = self.mailbox.set_flags_many(
+            [(3, {"S"}, ()), (1, {"F", "S"}, {"$Work"}), (2, (), ())]
+        )
+        self.assertEqual([i.uid for i in done], [3, 1, 2])
+        self.assertEqual(done[1].flags, frozenset("FS"))
+        self.assertEqual(done[1].keywords, frozenset({"$Work"}))
+        self.assertEqual(len(self.heard), 1)
+        again = self.store.open_mailbox(self.path)
+        self.assertEqual(again.get(3).flags, frozenset("S"))
+        self.assertEqual(again.get(1).keywords, frozenset({"$Work"}))
+        self.assertTrue(again.get(2).filename.startswith("cur/"))
+
+    def test_gone_left_out(self) -> None:
+        """A message whose file another program removed is left out; the
+        others are changed."""
+        os.unlink(os.path.join(self.path, self.mailbox.get(2).filename))
+        done = self.mailbox.set_flags_many([(1, {"S"}, ()), (2, {"S"}, ())])
+        self.assertEqual([i.uid for i in done], [1])
+        self.assertEqual(len(self.heard), 1)
+
+    def test_nothing_no_notification(self) -> None:
+        """No change, no notification."""
+        self.assertEqual(self.mailbox.set_flags_many([]), [])
+        self.assertEqual(self.heard, [])
+
+
+class ModSeqIndexTests(SynchronousTestCase):
+    """The column-wise L{ModSeqIndex}."""
+
+    def setUp(self) -> None:
+        root = os.path.abspath(self.mktemp())
+        clock = Clock()
+        clock.advance(1_790_000_000)
+        self.store = make_store(root, clock)
+        self.path = os.path.join(root, "example.test", "alice")
+        for i in range(5):
+            self.successResultOf(self.store.deliver(self.path, b"m%d" % i, f"Q{i}"))
+        self.mailbox = self.store.open_mailbox(self.path)
+        self.index = ModSeqIndex(self.mailbox.path)
+        self.addCleanup(self.index.close)
+
+    def sync(self, index: ModSeqIndex | None = None) -> int:
+        self.mailbox.refresh()
+        return (index or self.index).sync(
+            self.mailbox.uidvalidity, self.mailbox.messages()
+        )
+
+    def test_signatures(self) -> None:
+        """L{signatures} gives each message's L{flag_signature}."""
+        self.mailbox.set_flags(2, {"S", "F"}, {"$b", "$a"})
+        self.mailbox.set_flags(4, {"S"})
+        infos = self.mailbox.messages()
+        self.assertEqual(signatures(infos), [flag_signature(i) for i in infos])
+        self.assertEqual(signatures(infos)[1], "FS $a $b")
+
+    def test_unchanged_no_new_modseq(self) -> None:
+        """Syncing an unchanged snapshot again keeps HIGHESTMODSEQ."""
+        first = self.sync()
+        self.assertEqual(self.sync(), first)
+        self.assertEqual([self.index.modseq(u) for u in range(1, 6)], [first] * 5)
+
+    def test_changes_and_reload(self) -> None:
+        """A flag change gives that message a new mod-sequence; an expunge
+        drops its row; a second index on the file (another session, or
+        after a restart) reads the same values."""
+        first = self.sync()
+        self.mailbox.set_flags(3, {"S"})
+        second = self.sync()
+        self.assertEqual(second, first + 1)
+        self.assertEqual(self.index.modseq(3), second)
+        self.assertEqual(self.index.modseq(2), first)
+        self.assertEqual(self.index.changed_since(first, [1, 2, 3, 4, 5]), [3])
+        self.mailbox.expunge([4])
+        third = self.sync()
+        self.assertEqual(third, second + 1)
+        self.assertEqual(self.index.modseq(4), 1)
+        other = ModSeqIndex(self.mailbox.path)
+        self.addCleanup(other.close)
+        self.assertEqual(self.sync(other), third)
+        self.assertEqual(
+            [other.modseq(u) for u in (1, 2, 3, 5)], [first, first, second, first]
+        )
+        db = sqlite3.connect(os.path.join(self.mailbox.path, MODSEQ_NAME))
+        self.addCleanup(db.close)
+        self.assertEqual(
+            db.execute("SELECT uid, modseq, sig FROM msgs ORDER BY uid").fetchall(),
+            [(1, first, ""), (2, first, ""), (3, second, "S"), (5, first, "")],
+        )
+
+    def test_other_connection_change_seen(self) -> None:
+        """A change synced by another index (another session) is seen
+        without a new mod-sequence of its own."""
+        self.sync()
+        other = ModSeqIndex(self.mailbox.path)
+        self.addCleanup(other.close)
+        self.mailbox.set_flags(1, {"F"})
+        changed = self.sync(other)
+        self.assertEqual(self.sync(), changed)
+        self.assertEqual(self.index.modseq(1), changed)
+
+    def test_empty_folder(self) -> None:
+        """An empty folder has no rows; a new UIDVALIDITY drops the rows but
+        HIGHESTMODSEQ keeps growing."""
+        first = self.sync()
+        self.mailbox.expunge([1, 2, 3, 4, 5])
+        second = self.sync()
+        other = ModSeqIndex(self.mailbox.path)
+        self.addCleanup(other.close)
+        self.assertEqual(other.sync(self.mailbox.uidvalidity, []), second)
+        self.assertEqual(other.sync(self.mailbox.uidvalidity + 1, []), second + 1)
+        self.assertGreater(second, first)
+
+
+class LoginTests(SynchronousTestCase):
+    """LOGIN prepares the account without reading the INBOX."""
+
+    def test_login_does_not_open_inbox(self) -> None:
+        """After LOGIN the INBOX exists but its UID list was not read or
+        made; SELECT makes it."""
+        world = make_world(self.mktemp())
+        client = world.logged_in()
+        inbox = world.maildir()
+        self.assertTrue(os.path.isdir(os.path.join(inbox, "cur")))
+        self.assertFalse(os.path.exists(os.path.join(inbox, UIDLIST_NAME)))
+        world.deliver(make_message(1))
+        lines = client.ok("SELECT INBOX")
+        self.assertIn(b"* 1 EXISTS", lines)
+
+
+class StoreManyTests(SynchronousTestCase):
+    """STORE on many messages: one batch of renames, every response."""
+
+    def test_store_all(self) -> None:
+        """STORE 1:* answers for every message in order, including those
+        already flagged; another session hears of every change."""
+        world = make_world(self.mktemp())
+        for n in range(1, 7):
+            world.deliver(make_message(n))
+        client = world.logged_in()
+        other = world.logged_in()
+        client.ok("SELECT INBOX")
+        other.ok("SELECT INBOX")
+        client.ok("STORE 2 +FLAGS.SILENT (\\Flagged)")
+        lines = client.ok("STORE 1:* +FLAGS (\\Flagged)")
+        self.assertEqual(
+            lines,
+            [b"* %d FETCH (FLAGS (\\Flagged \\Recent))" % n for n in range(1, 7)],
+        )
+        lines = other.ok("NOOP")
+        self.assertEqual(
+            lines, [b"* %d FETCH (FLAGS (\\Flagged))" % n for n in range(1, 7)]
+        )
