@@ -195,7 +195,10 @@ class MailboxNameTests(SynchronousTestCase):
             "STATUS {} (MESSAGES)",
             "COPY 1 {}",
             "MOVE 1 {}",
+            "UNSUBSCRIBE {}",
+            "GETQUOTAROOT {}",
             "EXAMINE {}",
+            "SELECT {}",
         ]
         for name in names:
             for command in commands:
@@ -205,7 +208,7 @@ class MailboxNameTests(SynchronousTestCase):
                     continue
                 lines = self.client.cmd(command.format(name))
                 self.assertRegex(lines[-1], rb"^a\d+ NO ", (command, name))
-                if command.startswith("EXAMINE"):
+                if command.startswith(("EXAMINE", "SELECT")):
                     self.client.ok("SELECT INBOX")
             out = self.client.raw(b"z APPEND " + name.encode() + b" {1+}\r\nx\r\n")
             self.assertRegex(out, rb"^z NO ")
@@ -213,6 +216,20 @@ class MailboxNameTests(SynchronousTestCase):
         added = {p for p in self.snapshot() - before if MODSEQ_NAME not in p}
         self.assertEqual(added, set())
         self.assertFalse(os.path.exists(os.path.join(self.world.root, "x")))
+
+    def test_getquotaroot_names(self) -> None:
+        """GETQUOTAROOT of a name that tries to leave the Maildir, or of a
+        missing mailbox: NO with a reason, the name not echoed."""
+        for name, code in (
+            ('"../x"', b"CANNOT"),
+            ('"/etc"', b"CANNOT"),
+            ('".."', b"CANNOT"),
+            ("Nowhere", b"NONEXISTENT"),
+        ):
+            lines = self.client.cmd("GETQUOTAROOT " + name)
+            self.assertEqual(len(lines), 1, lines)
+            self.assertRegex(lines[0], rb"^a\d+ NO \[" + code + rb"\] ")
+        self.assertEqual(self.client.ok("GETQUOTAROOT Trash"), [b"* QUOTAROOT Trash"])
 
     def test_nul_in_name(self) -> None:
         """A NUL in a name (in a literal) is BAD."""

@@ -387,6 +387,17 @@ def _status(
         mailbox.close()
 
 
+def _check_folder(store: MaildirStore, path: str, name: str) -> None:
+    """That a folder name is allowed and the folder exists (blocking).
+
+    @raise FolderNameError: for a name that is not allowed.
+    @raise NoSuchFolderError: when it does not exist.
+    """
+    directory = store.folder_path(path, name)
+    if not os.path.isdir(os.path.join(directory, "cur")):
+        raise NoSuchFolderError("No such mailbox")
+
+
 def _list_folders(store: MaildirStore, path: str) -> tuple[list[str], list[str]]:
     return store.list_folders(path), store.subscriptions(path)
 
@@ -1466,6 +1477,10 @@ class IMAPServerProtocol(Protocol):
             encoded = format_mailbox(name)
         except MailboxNameError:
             return _no(command.tag, "Bad mailbox name")
+        try:
+            await self._in_thread(_check_folder, self.factory.store, self._path, name)
+        except MaildirError as e:
+            return _store_refusal(command.tag, e)
         if self._quota is None:
             self._send(b"* QUOTAROOT " + encoded + b"\r\n")
             return _ok(command.tag, "GETQUOTAROOT completed")
