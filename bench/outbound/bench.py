@@ -4,7 +4,9 @@ Started by ``bench/outbound/run`` (which installs what this needs).  Standard
 library only.  Two servers, each started by this script with its own data
 folder under the base folder, on loopback:
 
-  - twistedmail from this checkout (``twistd -n twistedmail``), the test
+  - twistedmail (``twistd -n twistedmail``) from a snapshot of the committed
+    code (``git archive HEAD``, so work in progress in the shared checkout
+    cannot change a run; ``--worktree`` or ``--source`` say otherwise), the test
     domains routed to the sink by ``[relay] smarthost`` and
     ``smarthost_domains``; ``[queue] max_concurrency`` and ``max_per_domain``
     both set to the run's concurrency;
@@ -440,24 +442,59 @@ smarthost_tls = "opportunistic"
             raise RuntimeError(f"twistedmail flush: {reply!r}")
 
     @staticmethod
-    def version(repo: str) -> str:
-        rev = subprocess.run(
-            ["git", "-C", repo, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", repo, "status", "--porcelain", "--", "twistedmail"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+    def version(repo: str, source: str, snapshot_rev: str) -> str:
         python = os.path.join(repo, ".venv", "bin", "python")
         twisted = subprocess.run(
             [python, "-c", "import twisted; print(twisted.__version__)"],
             capture_output=True,
             text=True,
         ).stdout.strip()
-        return f"git {rev}{' with uncommitted changes' if dirty else ''}, Twisted {twisted}"
+        if snapshot_rev:
+            return f"git {snapshot_rev}, committed code run from a snapshot, Twisted {twisted}"
+        tree = source or repo
+        rev = subprocess.run(
+            ["git", "-C", tree, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", tree, "status", "--porcelain", "--", "twistedmail"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        where = f"the tree {tree}" if source else "the working tree"
+        return (
+            f"git {rev or 'unknown'}{' with uncommitted changes' if dirty else ''} "
+            f"({where}), Twisted {twisted}"
+        )
+
+
+def snapshot(repo: str, base: str) -> tuple[str, str]:
+    """Export the committed code (HEAD's twistedmail package and its twistd
+    plugin) to base/snapshot-<rev> once; return its folder and the revision.
+
+    The checkout is shared with work in progress and each run starts a fresh
+    server: running a snapshot keeps every run on one, committed revision."""
+    rev = subprocess.run(
+        ["git", "-C", repo, "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    target = os.path.join(base, f"snapshot-{rev}")
+    if not os.path.isdir(os.path.join(target, "twistedmail")):
+        partial = target + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        archive = subprocess.run(
+            ["git", "-C", repo, "archive", "HEAD", "twistedmail", "twisted/plugins"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", partial], input=archive, check=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(partial, target)
+    return target, rev
 
 
 class Postfix(Server):
@@ -986,7 +1023,12 @@ def main() -> None:
     parser.add_argument(
         "--source",
         default="",
-        help="run twistedmail from this source tree instead of the checkout",
+        help="run twistedmail from this source tree instead of a snapshot of HEAD",
+    )
+    parser.add_argument(
+        "--worktree",
+        action="store_true",
+        help="run twistedmail from the checkout's working tree, not a snapshot of HEAD",
     )
     parser.add_argument(
         "--quick", action="store_true", help="300 messages, one repetition, c=10"
@@ -1015,6 +1057,10 @@ def main() -> None:
     if os.path.exists(data):
         shutil.rmtree(data)
     os.makedirs(data)
+    snapshot_rev = ""
+    if not args.source and not args.worktree and "twistedmail" in args.servers:
+        args.source, snapshot_rev = snapshot(args.repo, args.base)
+        print(f"twistedmail {snapshot_rev} from {args.source}", flush=True)
     sink = Sink(args.base, free_port())
     wanted = args.servers.split(",")
     servers: list[Server] = [
@@ -1030,7 +1076,7 @@ def main() -> None:
         command=" ".join(["bench/outbound/run", *own]),
     )
     summary.versions = {
-        "twistedmail": Twistedmail.version(args.repo),
+        "twistedmail": Twistedmail.version(args.repo, args.source, snapshot_rev),
         "postfix": Postfix.version(),
     }
     summary.servers = [s.name for s in servers]
@@ -1073,10 +1119,12 @@ def main() -> None:
         for s in servers:
             s.stop()
         sink.stop()
+    along = ""
+    if len(loads) > 2:
+        along = f" ({'; '.join(loads[1:-1])} along the run, after each concurrency)"
     summary.load = (
-        "load average (1, 5, 15 min) "
-        + "; ".join(loads[:: max(1, len(loads) // 4)])
-        + " at the start and along the run, other helpers' test suites running."
+        f"load average (1, 5, 15 min) {loads[0]} at the start, {loads[-1]} at "
+        f"the end{along}, with other work running on the machine."
     )
     summarise(results, summary, scenarios)
     with open(os.path.join(args.base, "results.json"), "w") as f:
