@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
+from typing import Any
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap_server_helpers import Client, make_message, make_world
@@ -113,6 +116,60 @@ class LiteralLimitTests(SynchronousTestCase):
         self.assertEqual(out, b"+ Ready for literal\r\n")
         out = self.client.raw(message + b"\r\n")
         self.assertRegex(out, rb"^a OK \[APPENDUID \d+ 1\] APPEND completed")
+
+
+class HeldRunner:
+    """A thread runner for the store whose calls wait, while C{hold} is
+    set, until L{release} (so that a command stays in progress)."""
+
+    def __init__(self) -> None:
+        self.hold = False
+        self.held: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def __call__(self, f: Callable[[], Any]) -> Deferred[Any]:
+        """Run C{f} now, or hold it."""
+        if not self.hold:
+            return maybeDeferred(f)
+        d: Deferred[Any] = Deferred()
+        self.held.append((f, d))
+        return d
+
+    def release(self) -> None:
+        """Stop holding and run what was held, in order."""
+        self.hold = False
+        while self.held:
+            f, d = self.held.pop(0)
+            maybeDeferred(f).chainDeferred(d)
+
+
+class PipelineLimitTests(SynchronousTestCase):
+    """Commands pipelined behind one in progress."""
+
+    def test_pipelined_appends_pause_reading(self) -> None:
+        """LITERAL+ APPENDs sent behind one in progress: once they carry
+        more octets than one command may, the server stops reading from
+        the socket (memory stays near one command's limits), and reads
+        again when they have run; every one is stored."""
+        runner = HeldRunner()
+        world = make_world(
+            self.mktemp(), run_in_thread=runner, max_literal=1000, max_line=1024
+        )
+        client = world.logged_in()
+        runner.hold = True
+        message = b"Subject: x\r\n\r\n" + b"y" * 886
+        self.assertEqual(len(message), 900)
+        append = b"%s APPEND INBOX {900+}\r\n" + message + b"\r\n"
+        self.assertEqual(client.raw(append % b"a"), b"")
+        for tag in (b"b", b"c"):
+            client.raw(append % tag)
+            self.assertEqual(client.transport.producerState, "producing")
+        client.raw(append % b"d")
+        self.assertEqual(client.transport.producerState, "paused")
+        runner.release()
+        out = client.take()
+        self.assertEqual(out.count(b" OK [APPENDUID "), 4, out)
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertIn(b"* 4 EXISTS", client.ok("SELECT INBOX"))
 
 
 class LineLimitTests(SynchronousTestCase):

@@ -573,6 +573,8 @@ class IMAPServerProtocol(Protocol):
         self._close_reason = ""
         self._errors = 0
         self._reading_paused = False
+        # Octets received while earlier commands were waiting or running.
+        self._backlog = 0
         # After login.
         self._path = ""
         self._quota: int | None = None
@@ -635,7 +637,10 @@ class IMAPServerProtocol(Protocol):
         if self._gone or self._closing or self._parser is None:
             return
         self._start_timer()
+        waiting = bool(self._queue) or self._busy
         self._queue.extend(self._parser.receive_data(data))
+        if waiting:
+            self._backlog += len(data)
         self._pump()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -759,14 +764,23 @@ class IMAPServerProtocol(Protocol):
             self._pump()
 
     def _limit_reading(self) -> None:
-        """Stop reading from the socket while many commands wait."""
+        """Stop reading from the socket while many commands wait, or while
+        the waiting ones came with more octets than one command may carry
+        (pipelined LITERAL+ APPENDs would otherwise each hold a message):
+        memory per session stays near one command's limits."""
         if self._gone:
             return
+        if not self._queue:
+            self._backlog = 0
         pause = getattr(self._transport, "pauseProducing", None)
         resume = getattr(self._transport, "resumeProducing", None)
         if pause is None or resume is None:
             return
-        if len(self._queue) > _MAX_QUEUED and not self._reading_paused:
+        parser = self._parser
+        most = parser.max_line + parser.max_literal if parser is not None else 0
+        if (
+            len(self._queue) > _MAX_QUEUED or (self._queue and self._backlog > most)
+        ) and not self._reading_paused:
             self._reading_paused = True
             pause()
         elif self._reading_paused and not self._queue:
