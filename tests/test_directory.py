@@ -645,6 +645,134 @@ class SQLiteMigrationTests(TestCase):
             )
 
 
+def _insert_user(path: str, user: User) -> None:
+    """Add a user the way another process would: its own connection, commit."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO users (address, domain, password_hash, mailbox, enabled,"
+            " quota) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                user.address,
+                user.domain,
+                user.password_hash,
+                user.mailbox,
+                user.enabled,
+                user.quota,
+            ),
+        )
+    db.close()
+
+
+class SQLiteCacheTests(TestCase):
+    """Lookups are cached until the database changes, whoever changes it."""
+
+    async def open(self, cache_size: int = 100) -> SQLiteDirectory:
+        """A started directory with a.test local and ALICE, stopped after."""
+        self.path = self.mktemp()
+        directory = SQLiteDirectory(self.path, _reactor(), cache_size=cache_size)
+        await directory.start()
+        self.addCleanup(directory.stop)
+        await directory.add_domain("a.test")
+        await directory.add_user(ALICE)
+        return directory
+
+    @deferred_test
+    async def test_repeated_lookups_answer_at_once(self) -> None:
+        """A second lookup of the same key (found or not) needs no query."""
+        directory = await self.open()
+        for lookup in (
+            lambda: directory.get_user(ALICE.address),
+            lambda: directory.get_user("nobody@a.test"),
+            lambda: directory.get_alias("alias@a.test"),
+            lambda: directory.is_local_domain("a.test"),
+            lambda: directory.is_local_domain("b.test"),
+        ):
+            first = lookup()
+            self.assertFalse(first.called)
+            expected = await first
+            again = lookup()
+            self.assertTrue(again.called)
+            self.assertEqual(await again, expected)
+
+    @deferred_test
+    async def test_change_by_another_connection(self) -> None:
+        """A user added by another process is found by the next lookup."""
+        directory = await self.open()
+        self.assertIsNone(await directory.get_user(BOB.address))
+        self.assertIsNone(await directory.get_user(BOB.address))
+        _insert_user(self.path, BOB)
+        self.assertEqual(await directory.get_user(BOB.address), BOB)
+
+    @deferred_test
+    async def test_change_by_another_directory(self) -> None:
+        """Changes through another directory object on the file are seen."""
+        directory = await self.open()
+        other = SQLiteDirectory(self.path, _reactor())
+        await other.start()
+        self.addCleanup(other.stop)
+        self.assertFalse(await directory.is_local_domain("b.test"))
+        self.assertIsNone(await directory.get_alias("list@a.test"))
+        await other.add_domain("b.test")
+        await other.add_alias("list@a.test", ("alice@a.test",))
+        self.assertTrue(await directory.is_local_domain("b.test"))
+        self.assertEqual(await directory.get_alias("list@a.test"), ("alice@a.test",))
+        await other.set_enabled(ALICE.address, False)
+        user = await directory.get_user(ALICE.address)
+        assert user is not None
+        self.assertFalse(user.enabled)
+
+    @deferred_test
+    async def test_change_by_itself(self) -> None:
+        """The directory's own changes are seen by its next lookup."""
+        directory = await self.open()
+        self.assertTrue((await directory.get_user(ALICE.address) or BOB).enabled)
+        await directory.set_enabled(ALICE.address, False)
+        self.assertFalse((await directory.get_user(ALICE.address) or ALICE).enabled)
+        await directory.remove_user(ALICE.address)
+        self.assertIsNone(await directory.get_user(ALICE.address))
+
+    @deferred_test
+    async def test_change_during_lookup(self) -> None:
+        """A commit while a lookup is in flight: the next lookup sees it."""
+        directory = await self.open()
+        in_flight = directory.get_user(BOB.address)
+        _insert_user(self.path, BOB)
+        await in_flight  # either answer: the query raced the commit
+        self.assertEqual(await directory.get_user(BOB.address), BOB)
+        self.assertEqual(await directory.get_user(BOB.address), BOB)
+
+    @deferred_test
+    async def test_bounded(self) -> None:
+        """At most cache_size answers are kept; the oldest goes first."""
+        directory = await self.open(cache_size=2)
+        for key in ("x@a.test", "y@a.test", "z@a.test"):
+            await directory.get_user(key)
+        self.assertTrue(directory.get_user("z@a.test").called)
+        self.assertTrue(directory.get_user("y@a.test").called)
+        late = directory.get_user("x@a.test")
+        self.assertFalse(late.called)
+        await late
+
+    @deferred_test
+    async def test_off(self) -> None:
+        """With cache_size 0 every lookup is a query."""
+        directory = await self.open(cache_size=0)
+        await directory.get_user(ALICE.address)
+        again = directory.get_user(ALICE.address)
+        self.assertFalse(again.called)
+        self.assertEqual(await again, ALICE)
+
+    @deferred_test
+    async def test_restart(self) -> None:
+        """Stopping drops the cache; a restarted directory reads again."""
+        directory = await self.open()
+        await directory.get_user(BOB.address)
+        await directory.stop()
+        _insert_user(self.path, BOB)
+        await directory.start()
+        self.assertEqual(await directory.get_user(BOB.address), BOB)
+
+
 class SQLDialectTests(SynchronousTestCase):
     """Query templates become each DB-API parameter style."""
 

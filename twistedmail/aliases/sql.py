@@ -32,10 +32,29 @@ Behaviour matches L{twistedmail.aliases.directory.MemoryDirectory} exactly:
 the same L{DirectoryError} cases and messages, the same ordering, the same
 alias merge and removal rules.  Each change checks and writes inside one
 transaction, so a refused change changes nothing.
+
+The lookup cache.  Every message asks the directory several times (the
+domain at RCPT, then the expander's alias and user lookups, at RCPT and again
+in the queue runner), and each query is a trip through the thread pool that
+costs far more CPU than the query.  So the answers of C{is_local_domain},
+C{get_user} and C{get_alias} (found or not) are kept, up to C{cache_size}
+of them, for as long as the database is unchanged.  Whether it changed is
+asked before every use of the cache, on the reactor thread, with the
+dialect's C{change_counter} statement on a connection of its own (SQLite's
+C{PRAGMA data_version}: a number that changes whenever another connection,
+in this process or another one such as the admin CLI, commits a change).  It
+reads shared memory (the WAL index) and never waits for a lock (the
+connection's busy timeout is 0): a few microseconds.  When it changed, the
+whole cache is dropped; when it cannot be read, nothing is cached and every
+lookup goes to the database.  An answer is kept only if the counter did not
+move between the lookup's start and its answer, so an admin's change is
+seen by the very next lookup after its commit, exactly as without the cache.
+A dialect without a change counter caches nothing.
 """
 
 from __future__ import annotations
 
+import importlib
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +71,7 @@ from twistedmail.aliases.directory import domain_of
 from twistedmail.interfaces import DirectoryError, IDirectoryAdmin, User
 
 __all__ = [
+    "CACHE_SIZE",
     "MIGRATIONS",
     "SQLITE",
     "Migration",
@@ -178,6 +198,12 @@ class SQLDialect:
     @ivar connection_setup: statements run on every new connection.
     @ivar pool_args: keyword arguments for the adbapi C{ConnectionPool}
         (the module's C{connect} arguments and C{cp_*} pool settings).
+    @ivar change_counter: a statement answering one number that changes
+        whenever another connection commits a change, or None when the
+        database has none; with one, lookups are cached (module docstring).
+    @ivar change_counter_setup: statements run on the connection that asks
+        the change counter (it runs on the reactor thread, so it must never
+        wait).
     """
 
     module: str
@@ -187,6 +213,8 @@ class SQLDialect:
     pool_args: Mapping[str, object] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    change_counter: str | None = None
+    change_counter_setup: tuple[str, ...] = ()
 
     def compile(self, template: str) -> _Statement:
         """Turn a C{{name}} query template into this dialect's SQL."""
@@ -232,7 +260,14 @@ SQLITE = SQLDialect(
             "cp_max": 1,
         }
     ),
+    change_counter="PRAGMA data_version",
+    change_counter_setup=("PRAGMA busy_timeout = 0",),
 )
+
+#: How many lookup answers L{SQLDirectory} keeps at most.
+CACHE_SIZE = 10_000
+
+_MISSING = object()
 
 
 def _user(row: _Row) -> User:
@@ -261,6 +296,8 @@ class SQLDirectory:
     @param connect_args: positional arguments for the module's C{connect}.
     @param reactor: runs the pool's results back on the reactor thread.
     @param migrations: the schema steps (for tests; L{MIGRATIONS} otherwise).
+    @param cache_size: how many lookup answers to keep at most (0: none);
+        see the module docstring.
     """
 
     def __init__(
@@ -270,6 +307,7 @@ class SQLDirectory:
         reactor: IReactorCore,
         *,
         migrations: Sequence[Migration] = MIGRATIONS,
+        cache_size: int = CACHE_SIZE,
     ) -> None:
         numbers = [n for n, _ in migrations]
         if numbers != sorted(set(numbers)) or any(n <= 0 for n in numbers):
@@ -280,6 +318,11 @@ class SQLDirectory:
         self._migrations = tuple(migrations)
         self._statements = {k: dialect.compile(v) for k, v in _QUERIES.items()}
         self._pool: ConnectionPool | None = None
+        self._cache_size = cache_size
+        self._cache: dict[tuple[str, str], object] = {}
+        # The change counter's connection and its last answer (None: unknown).
+        self._counter: Any = None
+        self._version: object = None
 
     # Plumbing
 
@@ -320,6 +363,74 @@ class SQLDirectory:
         d.addErrback(conflict)
         return d
 
+    # The lookup cache (module docstring)
+
+    def _open_counter(self, trans: Transaction) -> Any:
+        """Open the change counter's connection (in a pool thread)."""
+        assert self._dialect.change_counter is not None
+        module = importlib.import_module(self._dialect.module)
+        kwargs = {
+            k: v for k, v in self._dialect.pool_args.items() if not k.startswith("cp_")
+        }
+        connection = module.connect(*self._connect_args, **kwargs)
+        try:
+            cursor = connection.cursor()
+            for statement in self._dialect.change_counter_setup:
+                cursor.execute(statement)
+                cursor.fetchall()
+            cursor.close()
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _cache_usable(self) -> bool:
+        """Ask the change counter; drop the cache when the database changed.
+
+        @return: whether cached answers may be used and new ones kept.
+        """
+        connection = self._counter
+        if connection is None:
+            return False
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._dialect.change_counter)
+                version = cursor.fetchall()[0][0]
+            finally:
+                cursor.close()
+        except Exception:
+            version = None
+        if version is None or version != self._version:
+            self._cache.clear()
+            self._version = version
+        return version is not None
+
+    def _lookup(
+        self, kind: str, key: str, interaction: Callable[[Transaction, str], _T]
+    ) -> Deferred[_T]:
+        """A cached answer, or the query's (kept when still valid)."""
+        if not self._cache_usable():
+            return self._interact(interaction, key)
+        hit = self._cache.get((kind, key), _MISSING)
+        if hit is not _MISSING:
+            return succeed(hit)  # type: ignore[arg-type]
+        version = self._version
+        d = self._interact(interaction, key)
+
+        def keep(value: _T) -> _T:
+            # Kept under the counter's value from before the query: if a
+            # commit came since, the next lookup sees a new value and drops
+            # it, so a stale answer is never used.
+            if self._version == version:
+                if len(self._cache) >= self._cache_size:
+                    # Evict the oldest answer (dicts keep insertion order).
+                    del self._cache[next(iter(self._cache))]
+                self._cache[(kind, key)] = value
+            return value
+
+        return d.addCallback(keep)
+
     # Lifecycle
 
     def start(self) -> Deferred[None]:
@@ -339,7 +450,7 @@ class SQLDirectory:
         )
         pool.start()
         self._pool = pool
-        d = Deferred.fromCoroutine(self._migrate())
+        d = Deferred.fromCoroutine(self._start())
 
         def failed(f: Failure) -> Failure:
             self._close()
@@ -354,9 +465,19 @@ class SQLDirectory:
         return succeed(None)
 
     def _close(self) -> None:
+        counter, self._counter = self._counter, None
+        self._cache.clear()
+        self._version = None
+        if counter is not None:
+            counter.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+
+    async def _start(self) -> None:
+        await self._migrate()
+        if self._dialect.change_counter is not None and self._cache_size > 0:
+            self._counter = await self._interact(self._open_counter)
 
     async def _migrate(self) -> None:
         applied = await self._interact(self._prepare_versions)
@@ -391,7 +512,7 @@ class SQLDirectory:
 
     def is_local_domain(self, domain: str) -> Deferred[bool]:
         """Whether the domain is in the domains table."""
-        return self._interact(self._is_local_domain, domain)
+        return self._lookup("domain", domain, self._is_local_domain)
 
     def _is_local_domain(self, trans: Transaction, domain: str) -> bool:
         return bool(self._rows(trans, "find_domain", domain=domain))
@@ -405,7 +526,7 @@ class SQLDirectory:
 
     def get_user(self, address: str) -> Deferred[User | None]:
         """The user with this key, or None."""
-        return self._interact(self._get_user, address)
+        return self._lookup("user", address, self._get_user)
 
     def _get_user(self, trans: Transaction, address: str) -> User | None:
         rows = self._rows(trans, "get_user", address=address)
@@ -426,7 +547,7 @@ class SQLDirectory:
 
     def get_alias(self, address: str) -> Deferred[tuple[str, ...] | None]:
         """The alias's targets in order, or None."""
-        return self._interact(self._get_alias, address)
+        return self._lookup("alias", address, self._get_alias)
 
     def _get_alias(self, trans: Transaction, address: str) -> tuple[str, ...] | None:
         rows = self._rows(trans, "get_alias", address=address)
@@ -583,6 +704,7 @@ class SQLiteDirectory(SQLDirectory):
     @param path: the database file (made on first start).
     @param reactor: the reactor the pool reports back to.
     @param migrations: the schema steps (for tests; L{MIGRATIONS} otherwise).
+    @param cache_size: how many lookup answers to keep at most (0: none).
     """
 
     def __init__(
@@ -591,6 +713,9 @@ class SQLiteDirectory(SQLDirectory):
         reactor: IReactorCore,
         *,
         migrations: Sequence[Migration] = MIGRATIONS,
+        cache_size: int = CACHE_SIZE,
     ) -> None:
-        super().__init__(SQLITE, (path,), reactor, migrations=migrations)
+        super().__init__(
+            SQLITE, (path,), reactor, migrations=migrations, cache_size=cache_size
+        )
         self.path = path
