@@ -4,6 +4,7 @@ with a fake transport."""
 from __future__ import annotations
 
 import email
+import os
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -486,6 +487,57 @@ class ForwardingTests(SynchronousTestCase):
         self.out.submit("fwd@a.test", sender="")
         [(_, message)] = self.out.transport.sent
         self.assertEqual(message.sender, "")
+
+
+class ResultTests(RelayTestCase):
+    """Results are recorded on the status as it is when the server has
+    answered, not as it was when the message left."""
+
+    def in_flight(self) -> str:
+        """Submit to bob@b.test, whose server will say 451; return the id
+        while that send waits for its reply."""
+        self.transport.hold = True
+        self.transport.replies["bob@b.test"] = BUSY
+        queue_id = self.out.submit("bob@b.test")
+        self.assertEqual(len(self.transport.held), 1)
+        return queue_id
+
+    def test_change_while_sending_kept(self) -> None:
+        """An entry held while its message is on the wire stays held, and
+        the reply is recorded too."""
+        queue_id = self.in_flight()
+        wait(self.out, self.out.relay.hold(queue_id))
+        self.transport.release_one()
+        self.out.turn()
+        entry = self.entry(queue_id)
+        self.assertTrue(entry.held)
+        [record] = self.remote(queue_id)
+        self.assertEqual(record.reply, BUSY)
+        self.assertEqual(record.attempts, 1)
+
+    def test_broken_status_while_sending(self) -> None:
+        """A status file broken while the message is on the wire is
+        quarantined (never deleted), and the entry stays in the queue."""
+        queue_id = self.in_flight()
+        with open(self.out.spool.status_path(queue_id), "wb") as f:
+            f.write(b"garbage\n")
+        self.transport.release_one()
+        self.out.turn()
+        self.assertIn(queue_id, self.out.queue_ids())
+        quarantined = os.listdir(os.path.join(self.out.path, "quarantine"))
+        self.assertEqual(quarantined, [f"{queue_id}.status"])
+        self.flushLoggedErrors()
+
+    def test_entry_deleted_while_sending(self) -> None:
+        """An entry whose files are gone when the reply comes is left gone:
+        nothing is written back for it."""
+        queue_id = self.in_flight()
+        os.unlink(self.out.spool.entry_path(queue_id))
+        os.unlink(self.out.spool.status_path(queue_id))
+        self.transport.release_one()
+        self.out.turn()
+        self.assertNotIn(queue_id, self.out.queue_ids())
+        self.assertFalse(os.path.exists(self.out.spool.status_path(queue_id)))
 
 
 class OperatorTests(RelayTestCase):

@@ -100,9 +100,12 @@ from twistedmail.spool.store import (
     FAILED,
     PENDING,
     REMOTE,
+    BrokenEntry,
+    NewerVersion,
     QueueEntry,
     RecipientRecord,
     Spool,
+    read_status_file,
 )
 
 __all__ = [
@@ -945,6 +948,20 @@ class RelayRunner(Service):
             if not busy:
                 del self._in_flight[job.queue_id]
 
+    async def _reload(self, job: _Job) -> QueueEntry:
+        """The job's entry as it is now (called under its lock).
+
+        Only the status file is read: the entry file (envelope and message)
+        never changes, so the job's copy of the envelope stands.  With no
+        readable status file the whole entry is loaded, which quarantines a
+        broken one and fails with KeyError when the entry is gone."""
+        path = self._spool.status_path(job.queue_id)
+        try:
+            recipients, held = await self._spool.run(lambda: read_status_file(path))
+        except (OSError, BrokenEntry, NewerVersion):
+            return await self._spool.load(job.queue_id)
+        return replace(job.entry, recipients=recipients, held=held)
+
     async def _apply(
         self,
         job: _Job,
@@ -957,7 +974,7 @@ class RelayRunner(Service):
 
         async def go() -> None:
             try:
-                entry = await self._spool.load(job.queue_id)
+                entry = await self._reload(job)
             except KeyError:
                 return
             records = list(entry.recipients)
