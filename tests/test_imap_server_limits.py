@@ -220,6 +220,50 @@ class LineLimitTests(SynchronousTestCase):
         self.assertTrue(client.transport.disconnecting)
 
 
+class SequenceSetTests(SynchronousTestCase):
+    """Malformed and out-of-range sequence sets in every command that takes
+    one: BAD with a reason, nothing changed, the session goes on."""
+
+    def test_malformed_everywhere(self) -> None:
+        """0, 1:0, empty parts, 4294967296, letters, a sign, a space: BAD
+        for FETCH, STORE, COPY, MOVE, SEARCH, UID EXPUNGE and the UID forms,
+        and no flag or message changed."""
+        world = make_world(self.mktemp(), max_errors=1000)
+        for n in (1, 2):
+            world.deliver(make_message(n))
+        client = world.logged_in()
+        client.ok("SELECT INBOX")
+        commands = [
+            "FETCH {} FLAGS",
+            "UID FETCH {} FLAGS",
+            "STORE {} +FLAGS (\\Deleted)",
+            "UID STORE {} +FLAGS (\\Deleted)",
+            "COPY {} Trash",
+            "UID COPY {} Trash",
+            "MOVE {} Trash",
+            "UID MOVE {} Trash",
+            "SEARCH {}",
+            "UID SEARCH UID {}",
+            "UID EXPUNGE {}",
+        ]
+        for bad in ["0", "1:0", "1,,2", ",1", "1:", "4294967296", "x", "-1", "1 :2"]:
+            for command in commands:
+                lines = client.cmd(command.format(bad))
+                self.assertEqual(len(lines), 1, (command, bad, lines))
+                self.assertRegex(lines[0], rb"^a\d+ BAD \S", (command, bad))
+        for command in commands[:8:2]:
+            lines = client.cmd(command.format("3"))
+            self.assertRegex(
+                lines[-1], rb"^a\d+ BAD Invalid message sequence number", command
+            )
+        self.assertFalse(client.transport.disconnecting)
+        self.assertEqual(
+            client.ok("FETCH 1:* FLAGS"),
+            [b"* 1 FETCH (FLAGS (\\Recent))", b"* 2 FETCH (FLAGS (\\Recent))"],
+        )
+        self.assertIn(b"(MESSAGES 0)", client.ok("STATUS Trash (MESSAGES)")[0])
+
+
 class MailboxNameTests(SynchronousTestCase):
     """Mailbox names that try to leave the Maildir, in every command that
     takes one."""
