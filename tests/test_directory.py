@@ -36,7 +36,12 @@ from twistedmail.aliases.files import (
     parse_domains,
     parse_users,
 )
-from twistedmail.aliases.sql import MIGRATIONS, SQLDialect, SQLiteDirectory
+from twistedmail.aliases.sql import (
+    CHECK_INTERVAL,
+    MIGRATIONS,
+    SQLDialect,
+    SQLiteDirectory,
+)
 from twistedmail.config import DirectorySettings, ServerSettings, Settings
 from twistedmail.interfaces import DirectoryError, IDirectoryAdmin, User
 
@@ -667,9 +672,15 @@ class SQLiteCacheTests(TestCase):
     """Lookups are cached until the database changes, whoever changes it."""
 
     async def open(self, cache_size: int = 100) -> SQLiteDirectory:
-        """A started directory with a.test local and ALICE, stopped after."""
+        """A started directory with a.test local and ALICE, stopped after.
+
+        Its change counter is timed by C{self.clock}.
+        """
         self.path = self.mktemp()
-        directory = SQLiteDirectory(self.path, _reactor(), cache_size=cache_size)
+        self.clock = Clock()
+        directory = SQLiteDirectory(
+            self.path, _reactor(), cache_size=cache_size, clock=self.clock
+        )
         await directory.start()
         self.addCleanup(directory.stop)
         await directory.add_domain("a.test")
@@ -696,12 +707,22 @@ class SQLiteCacheTests(TestCase):
 
     @deferred_test
     async def test_change_by_another_connection(self) -> None:
-        """A user added by another process is found by the next lookup."""
+        """A user added by another process is found check_interval later."""
         directory = await self.open()
         self.assertIsNone(await directory.get_user(BOB.address))
-        self.assertIsNone(await directory.get_user(BOB.address))
         _insert_user(self.path, BOB)
+        self.clock.advance(CHECK_INTERVAL / 2)
+        self.assertIsNone(await directory.get_user(BOB.address))
+        self.clock.advance(CHECK_INTERVAL / 2)
         self.assertEqual(await directory.get_user(BOB.address), BOB)
+
+    @deferred_test
+    async def test_unchanged_database_keeps_cache(self) -> None:
+        """When nothing changed, asking the counter again keeps the answers."""
+        directory = await self.open()
+        await directory.get_user(ALICE.address)
+        self.clock.advance(CHECK_INTERVAL * 3)
+        self.assertTrue(directory.get_user(ALICE.address).called)
 
     @deferred_test
     async def test_change_by_another_directory(self) -> None:
@@ -714,22 +735,37 @@ class SQLiteCacheTests(TestCase):
         self.assertIsNone(await directory.get_alias("list@a.test"))
         await other.add_domain("b.test")
         await other.add_alias("list@a.test", ("alice@a.test",))
+        self.clock.advance(CHECK_INTERVAL)
         self.assertTrue(await directory.is_local_domain("b.test"))
         self.assertEqual(await directory.get_alias("list@a.test"), ("alice@a.test",))
         await other.set_enabled(ALICE.address, False)
+        self.clock.advance(CHECK_INTERVAL)
         user = await directory.get_user(ALICE.address)
         assert user is not None
         self.assertFalse(user.enabled)
 
     @deferred_test
     async def test_change_by_itself(self) -> None:
-        """The directory's own changes are seen by its next lookup."""
+        """The directory's own changes are seen by its next lookup at once."""
         directory = await self.open()
         self.assertTrue((await directory.get_user(ALICE.address) or BOB).enabled)
         await directory.set_enabled(ALICE.address, False)
         self.assertFalse((await directory.get_user(ALICE.address) or ALICE).enabled)
         await directory.remove_user(ALICE.address)
         self.assertIsNone(await directory.get_user(ALICE.address))
+        self.assertFalse(await directory.is_local_domain("b.test"))
+        await directory.add_domain("b.test")
+        self.assertTrue(await directory.is_local_domain("b.test"))
+
+    @deferred_test
+    async def test_own_change_during_lookup(self) -> None:
+        """A lookup in flight while the directory changes is not kept."""
+        directory = await self.open()
+        in_flight = directory.get_user(BOB.address)
+        change = directory.add_user(BOB)
+        self.assertIsNone(await in_flight)
+        await change
+        self.assertEqual(await directory.get_user(BOB.address), BOB)
 
     @deferred_test
     async def test_change_during_lookup(self) -> None:
@@ -738,6 +774,7 @@ class SQLiteCacheTests(TestCase):
         in_flight = directory.get_user(BOB.address)
         _insert_user(self.path, BOB)
         await in_flight  # either answer: the query raced the commit
+        self.clock.advance(CHECK_INTERVAL)
         self.assertEqual(await directory.get_user(BOB.address), BOB)
         self.assertEqual(await directory.get_user(BOB.address), BOB)
 

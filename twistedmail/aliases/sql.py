@@ -38,17 +38,25 @@ domain at RCPT, then the expander's alias and user lookups, at RCPT and again
 in the queue runner), and each query is a trip through the thread pool that
 costs far more CPU than the query.  So the answers of C{is_local_domain},
 C{get_user} and C{get_alias} (found or not) are kept, up to C{cache_size}
-of them, for as long as the database is unchanged.  Whether it changed is
-asked before every use of the cache, on the reactor thread, with the
-dialect's C{change_counter} statement on a connection of its own (SQLite's
-C{PRAGMA data_version}: a number that changes whenever another connection,
-in this process or another one such as the admin CLI, commits a change).  It
-reads shared memory (the WAL index) and never waits for a lock (the
-connection's busy timeout is 0): a few microseconds.  When it changed, the
-whole cache is dropped; when it cannot be read, nothing is cached and every
-lookup goes to the database.  An answer is kept only if the counter did not
-move between the lookup's start and its answer, so an admin's change is
-seen by the very next lookup after its commit, exactly as without the cache.
+of them, for as long as the database is unchanged:
+
+  - A change made through this directory object drops the whole cache when
+    it finishes, so its caller's next lookup sees it.
+  - A change made by another connection (the admin CLI, another process)
+    is noticed through the dialect's C{change_counter} statement, run on a
+    connection of its own on the reactor thread (SQLite's C{PRAGMA
+    data_version}: a number that changes whenever another connection
+    commits).  It reads shared memory (the WAL index) and never waits for a
+    lock (that connection's busy timeout is 0): a few microseconds, but the
+    sqlite3 module lets go of the GIL for it, which is dear in a busy
+    process, so it is asked at most once per C{check_interval} seconds
+    (0.1 by default) and not per lookup.  Such a change is therefore seen
+    within C{check_interval} of its commit; when the counter moved, the
+    whole cache is dropped.
+  - When the counter cannot be read, nothing is cached and every lookup
+    goes to the database.  An answer is kept only if no change was noticed
+    between the lookup's start and its answer.
+
 A dialect without a change counter caches nothing.
 """
 
@@ -59,11 +67,11 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from twisted.enterprise.adbapi import ConnectionPool, Transaction
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -72,6 +80,7 @@ from twistedmail.interfaces import DirectoryError, IDirectoryAdmin, User
 
 __all__ = [
     "CACHE_SIZE",
+    "CHECK_INTERVAL",
     "MIGRATIONS",
     "SQLITE",
     "Migration",
@@ -267,6 +276,9 @@ SQLITE = SQLDialect(
 #: How many lookup answers L{SQLDirectory} keeps at most.
 CACHE_SIZE = 10_000
 
+#: At most how often (seconds) L{SQLDirectory} asks the change counter.
+CHECK_INTERVAL = 0.1
+
 _MISSING = object()
 
 
@@ -298,6 +310,9 @@ class SQLDirectory:
     @param migrations: the schema steps (for tests; L{MIGRATIONS} otherwise).
     @param cache_size: how many lookup answers to keep at most (0: none);
         see the module docstring.
+    @param check_interval: at most how often, in seconds, to ask whether
+        another connection changed the database (module docstring).
+    @param clock: times L{check_interval} (default: C{reactor}).
     """
 
     def __init__(
@@ -308,6 +323,8 @@ class SQLDirectory:
         *,
         migrations: Sequence[Migration] = MIGRATIONS,
         cache_size: int = CACHE_SIZE,
+        check_interval: float = CHECK_INTERVAL,
+        clock: IReactorTime | None = None,
     ) -> None:
         numbers = [n for n, _ in migrations]
         if numbers != sorted(set(numbers)) or any(n <= 0 for n in numbers):
@@ -323,6 +340,10 @@ class SQLDirectory:
         # The change counter's connection and its last answer (None: unknown).
         self._counter: Any = None
         self._version: object = None
+        self._check_interval = check_interval
+        self._clock: IReactorTime = clock or cast(IReactorTime, reactor)
+        # When the counter was last asked (None: ask on the next lookup).
+        self._checked_at: float | None = None
 
     # Plumbing
 
@@ -385,13 +406,19 @@ class SQLDirectory:
         return connection
 
     def _cache_usable(self) -> bool:
-        """Ask the change counter; drop the cache when the database changed.
+        """Ask the change counter when due; drop the cache when the database
+        changed.
 
         @return: whether cached answers may be used and new ones kept.
         """
         connection = self._counter
         if connection is None:
             return False
+        now = self._clock.seconds()
+        checked = self._checked_at
+        if checked is not None and 0 <= now - checked < self._check_interval:
+            return self._version is not None
+        self._checked_at = now
         try:
             cursor = connection.cursor()
             try:
@@ -431,6 +458,19 @@ class SQLDirectory:
 
         return d.addCallback(keep)
 
+    def _change(self, interaction: Callable[..., _T], *args: object) -> Deferred[_T]:
+        """Run a change; drop the cache when it is done (or failed)."""
+
+        def forget(result: object) -> object:
+            self._cache.clear()
+            self._version = None
+            self._checked_at = None
+            return result
+
+        d = self._interact(interaction, *args)
+        d.addBoth(forget)
+        return d
+
     # Lifecycle
 
     def start(self) -> Deferred[None]:
@@ -468,6 +508,7 @@ class SQLDirectory:
         counter, self._counter = self._counter, None
         self._cache.clear()
         self._version = None
+        self._checked_at = None
         if counter is not None:
             counter.close()
         pool, self._pool = self._pool, None
@@ -570,7 +611,7 @@ class SQLDirectory:
 
     def add_domain(self, domain: str) -> Deferred[None]:
         """Make a domain local; refused when it is already."""
-        return self._interact(self._add_domain, domain)
+        return self._change(self._add_domain, domain)
 
     def _add_domain(self, trans: Transaction, domain: str) -> None:
         self._begin(trans)
@@ -580,7 +621,7 @@ class SQLDirectory:
 
     def remove_domain(self, domain: str) -> Deferred[None]:
         """Remove a domain; refused while users or aliases remain in it."""
-        return self._interact(self._remove_domain, domain)
+        return self._change(self._remove_domain, domain)
 
     def _remove_domain(self, trans: Transaction, domain: str) -> None:
         self._begin(trans)
@@ -592,7 +633,7 @@ class SQLDirectory:
 
     def add_user(self, user: User) -> Deferred[None]:
         """Add a user in a local domain."""
-        return self._interact(self._add_user, user)
+        return self._change(self._add_user, user)
 
     def _add_user(self, trans: Transaction, user: User) -> None:
         self._begin(trans)
@@ -613,13 +654,13 @@ class SQLDirectory:
 
     def set_password(self, address: str, password_hash: str) -> Deferred[None]:
         """Replace a user's password hash."""
-        return self._interact(
+        return self._change(
             self._change_user, address, "set_password", {"password_hash": password_hash}
         )
 
     def set_enabled(self, address: str, enabled: bool) -> Deferred[None]:
         """Enable or disable a user."""
-        return self._interact(
+        return self._change(
             self._change_user, address, "set_enabled", {"enabled": enabled}
         )
 
@@ -637,7 +678,7 @@ class SQLDirectory:
 
     def remove_user(self, address: str) -> Deferred[None]:
         """Remove a user (the mailbox on disk is left alone)."""
-        return self._interact(self._remove_user, address)
+        return self._change(self._remove_user, address)
 
     def _remove_user(self, trans: Transaction, address: str) -> None:
         self._begin(trans)
@@ -647,7 +688,7 @@ class SQLDirectory:
 
     def add_alias(self, address: str, targets: tuple[str, ...]) -> Deferred[None]:
         """Append the targets not there yet, creating the alias when missing."""
-        return self._interact(self._add_alias, address, tuple(targets))
+        return self._change(self._add_alias, address, tuple(targets))
 
     def _add_alias(
         self, trans: Transaction, address: str, targets: tuple[str, ...]
@@ -667,7 +708,7 @@ class SQLDirectory:
         self, address: str, targets: tuple[str, ...] = ()
     ) -> Deferred[None]:
         """Remove some targets of an alias, or the whole alias when none."""
-        return self._interact(self._remove_alias, address, tuple(targets))
+        return self._change(self._remove_alias, address, tuple(targets))
 
     def _remove_alias(
         self, trans: Transaction, address: str, targets: tuple[str, ...]
@@ -705,6 +746,9 @@ class SQLiteDirectory(SQLDirectory):
     @param reactor: the reactor the pool reports back to.
     @param migrations: the schema steps (for tests; L{MIGRATIONS} otherwise).
     @param cache_size: how many lookup answers to keep at most (0: none).
+    @param check_interval: at most how often to ask whether another
+        connection changed the file (seconds).
+    @param clock: times C{check_interval} (default: C{reactor}).
     """
 
     def __init__(
@@ -714,8 +758,16 @@ class SQLiteDirectory(SQLDirectory):
         *,
         migrations: Sequence[Migration] = MIGRATIONS,
         cache_size: int = CACHE_SIZE,
+        check_interval: float = CHECK_INTERVAL,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__(
-            SQLITE, (path,), reactor, migrations=migrations, cache_size=cache_size
+            SQLITE,
+            (path,),
+            reactor,
+            migrations=migrations,
+            cache_size=cache_size,
+            check_interval=check_interval,
+            clock=clock,
         )
         self.path = path
