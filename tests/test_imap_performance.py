@@ -1,18 +1,31 @@
 """Tests for the IMAP server's fast paths on big folders: batched flag
 changes (L{twistedmail.maildir.Mailbox.set_flags_many}), the column-wise
-mod-sequence index (L{twistedmail.imap._modseq}), and a LOGIN that does not
-read the INBOX."""
+mod-sequence index (L{twistedmail.imap._modseq}), a LOGIN that does not
+read the INBOX, and header SEARCH through batched cache reads
+(L{twistedmail.imap._message.BatchedHeaders}) and one field's values
+(L{twistedmail.imap._message.field_values})."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap_server_helpers import make_message, make_world
 from tests.maildir_helpers import make_store
+from twistedmail.imap._message import (
+    CACHE_KEY,
+    BatchedHeaders,
+    cached_structure,
+    field_pattern,
+    field_values,
+    header_block,
+    header_fields,
+)
 from twistedmail.imap._modseq import (
     MODSEQ_NAME,
     ModSeqIndex,
@@ -193,3 +206,115 @@ class StoreManyTests(SynchronousTestCase):
         self.assertEqual(
             lines, [b"* %d FETCH (FLAGS (\\Flagged))" % n for n in range(1, 7)]
         )
+
+
+#: Header lines: fields of a few names in any case, folds, spaces before
+#: the colon, bare LF, a continuation line first, and lines that are not
+#: fields (which end the header).
+HEADER_PIECES = [
+    b"Subject: a\r\n",
+    b"SUBJECT : b =?utf-8?q?c?=\r\n",
+    b"subject:\r\n",
+    b"Subject:x\n",
+    b"Subject-X: no\r\n",
+    b"X-Subject: no\r\n",
+    b"From: d\r\n",
+    b" folded\r\n",
+    b"\tfolded more\r\n",
+    b"no colon here\r\n",
+    b"Subject:: e\r\n",
+    b"Subject: f\r\r\n",
+    b"\r\n",
+]
+
+
+class FieldValuesTests(SynchronousTestCase):
+    """L{field_values} finds what L{header_fields} finds."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.sampled_from(HEADER_PIECES), max_size=10).map(b"".join),
+        st.sampled_from(["subject", "from", "x-subject", "SUBJECT"]),
+    )
+    def test_same_values(self, text: bytes, name: str) -> None:
+        """For any header, the values of one field are those of
+        L{header_fields} with that name, in order."""
+        header = header_block(text + b"\r\nbody\r\n")
+        pattern = field_pattern(name)
+        assert pattern is not None
+        expected = [v for n, v in header_fields(header) if n == name.lower().encode()]
+        self.assertEqual(field_values(header, pattern), expected)
+
+    def test_impossible_names(self) -> None:
+        """Names no field can have give no pattern."""
+        self.assertIsNone(field_pattern("a b"))
+        self.assertIsNone(field_pattern("a:b"))
+        self.assertIsNone(field_pattern("sübject"))
+        self.assertIsNone(field_pattern(""))
+
+
+class BatchedHeadersTests(SynchronousTestCase):
+    """L{BatchedHeaders} reads the structure cache a batch at a time."""
+
+    def setUp(self) -> None:
+        root = os.path.abspath(self.mktemp())
+        clock = Clock()
+        clock.advance(1_790_000_000)
+        self.store = make_store(root, clock)
+        self.path = os.path.join(root, "example.test", "alice")
+        for i in range(5):
+            message = b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i)
+            self.successResultOf(self.store.deliver(self.path, message, f"Q{i}"))
+        self.mailbox = self.store.open_mailbox(self.path)
+        self.infos = self.mailbox.messages()
+        self.reads: list[int] = []
+
+    def read(self, uid: int) -> bytes:
+        self.reads.append(uid)
+        return self.mailbox.read(uid)
+
+    def headers(self) -> BatchedHeaders:
+        return BatchedHeaders(
+            self.mailbox,
+            [i.uid for i in self.infos],
+            [i.base for i in self.infos],
+            self.read,
+        )
+
+    def test_cached_and_not(self) -> None:
+        """Messages cached already are not read; the others are read once,
+        parsed and cached, so a later search reads none."""
+        cached_structure(self.mailbox, self.infos[1].base, lambda: self.mailbox.read(2))
+        headers = self.headers()
+        self.assertEqual(
+            [headers(u) for u in (1, 2, 3, 4, 5)],
+            [b"Subject: m%d\r\n\r\n" % i for i in range(5)],
+        )
+        self.assertEqual(self.reads, [1, 3, 4, 5])
+        again = self.headers()
+        self.assertEqual(again(4), b"Subject: m3\r\n\r\n")
+        self.assertEqual(self.reads, [1, 3, 4, 5])
+        bases = [i.base for i in self.infos]
+        self.assertEqual(
+            sorted(self.mailbox.cache_get_many(bases, CACHE_KEY)), sorted(bases)
+        )
+
+    def test_small_batches(self) -> None:
+        """Batches smaller than the folder, and UIDs asked out of order or
+        twice, give the same headers."""
+        for i in self.infos:
+            cached_structure(self.mailbox, i.base, lambda: b"")
+        headers = self.headers()
+        headers.BATCH = 2
+        self.reads.clear()
+        got = [headers(u) for u in (5, 1, 2, 3, 3, 4)]
+        self.assertEqual(got, [b""] * 6)
+        self.assertEqual(self.reads, [])
+
+    def test_unknown_uid(self) -> None:
+        """A UID that is not among the messages raises KeyError."""
+        self.assertRaises(KeyError, self.headers(), 9)
+
+    def test_no_cache_file(self) -> None:
+        """Without a cache file, get_many finds nothing."""
+        self.assertEqual(self.mailbox.cache_get_many(["x"], CACHE_KEY), {})

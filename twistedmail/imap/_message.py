@@ -54,10 +54,11 @@ the four values concatenated.
 from __future__ import annotations
 
 import binascii
+import bisect
 import codecs
 import quopri
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 from twistedmail.imap._format import MAX_QUOTED, format_list
@@ -66,6 +67,8 @@ from twistedmail.imap._types import BodySection
 __all__ = [
     "CACHE_KEY",
     "MAX_DEPTH",
+    "BatchCache",
+    "BatchedHeaders",
     "MessageParts",
     "Structure",
     "StructureCache",
@@ -76,6 +79,8 @@ __all__ = [
     "decode_header_value",
     "envelope",
     "fetch_section",
+    "field_pattern",
+    "field_values",
     "format_section",
     "header_block",
     "header_end",
@@ -150,6 +155,29 @@ def header_fields(msg: bytes) -> list[tuple[bytes, bytes]]:
     fields: list[_Field] = []
     _scan_header(msg, 0, len(msg), fields)
     return [(f.name, _unfold(msg[f.colon + 1 : f.end])) for f in fields]
+
+
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+
+
+def field_pattern(name: str) -> re.Pattern[bytes] | None:
+    """A pattern for L{field_values}: the fields called C{name} (any case),
+    or None for a name no field can have (not printable ASCII)."""
+    if not name.isascii():
+        return None
+    raw = name.encode("ascii")
+    if not _FIELD_NAME.fullmatch(raw):
+        return None
+    return re.compile(
+        rb"(?im)^" + re.escape(raw) + rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)"
+    )
+
+
+def field_values(header: bytes, pattern: re.Pattern[bytes]) -> list[bytes]:
+    """The values of one field in a header block (L{header_block}), as
+    L{header_fields} gives them (unfolded, stripped), in order; found by one
+    regular expression instead of reading every field."""
+    return [_unfold(m.group(1)) for m in pattern.finditer(header)]
 
 
 def header_block(msg: bytes) -> bytes:
@@ -648,6 +676,69 @@ def cached_header(
     """A message's header block through L{cached_structure} (for SEARCH on
     header fields without reading the file twice)."""
     return cached_structure(cache, base, loader).header
+
+
+class BatchCache(StructureCache, Protocol):
+    """A structure cache that also reads many entries at once: L{Mailbox}
+    fits."""
+
+    def cache_get_many(self, bases: Sequence[str], key: str) -> dict[str, bytes]:
+        """The cached values of those of C{bases} that have one."""
+
+
+class BatchedHeaders:
+    """The header blocks of a folder's messages for SEARCH: read from the
+    structure cache a batch at a time (one query for L{BATCH} messages
+    rather than one each), in the order the messages are asked for, which
+    is their order in C{uids}.  A message not cached yet is parsed from its
+    file and cached, as by L{cached_header}.
+
+    Blocking (the cache is a database); call off the reactor thread.
+
+    @param cache: the folder (L{twistedmail.maildir.Mailbox}).
+    @param uids: the messages' UIDs, ascending.
+    @param bases: their base names, in the same order.
+    @param read: a message's octets by UID (may raise, as
+        L{twistedmail.maildir.Mailbox.read} does when it is gone).
+    """
+
+    #: Messages read from the cache per query.
+    BATCH = 500
+
+    def __init__(
+        self,
+        cache: BatchCache,
+        uids: Sequence[int],
+        bases: Sequence[str],
+        read: Callable[[int], bytes],
+    ) -> None:
+        self._cache = cache
+        self._uids = uids
+        self._bases = bases
+        self._read = read
+        self._start = 0
+        self._stop = 0
+        self._values: dict[str, bytes] = {}
+
+    def __call__(self, uid: int) -> bytes:
+        """The header block of the message with this UID.
+
+        @raise KeyError: for a UID not among C{uids}.
+        """
+        i = bisect.bisect_left(self._uids, uid)
+        if i >= len(self._uids) or self._uids[i] != uid:
+            raise KeyError(uid)
+        if not self._start <= i < self._stop:
+            self._start, self._stop = i, min(len(self._uids), i + self.BATCH)
+            self._values = self._cache.cache_get_many(
+                self._bases[self._start : self._stop], CACHE_KEY
+            )
+        base = self._bases[i]
+        value = self._values.get(base)
+        found = None if value is None else _decode_structure(value)
+        if found is not None:
+            return found.header
+        return cached_structure(self._cache, base, lambda: self._read(uid)).header
 
 
 # --- Content-Type and friends (RFC 2045 §5.1, RFC 2183) ---------------------------

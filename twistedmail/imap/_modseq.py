@@ -37,6 +37,7 @@ import sys
 from collections.abc import Iterable, Sequence
 
 from twistedmail.maildir import MessageInfo
+from twistedmail.maildir.store import gc_paused
 
 __all__ = ["MODSEQ_NAME", "ModSeqIndex", "flag_signature", "signatures"]
 
@@ -58,17 +59,27 @@ _uid = operator.attrgetter("uid")
 
 
 def signatures(infos: Sequence[MessageInfo]) -> list[str]:
-    """L{flag_signature} of each message, computed once per distinct set of
-    flags and keywords (a folder has a few dozen at most): every other step
-    is a pass in C, which matters for 100,000 messages."""
-    keys = list(zip(map(_flags, infos), map(_keywords, infos), strict=True))
-    memo: dict[tuple[frozenset[str], frozenset[str]], str] = {}
-    for flags, keywords in set(keys):
-        letters = "".join(sorted(flags))
-        memo[flags, keywords] = sys.intern(
-            letters + " " + " ".join(sorted(keywords)) if keywords else letters
-        )
-    return list(map(memo.__getitem__, keys))
+    """L{flag_signature} of each message, computed once per distinct flag
+    set and keyword set (a folder has a few dozen at most).  Every other
+    step is a pass in C that makes no object per message (a tuple per
+    message would wake the garbage collector over and over: at 100,000
+    messages that cost more than everything else here)."""
+    flags = list(map(_flags, infos))
+    letters = {f: "".join(sorted(f)) for f in set(flags)}
+    sigs = list(map(letters.__getitem__, flags))
+    keywords = list(map(_keywords, infos))
+    if any(keywords):
+        joined: dict[tuple[str, frozenset[str]], str] = {}
+        for i, names in enumerate(keywords):
+            if names:
+                key = (sigs[i], names)
+                sig = joined.get(key)
+                if sig is None:
+                    sig = joined[key] = sys.intern(
+                        sigs[i] + " " + " ".join(sorted(names))
+                    )
+                sigs[i] = sig
+    return sigs
 
 
 class ModSeqIndex:
@@ -173,6 +184,11 @@ class ModSeqIndex:
             order.
         @return: HIGHESTMODSEQ afterwards.
         """
+        # A change to every message makes a tuple or two per message.
+        with gc_paused():
+            return self._sync(uidvalidity, infos)
+
+    def _sync(self, uidvalidity: int, infos: Sequence[MessageInfo]) -> int:
         uids = list(map(_uid, infos))
         sigs = signatures(infos)
         db = self._connect()

@@ -40,11 +40,14 @@ from __future__ import annotations
 import bisect
 import datetime
 import email.utils
+import re
 from collections.abc import Callable, Container, Iterable, Sequence
 
 from twistedmail.imap._format import format_string
 from twistedmail.imap._message import (
     decode_header_value,
+    field_pattern,
+    field_values,
     header_block,
     header_fields,
     parse_message,
@@ -302,6 +305,9 @@ class _Compiler:
         if isinstance(key, SearchHeader):
             field, needle = key.field.lower(), key.value.casefold()
             raw = _plain_needle(needle)
+            pattern = field_pattern(field)
+            if pattern is not None:
+                return self._field(pattern, needle, raw)
 
             def header(c: _Candidate) -> bool:
                 if raw is not None and not _may_contain(c.header(), raw):
@@ -324,6 +330,26 @@ class _Compiler:
             return text
         # An unknown key type (a newer parser): it matches nothing.
         return lambda c: False
+
+    @staticmethod
+    def _field(pattern: re.Pattern[bytes], needle: str, raw: bytes | None) -> Predicate:
+        """A header key on one field: only that field's values are found
+        and decoded, and a value of plain ASCII with no encoded word is
+        matched as it is (it decodes to itself, and ASCII case folding is
+        lower-casing)."""
+
+        def header(c: _Candidate) -> bool:
+            if raw is not None and not _may_contain(c.header(), raw):
+                return False
+            for value in field_values(c.header(), pattern):
+                if raw is not None and value.isascii() and b"=?" not in value:
+                    if raw in value.lower():
+                        return True
+                elif needle in decode_header_value(value).casefold():
+                    return True
+            return False
+
+        return header
 
     def _flag(self, key: SearchFlag) -> Predicate:
         name = key.flag.lower()

@@ -73,8 +73,8 @@ from twistedmail.imap._mailbox_view import (
     split_flags,
 )
 from twistedmail.imap._message import (
+    BatchedHeaders,
     Structure,
-    cached_header,
     cached_structure,
     fetch_section,
     rfc822_text,
@@ -1902,13 +1902,17 @@ class IMAPServerProtocol(Protocol):
         def load(uid: int) -> bytes | None:
             return _read_or_none(mailbox, uid)
 
+        headers = BatchedHeaders(
+            mailbox,
+            [i.uid for i in messages],
+            [i.base for i in messages],
+            mailbox.read,
+        )
+
         def load_header(uid: int) -> bytes | None:
-            info = view.infos.get(uid)
-            if info is None:
-                return None
             try:
-                return cached_header(mailbox, info.base, lambda: mailbox.read(uid))
-            except NoSuchMessageError:
+                return headers(uid)
+            except (KeyError, NoSuchMessageError):
                 return None
 
         def search() -> list[int]:

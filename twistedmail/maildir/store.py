@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, Any, NamedTuple, TypeVar, cast
 
 from twisted.internet.defer import Deferred
@@ -1201,6 +1201,11 @@ class Mailbox:
     def cache_get(self, base: str, key: str) -> bytes | None:
         """A value cached for a message (L{cache.MessageCache}), or None."""
         return self._cache.get(base, key)
+
+    def cache_get_many(self, bases: Sequence[str], key: str) -> dict[str, bytes]:
+        """The values cached for many messages (those that have one), by
+        base name, read in a few queries."""
+        return self._cache.get_many(bases, key)
 
     def cache_put(self, base: str, key: str, value: bytes) -> None:
         """Cache a value for a message across restarts."""
