@@ -72,6 +72,21 @@ class MailboxTests(StoreCase):
         self.assertTrue(all(i.recent and not i.flags for i in infos))
         self.assertEqual(mailbox.next_uid, 4)
 
+    def test_columns(self) -> None:
+        """L{Mailbox.columns} gives the UIDs, base names and sizes that
+        L{Mailbox.messages} has, column by column; expunged messages leave
+        them."""
+        bases = [self.deliver(b"m" * (i + 1), f"Q{i}") for i in range(3)]
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(mailbox.columns(), ([1, 2, 3], bases, [1, 2, 3]))
+        infos = mailbox.messages()
+        self.assertEqual(
+            mailbox.columns(),
+            ([i.uid for i in infos], [i.base for i in infos], [i.size for i in infos]),
+        )
+        mailbox.expunge([2])
+        self.assertEqual(mailbox.columns(), ([1, 3], [bases[0], bases[2]], [1, 3]))
+
     def test_read(self) -> None:
         """read() gives the bytes through the opener; get_file() the path."""
         self.deliver(b"hello", "Q1")
