@@ -318,3 +318,22 @@ class BatchedHeadersTests(SynchronousTestCase):
     def test_no_cache_file(self) -> None:
         """Without a cache file, get_many finds nothing."""
         self.assertEqual(self.mailbox.cache_get_many(["x"], CACHE_KEY), {})
+
+
+class UnseenTests(SynchronousTestCase):
+    """SELECT's UNSEEN, found when the folder is opened."""
+
+    def test_first_unseen(self) -> None:
+        """UNSEEN names the first message without \\Seen; with every message
+        seen there is no UNSEEN line."""
+        world = make_world(self.mktemp())
+        for n in range(1, 5):
+            world.deliver(make_message(n))
+        client = world.logged_in()
+        client.ok("SELECT INBOX")
+        client.ok("STORE 1,2,4 +FLAGS.SILENT (\\Seen)")
+        lines = world.logged_in().ok("SELECT INBOX")
+        self.assertIn(b"* OK [UNSEEN 3] First unseen", lines)
+        client.ok("STORE 3 +FLAGS.SILENT (\\Seen)")
+        lines = world.logged_in().ok("SELECT INBOX")
+        self.assertEqual([line for line in lines if b"UNSEEN" in line], [])

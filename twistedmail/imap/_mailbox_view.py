@@ -17,6 +17,7 @@ knows them) until a later command allows them.
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,21 @@ def ranges_to_set(numbers: Sequence[int]) -> bytes:
     return SequenceSet.from_numbers(numbers).to_bytes()
 
 
+_uid = operator.attrgetter("uid")
+_flags = operator.attrgetter("flags")
+
+
+def _first_unseen(infos: Sequence[MessageInfo]) -> int | None:
+    """The sequence number of the first message without ``\\Seen`` (in
+    C but for one test per distinct flag set), or None."""
+    flags = list(map(_flags, infos))
+    seen = {f for f in set(flags) if "S" in f}
+    try:
+        return list(map(seen.__contains__, flags)).index(False) + 1
+    except ValueError:
+        return None
+
+
 class UIDValidityChanged(Exception):
     """The folder got a new UIDVALIDITY while selected: the session must end."""
 
@@ -114,6 +130,8 @@ class MailboxView:
         self.uidvalidity = mailbox.uidvalidity
         self.gone: set[int] = set()
         self._last_sent_highest = 0
+        #: The first unseen message's sequence number when opened.
+        self.first_unseen: int | None = None
 
     # --- blocking part (a thread) ------------------------------------------------
 
@@ -128,11 +146,13 @@ class MailboxView:
     def open(self) -> None:
         """Take the first snapshot (blocking; SELECT)."""
         snap = self.poll()
-        self.uids = [i.uid for i in snap.infos]
-        self.infos = {i.uid: i for i in snap.infos}
+        # Passes in C: a folder may hold 100,000 messages.
+        self.uids = list(map(_uid, snap.infos))
+        self.infos = dict(zip(self.uids, snap.infos, strict=True))
         self.recent = set(snap.recent)
         self.highest_modseq = snap.highest
         self.uidvalidity = snap.uidvalidity
+        self.first_unseen = _first_unseen(snap.infos)
 
     def close(self) -> None:
         """Release the folder and the index (blocking)."""
@@ -200,7 +220,7 @@ class MailboxView:
         if snap.uidvalidity != self.uidvalidity:
             raise UIDValidityChanged()
         out: list[bytes] = []
-        current = {i.uid: i for i in snap.infos}
+        current = dict(zip(map(_uid, snap.infos), snap.infos, strict=True))
         self.recent.update(snap.recent)
         self.gone.update(u for u in self.uids if u not in current)
         if allow_expunge and self.gone:

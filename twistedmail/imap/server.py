@@ -1170,14 +1170,7 @@ class IMAPServerProtocol(Protocol):
         )
         lines.append(b"* %d EXISTS\r\n" % len(view))
         lines.append(b"* %d RECENT\r\n" % len(view.recent))
-        unseen = next(
-            (
-                n
-                for n, uid in enumerate(view.uids, 1)
-                if "S" not in view.infos[uid].flags
-            ),
-            None,
-        )
+        unseen = view.first_unseen
         if unseen is not None:
             lines.append(
                 format_status(None, "OK", "First unseen", b"UNSEEN %d" % unseen)
