@@ -275,9 +275,11 @@ class IMAPSettings:
     8192 octets); ``max_literal`` bounds the literal octets of one command
     (an APPENDed message), refused before any is read.  The rest is the
     server's policy: LOGIN/AUTHENTICATE without TLS, the autologout timers
-    (RFC 3501 §5.4: at least 30 minutes once logged in), the IDLE keep-alive
-    period, how often a session looks for changes made outside this
-    process, BAD responses before a disconnect, and connection limits.
+    (RFC 3501 §5.4: at least 30 minutes once logged in; before login a
+    deadline from the connection's start), the IDLE keep-alive period, how
+    often a session looks for changes made outside this process when the
+    store has no watcher (``[maildir] watch = "off"``), BAD responses
+    before a disconnect, and connection limits.
     """
 
     max_line: int = _setting(64 * 1024, _positive)
