@@ -1381,6 +1381,9 @@ _FRAGMENTS = [
     b"{0}\r\n",
     b"{99}\r\n",
     b"{99+}\r\n",
+    # With max_literal=50, 200 octets are still skipped; 201 close.
+    b"{200+}\r\n",
+    b"{201+}\r\n",
     b'"',
     b"\\",
     b"(",
