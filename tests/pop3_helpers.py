@@ -104,9 +104,16 @@ class World:
         return self.store.deliver_sync(self.maildir(user), message, unique)
 
     def factory(
-        self, *, implicit_tls: bool = False, reactor: IReactorTime | None = None
+        self,
+        *,
+        implicit_tls: bool = False,
+        reactor: IReactorTime | None = None,
+        **keep: int,
     ) -> POP3ServerFactory:
-        """A POP3 factory on this world."""
+        """A POP3 factory on this world.
+
+        @param keep: C{keep_maildrops} and C{keep_messages} when given.
+        """
         f = POP3ServerFactory(
             self.settings,
             reactor if reactor is not None else self.clock,
@@ -115,6 +122,7 @@ class World:
             store=self.store,
             tls=self.tls,
             implicit_tls=implicit_tls,
+            **keep,
         )
         self.factories.append(f)
         return f

@@ -28,6 +28,7 @@ from twistedmail.pop3._machine import (
     format_message,
     stuff_message,
     uidl_for,
+    uidls_for,
 )
 
 LISTING = Listing([120, 200, 5000], ["uid-one", "uid-two", "uid-three"])
@@ -348,6 +349,32 @@ class TransactionTests(SynchronousTestCase):
         """A listing's sizes and unique-ids must pair up."""
         self.assertRaises(ValueError, Listing, [1, 2], ["a"])
         self.assertEqual(len(LISTING), 3)
+
+    def test_listing_shared(self) -> None:
+        """One listing serves several sessions (the adapter keeps it from
+        one to the next): its LIST and UIDL answers are made once, and a
+        session's deletions show only in that session."""
+        listing = Listing([120, 200, 5000], ["uid-one", "uid-two", "uid-three"])
+        first, second = logged_in(listing), logged_in(listing)
+        first.receive_data(b"DELE 1\r\nLIST\r\nUIDL\r\nSTAT\r\n")
+        self.assertEqual(
+            out(first),
+            b"+OK Message 1 deleted\r\n+OK 2 messages (5200 octets)\r\n"
+            b"2 200\r\n3 5000\r\n.\r\n+OK Unique-ID listing follows\r\n"
+            b"2 uid-two\r\n3 uid-three\r\n.\r\n+OK 2 5200\r\n",
+        )
+        second.receive_data(b"LIST\r\nUIDL\r\n")
+        self.assertEqual(
+            out(second),
+            b"+OK 3 messages (5320 octets)\r\n1 120\r\n2 200\r\n3 5000\r\n.\r\n"
+            b"+OK Unique-ID listing follows\r\n1 uid-one\r\n2 uid-two\r\n"
+            b"3 uid-three\r\n.\r\n",
+        )
+        self.assertIs(listing.size_lines, listing.size_lines)
+        self.assertEqual(
+            listing.uidl_lines, b"1 uid-one\r\n2 uid-two\r\n3 uid-three\r\n.\r\n"
+        )
+        self.assertEqual(listing.total, 5320)
 
     def test_uidl_after_dele(self) -> None:
         """UIDL leaves deleted messages out and keeps the others' numbers."""
@@ -707,6 +734,28 @@ class UIDLTests(SynchronousTestCase):
         self.assertEqual(uid, uidl_for(base))
         self.assertNotEqual(uid, uidl_for(base + "2"))
         self.assertTrue(uid.startswith(base[:45]))
+
+    def test_many(self) -> None:
+        """uidls_for gives valid names as they are (a new list) and makes
+        the others valid one by one."""
+        valid = ["1.M1.host,S=5", "x" * 70, "~!"]
+        found = uidls_for(valid)
+        self.assertEqual(found, valid)
+        self.assertIsNot(found, valid)
+        mixed = [*valid, "", "a b", "é", "y" * 71]
+        self.assertEqual(uidls_for(mixed), [uidl_for(b) for b in mixed])
+        self.assertEqual(uidls_for([]), [])
+
+    @given(
+        st.lists(
+            st.text(st.sampled_from("aZ9.,:=~ \té\x7f\x21"), max_size=75)
+            | st.text(st.sampled_from("0123456789.M,S="), min_size=60, max_size=75),
+            max_size=8,
+        )
+    )
+    def test_many_same_as_one_by_one(self, bases: list[str]) -> None:
+        """uidls_for of any names is uidl_for of each."""
+        self.assertEqual(uidls_for(bases), [uidl_for(b) for b in bases])
 
     @given(st.text(max_size=120))
     def test_always_valid(self, base: str) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
@@ -36,6 +39,7 @@ from twistedmail.pop3.server import (
     MaildropLock,
     POP3ServerProtocol,
     wire_size,
+    wire_sizes,
 )
 
 LOGIN = f"USER alice@example.test\r\nPASS {PASSWORD}\r\n".encode()
@@ -443,6 +447,87 @@ class CommandTests(ServerTestCase):
         )
 
 
+class KeptSnapshotTests(ServerTestCase):
+    """The factory keeps an ended session's snapshot for the next login to
+    that maildrop, brought up to date then."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.bases = [self.world.deliver(make_message(i)) for i in range(3)]
+
+    def session(self, factory: Any = None) -> Session:
+        """A logged-in session of alice on the (given) factory."""
+        f = factory if factory is not None else self.world.factories[0]
+        proto, transport = self.world.connect(f)
+        s = Session(self.world, proto, transport)
+        s.login()
+        return s
+
+    def test_listing_kept(self) -> None:
+        """After QUIT the snapshot is kept; the next session takes it (it
+        is not kept meanwhile) and, nothing having changed, answers with
+        the same listing."""
+        factory = self.world.factory()
+        s = self.session(factory)
+        first = s.send(b"LIST\r\nUIDL\r\n")
+        s.send(b"QUIT\r\n")
+        [kept] = factory._kept.values()
+        s = self.session(factory)
+        self.assertEqual(factory._kept, {})
+        self.assertIs(s.proto._maildrop.snapshot.listing, kept.listing)  # type: ignore[union-attr]
+        self.assertEqual(s.send(b"LIST\r\nUIDL\r\n"), first)
+        s.drop()
+        [again] = factory._kept.values()
+        self.assertIs(again.listing, kept.listing)
+
+    def test_changes_between_sessions(self) -> None:
+        """New mail, mail removed by another program and the session's own
+        deletions all show in the next session on a kept snapshot."""
+        factory = self.world.factory()
+        s = self.session(factory)
+        s.send(b"DELE 1\r\nQUIT\r\n")
+        new = self.world.deliver(make_message(7))
+        md = self.world.maildir()
+        [name] = [
+            n
+            for n in os.listdir(os.path.join(md, "new"))
+            if n.startswith(self.bases[1])
+        ]
+        os.unlink(os.path.join(md, "new", name))
+        s = self.session(factory)
+        self.assertEqual(
+            s.send(b"UIDL\r\nRETR 2\r\n"),
+            f"+OK Unique-ID listing follows\r\n1 {self.bases[2]}\r\n2 {new}\r\n.\r\n"
+            f"+OK {len(make_message(7))} octets\r\n".encode()
+            + make_message(7)
+            + b".\r\n",
+        )
+
+    def test_maildir_removed(self) -> None:
+        """A maildrop removed between sessions is opened anew (empty)."""
+        factory = self.world.factory()
+        self.session(factory).send(b"QUIT\r\n")
+        shutil.rmtree(self.world.maildir())
+        s = self.session(factory)
+        self.assertEqual(s.send(b"STAT\r\n"), b"+OK 0 0\r\n")
+
+    def test_limits(self) -> None:
+        """At most keep_maildrops snapshots are kept (the least recently
+        used goes first), and at most keep_messages messages in all."""
+        self.world.deliver(make_message(1), "bob")
+        factory = self.world.factory(keep_maildrops=1)
+        self.session(factory).send(b"QUIT\r\n")
+        proto, transport = self.world.connect(factory)
+        bob = Session(self.world, proto, transport)
+        bob.send(f"USER bob@example.test\r\nPASS {PASSWORD}\r\n".encode())
+        bob.send(b"QUIT\r\n")
+        bob_path = os.path.abspath(self.world.maildir("bob"))
+        self.assertEqual([os.path.abspath(p) for p in factory._kept], [bob_path])
+        factory = self.world.factory(keep_messages=2)
+        self.session(factory).send(b"QUIT\r\n")
+        self.assertEqual(factory._kept, {})
+
+
 class StoreFailureTests(ServerTestCase):
     """Store errors are -ERR [SYS/TEMP] (RFC 2449 §8.1.2, RFC 3206), never
     a traceback; the session stays usable and the lock is not kept."""
@@ -742,6 +827,41 @@ class ForeignMaildirTests(SynchronousTestCase):
         self.assertEqual(wire_size(info("1.M1.host,S=99")), 100)
         self.assertEqual(wire_size(info("1.M1.host,W=1x4")), 100)
         self.assertEqual(wire_size(info("1.M1.host,W=")), 100)
+
+    def test_wire_sizes(self) -> None:
+        """wire_sizes gives each message's wire_size: when every name has
+        one ,W= with digits, and when some do not."""
+        dovecot = ["1.M1.a,S=9,W=10", "2.M2.b,W=7,S=6:2,S", "3.M3.c,W=0"]
+        self.assertEqual(wire_sizes(dovecot, [1, 2, 3]), [10, 7, 0])
+        mixed = [*dovecot, "4.M4.d,S=5", "5.M5.e,W=1x", "6.M6.f,W=", ",W=3,W=4"]
+        self.assertEqual(
+            wire_sizes(mixed, [1, 2, 3, 4, 5, 6, 7]), [10, 7, 0, 4, 5, 6, 3]
+        )
+        self.assertEqual(wire_sizes([], []), [])
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.lists(
+                    st.sampled_from(["1", "9", ",W=", ",S=", ",", "x", ":2,", "٣"])
+                ).map("".join),
+                st.integers(0, 10**9),
+            ),
+            max_size=8,
+        )
+    )
+    def test_wire_sizes_same_as_one_by_one(self, pairs: list[tuple[str, int]]) -> None:
+        """wire_sizes of any names is wire_size of each."""
+
+        def info(base: str, size: int) -> MessageInfo:
+            return MessageInfo(
+                1, base, "new/" + base, size, 0, frozenset(), frozenset()
+            )
+
+        self.assertEqual(
+            wire_sizes([b for b, _ in pairs], [n for _, n in pairs]),
+            [wire_size(info(b, n)) for b, n in pairs],
+        )
 
     def test_twisted_mail(self) -> None:
         """twisted.mail's names (no size, no info) are served by file size."""

@@ -52,9 +52,11 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -81,6 +83,7 @@ __all__ = [
     "stuff_message",
     "ok",
     "uidl_for",
+    "uidls_for",
 ]
 
 #: RFC 2449 §4: a command line is at most 255 octets, CRLF included.
@@ -100,6 +103,7 @@ UIDL_MAX = 70
 _E = TypeVar("_E")
 
 _UIDL_CHARS = frozenset(range(0x21, 0x7F))
+_UIDL_BYTES = bytes(range(0x21, 0x7F))
 _VALID_UIDL = re.compile(f"[\x21-\x7e]{{1,{UIDL_MAX}}}")
 
 
@@ -259,6 +263,40 @@ class Listing:
     def __len__(self) -> int:
         return len(self.sizes)
 
+    # The answers to LIST and UIDL of the whole maildrop are made once per
+    # listing, not per command: an adapter that keeps a listing from one
+    # session to the next (while the maildrop does not change) formats
+    # 100,000 lines once.
+
+    @functools.cached_property
+    def total(self) -> int:
+        """The sum of the sizes (STAT's figure with nothing deleted)."""
+        return sum(self.sizes)
+
+    @functools.cached_property
+    def size_lines(self) -> bytes:
+        """LIST's lines for every message, and the ending ``.`` line."""
+        return _format_lines(self.sizes)
+
+    @functools.cached_property
+    def uidl_lines(self) -> bytes:
+        """UIDL's lines for every message, and the ending ``.`` line."""
+        return _format_lines(self.uidls)
+
+
+def _format_lines(
+    values: Sequence[int] | Sequence[str], deleted: AbstractSet[int] = frozenset()
+) -> bytes:
+    """``n value`` lines (numbered from 1, leaving out the indexes in
+    C{deleted}) and the ending ``.`` line of a multi-line LIST or UIDL
+    answer."""
+    pairs: Iterable[tuple[int, int | str]] = enumerate(values, 1)
+    if deleted:
+        pairs = ((n, v) for n, v in pairs if n - 1 not in deleted)
+    # One str built and encoded once: faster than formatting bytes line
+    # by line (unique-ids are ASCII, see uidl_for).
+    return "".join([f"{n} {v}\r\n" for n, v in pairs]).encode("ascii") + b".\r\n"
+
 
 def uidl_for(base: str) -> str:
     """The UIDL unique-id of a message with this Maildir base name.
@@ -276,6 +314,23 @@ def uidl_for(base: str) -> str:
     keep = bytes(b for b in raw if b in _UIDL_CHARS and b != 0x7E)
     prefix = keep[: UIDL_MAX - 25].decode("ascii")
     return f"{prefix}~{digest}"
+
+
+def uidls_for(bases: Sequence[str]) -> list[str]:
+    """L{uidl_for} of each base name: the names themselves when all are
+    valid unique-ids, which is checked in a few passes in C over all of
+    them (at login to a maildrop of 100,000 messages a call per name
+    costs a tenth of a second)."""
+    joined = "".join(bases)
+    if (
+        bases
+        and joined.isascii()
+        and not joined.encode("ascii").translate(None, _UIDL_BYTES)
+        and min(map(len, bases)) >= 1
+        and max(map(len, bases)) <= UIDL_MAX
+    ):
+        return list(bases)
+    return [uidl_for(b) for b in bases]
 
 
 def format_message(data: bytes, lines: int | None = None) -> tuple[int, bytes]:
@@ -467,7 +522,7 @@ class POP3Machine:
         if self.state is State.CLOSED:
             return []
         self._user_name = None
-        self._maildrop = _Maildrop(listing, size=sum(listing.sizes))
+        self._maildrop = _Maildrop(listing, size=listing.total)
         self.session.user = request.username.decode("utf-8", "replace")
         self.state = State.TRANSACTION
         self._reply(ok(f"Logged in, {len(listing)} messages"))
@@ -819,7 +874,7 @@ class POP3Machine:
     def _list(self, args: bytes) -> None:
         drop = self._maildrop
         assert drop is not None
-        listed = self._listing(args, drop.listing.sizes)
+        listed = self._listing(args, drop.listing.sizes, "size_lines")
         if listed is not None:
             count, lines = listed
             self._reply(ok(f"{count} messages ({drop.size} octets)") + lines)
@@ -827,16 +882,17 @@ class POP3Machine:
     def _uidl(self, args: bytes) -> None:
         drop = self._maildrop
         assert drop is not None
-        listed = self._listing(args, drop.listing.uidls)
+        listed = self._listing(args, drop.listing.uidls, "uidl_lines")
         if listed is not None:
             self._reply(ok("Unique-ID listing follows") + listed[1])
 
     def _listing(
-        self, args: bytes, values: Sequence[int] | Sequence[str]
+        self, args: bytes, values: Sequence[int] | Sequence[str], whole: str
     ) -> tuple[int, bytes] | None:
         """LIST or UIDL: with an argument, reply with that message's line
         and return None; without, return the count and the lines (with the
-        terminating ``.``) of every message not deleted."""
+        terminating ``.``) of every message not deleted (the listing's
+        C{whole} attribute when none is)."""
         words = self._words(args, 0, 1)
         drop = self._maildrop
         assert drop is not None
@@ -845,13 +901,10 @@ class POP3Machine:
             self._reply(ok(f"{n} {values[n - 1]}"))
             return None
         deleted = drop.deleted
-        pairs: Iterable[tuple[int, int | str]] = enumerate(values, 1)
-        if deleted:
-            pairs = ((n, v) for n, v in pairs if n - 1 not in deleted)
-        # One str built and encoded once: faster than formatting bytes line
-        # by line (unique-ids are ASCII, see uidl_for).
-        lines = [f"{n} {v}\r\n" for n, v in pairs]
-        return len(lines), "".join(lines).encode("ascii") + b".\r\n"
+        if not deleted:
+            lines: bytes = getattr(drop.listing, whole)
+            return len(values), lines
+        return len(values) - len(deleted), _format_lines(values, deleted)
 
     def _retr(self, args: bytes) -> None:
         [arg] = self._words(args, 1, 1)
@@ -883,5 +936,5 @@ class POP3Machine:
         drop = self._maildrop
         assert drop is not None
         drop.deleted.clear()
-        drop.size = sum(drop.listing.sizes)
+        drop.size = drop.listing.total
         self._reply(ok(f"{len(drop.listing)} messages ({drop.size} octets)"))

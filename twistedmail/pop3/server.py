@@ -12,6 +12,15 @@ Maildir store.  What it adds to the machine:
     and processes), the INBOX opened and its listing fixed, all in a
     thread.  A second session gets ``-ERR [IN-USE]``.  The lock is
     released on every way out: QUIT, a dropped connection, a timeout.
+  - Snapshots kept between sessions: when a session ends, the factory
+    keeps its maildrop's open INBOX and listing (at most
+    L{KEEP_MAILDROPS} maildrops and L{KEEP_MESSAGES} messages in all, the
+    least recently used dropped first).  The next login to that maildrop
+    brings the kept snapshot up to date (a few C{stat} calls when nothing
+    changed, only what changed otherwise) instead of reading the folder
+    and its UID list again, and keeps the listing (and its formatted LIST
+    and UIDL answers) when the messages are the same.  This is what
+    Dovecot's index files do for it; ours lives in memory.
   - RETR and TOP: messages up to L{SYNC_READ_LIMIT} octets are read on the
     reactor thread (a page-cache read is cheaper than a thread hop);
     larger ones are read and formatted in a thread.  The status line and
@@ -35,7 +44,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections import deque
+import re
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +72,13 @@ from twistedmail.logs import (
     log_connection_opened,
     new_session_id,
 )
-from twistedmail.maildir import Mailbox, MaildirStore, MessageInfo, NoSuchMessageError
+from twistedmail.maildir import (
+    Mailbox,
+    MaildirError,
+    MaildirStore,
+    MessageInfo,
+    NoSuchMessageError,
+)
 from twistedmail.pop3._machine import (
     AUTH_FAILED,
     IN_USE,
@@ -83,11 +99,13 @@ from twistedmail.pop3._machine import (
     TLSRequested,
     UpdateRequested,
     stuff_message,
-    uidl_for,
+    uidls_for,
 )
 from twistedmail.tls import ServerTLS
 
 __all__ = [
+    "KEEP_MAILDROPS",
+    "KEEP_MESSAGES",
     "LOCK_NAME",
     "SYNC_READ_LIMIT",
     "MaildropLock",
@@ -103,6 +121,14 @@ LOCK_NAME = "twistedmail-pop3.lock"
 #: cache, reading and formatting 1 MiB takes well under a millisecond,
 #: less than a round trip through the thread pool.
 SYNC_READ_LIMIT = 1024 * 1024
+
+#: Maildrops whose snapshot the factory keeps after their session ended
+#: (see the module docstring).
+KEEP_MAILDROPS = 64
+
+#: Messages in all in the snapshots kept (about 300 octets each: a kept
+#: maildrop of 100,000 messages holds some 30 MB).
+KEEP_MESSAGES = 200_000
 
 
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
@@ -168,44 +194,109 @@ def wire_size(info: MessageInfo) -> int:
     used, which is exact for files with CRLF line ends (ours) and a little
     low for LF files written by other programs.
     """
-    _, found, rest = info.base.partition(",W=")
+    return _wire_size(info.base, info.size)
+
+
+def _wire_size(base: str, size: int) -> int:
+    _, found, rest = base.partition(",W=")
     if found:
         digits = rest.partition(",")[0]
-        if digits.isdigit():
+        if digits.isascii() and digits.isdigit():
             return int(digits)
-    return info.size
+    return size
 
 
-def make_listing(infos: Sequence[MessageInfo]) -> Listing:
-    """The session's listing: each message's L{wire_size} and
-    L{uidl_for} its base name (a plain loop: at login to a big maildrop
-    this runs once per message)."""
-    return Listing([wire_size(i) for i in infos], [uidl_for(i.base) for i in infos])
+#: Each ``,W=`` field (up to the next field) and each line end.
+_W_FIELDS = re.compile(r",W=[^,\n]*|\n")
+
+
+def wire_sizes(bases: Sequence[str], sizes: Sequence[int]) -> list[int]:
+    """L{wire_size} of each message, from its base name and its size.
+
+    When every name has one ``,W=`` field with digits (a Maildir written
+    by Dovecot), the figures are taken in a few passes in C over all the
+    names; otherwise name by name.
+    """
+    n = len(bases)
+    if n:
+        joined = "\n".join(bases)
+        fields = _W_FIELDS.findall(joined)
+        # One field per name: the line ends are the odd entries exactly.
+        if len(fields) == 2 * n - 1 and "\n" not in fields[::2]:
+            digits = "\n".join(fields[::2]).replace(",W=", "")
+            flat = digits.replace("\n", "")
+            if (
+                flat.isascii()
+                and flat.isdigit()
+                and len(flat) + n - 1 == len(digits)
+                and "\n\n" not in digits
+                and digits[0] != "\n"
+                and digits[-1] != "\n"
+            ):
+                return list(map(int, digits.split("\n")))
+    return [_wire_size(b, s) for b, s in zip(bases, sizes, strict=True)]
+
+
+def make_listing(bases: Sequence[str], sizes: Sequence[int]) -> Listing:
+    """The session's listing of messages with these base names and sizes
+    (in UID order): each one's L{wire_size} and L{uidl_for} its base
+    name."""
+    return Listing(wire_sizes(bases, sizes), uidls_for(bases))
+
+
+@dataclass
+class _Snapshot:
+    """A maildrop's open INBOX and the listing made of it, kept for the
+    next session while its messages stay the same (UIDVALIDITY and UIDs:
+    a message's base name and size never change)."""
+
+    mailbox: Mailbox
+    uidvalidity: int
+    uids: list[int]
+    listing: Listing
 
 
 @dataclass
 class _Maildrop:
-    """What a logged-in session holds: the lock, the open INBOX, the
-    snapshot of its messages, and the avatar's logout."""
+    """What a logged-in session holds: the lock, the snapshot of the
+    INBOX, the maildrop's path and the avatar's logout."""
 
     lock: MaildropLock
-    mailbox: Mailbox
-    infos: Sequence[MessageInfo]
+    snapshot: _Snapshot
+    path: str
     logout: Callable[[], None]
 
 
 def _open_maildrop(
-    store: MaildirStore, path: str
-) -> tuple[MaildropLock, Mailbox, list[MessageInfo], Listing] | None:
+    store: MaildirStore, path: str, kept: _Snapshot | None
+) -> tuple[MaildropLock, _Snapshot] | None:
     """Lock and open a maildrop and make its listing (in a thread: for a
-    big maildrop the listing takes a while too); None when it is in use."""
+    big maildrop the listing takes a while too); None when it is in use.
+
+    @param kept: the snapshot an earlier session left; it is brought up to
+        date instead of opening the folder anew, and its listing kept when
+        the messages are the same.
+    """
     lock = MaildropLock(path)
     if not lock.acquire():
         return None
     try:
-        mailbox = store.open_mailbox(path)
-        infos = mailbox.messages()
-        return lock, mailbox, infos, make_listing(infos)
+        if kept is not None:
+            try:
+                kept.mailbox.refresh()
+            except MaildirError:
+                # Gone or broken since: open it as if for the first time.
+                kept = None
+        if kept is not None:
+            mailbox = kept.mailbox
+            uids = mailbox.uids()
+            if kept.uidvalidity == mailbox.uidvalidity and kept.uids == uids:
+                return lock, _Snapshot(mailbox, kept.uidvalidity, uids, kept.listing)
+        else:
+            mailbox = store.open_mailbox(path)
+        uids, bases, sizes = mailbox.columns()
+        listing = make_listing(bases, sizes)
+        return lock, _Snapshot(mailbox, mailbox.uidvalidity, uids, listing)
     except BaseException:
         lock.release()
         raise
@@ -267,6 +358,9 @@ class POP3ServerFactory(Factory):
         ``pop3s`` role; wrap this factory with
         L{ServerTLS.wrap_implicit}); STLS is not offered then, and logins
         are allowed at once.
+    @param keep_maildrops: how many ended sessions' snapshots to keep (see
+        the module docstring); 0 keeps none.
+    @param keep_messages: how many messages those may hold in all.
     """
 
     #: The connection log lines say enough; no "Starting factory" lines.
@@ -282,6 +376,8 @@ class POP3ServerFactory(Factory):
         store: MaildirStore,
         tls: ServerTLS | None,
         implicit_tls: bool = False,
+        keep_maildrops: int = KEEP_MAILDROPS,
+        keep_messages: int = KEEP_MESSAGES,
     ) -> None:
         self.settings = settings
         self.reactor = reactor
@@ -300,6 +396,9 @@ class POP3ServerFactory(Factory):
         )
         self.protocols: set[POP3ServerProtocol] = set()
         self._per_ip: dict[str, int] = {}
+        self.keep_maildrops = keep_maildrops
+        self.keep_messages = keep_messages
+        self._kept: OrderedDict[str, _Snapshot] = OrderedDict()
 
     def buildProtocol(self, addr: IAddress | None) -> POP3ServerProtocol:  # type: ignore[override]
         """A new session's protocol."""
@@ -317,6 +416,22 @@ class POP3ServerFactory(Factory):
             len(self.protocols) <= limits.max_connections
             and count < limits.max_connections_per_ip
         )
+
+    def _take_kept(self, path: str) -> _Snapshot | None:
+        """The snapshot kept for this maildrop, taken out (one session
+        uses it at a time)."""
+        return self._kept.pop(path, None)
+
+    def _keep(self, path: str, snapshot: _Snapshot) -> None:
+        """Keep an ended session's snapshot, dropping the least recently
+        used ones over the limits."""
+        kept = self._kept
+        kept[path] = snapshot
+        kept.move_to_end(path)
+        total = sum(len(s.uids) for s in kept.values())
+        while kept and (len(kept) > self.keep_maildrops or total > self.keep_messages):
+            _, dropped = kept.popitem(last=False)
+            total -= len(dropped.uids)
 
     def _closed(self, protocol: POP3ServerProtocol, ip: str) -> None:
         if protocol in self.protocols:
@@ -619,7 +734,7 @@ class POP3ServerProtocol(Protocol):
         self._busy += 1
         try:
             opened = await factory.store.run_in_thread(
-                _open_maildrop, factory.store, path
+                _open_maildrop, factory.store, path, factory._take_kept(path)
             )
         except Exception:
             _log.failure(
@@ -638,12 +753,12 @@ class POP3ServerProtocol(Protocol):
             if not self._gone:
                 self._answer(self.machine.login_failed(IN_USE))
             return
-        lock, mailbox, infos, listing = opened
-        self._maildrop = _Maildrop(lock, mailbox, infos, logout)
+        lock, snapshot = opened
+        self._maildrop = _Maildrop(lock, snapshot, path, logout)
         if self._gone:
             self._release_when_idle()
             return
-        self._answer(self.machine.login_succeeded(listing))
+        self._answer(self.machine.login_succeeded(snapshot.listing))
         # From now on the (longer) idle timeout applies.
         self._start_timer()
 
@@ -652,26 +767,27 @@ class POP3ServerProtocol(Protocol):
     def _retrieve(self, request: MessageRequested) -> None:
         drop = self._maildrop
         assert drop is not None
-        info = drop.infos[request.index]
-        if info.size <= SYNC_READ_LIMIT:
+        snapshot = drop.snapshot
+        uid = snapshot.uids[request.index]
+        if snapshot.listing.sizes[request.index] <= SYNC_READ_LIMIT:
             try:
                 octets, body, end = _read_formatted(
-                    drop.mailbox, info.uid, request.lines
+                    snapshot.mailbox, uid, request.lines
                 )
             except Exception as e:
                 self._run(self._read_failed(e))
                 return
             self._run(self.machine.message_read(octets, body, end))
             return
-        self._background(self._retrieve_in_thread(request, drop, info))
+        self._background(self._retrieve_in_thread(request, snapshot.mailbox, uid))
 
     async def _retrieve_in_thread(
-        self, request: MessageRequested, drop: _Maildrop, info: MessageInfo
+        self, request: MessageRequested, mailbox: Mailbox, uid: int
     ) -> None:
         self._busy += 1
         try:
             octets, body, end = await self.factory.store.run_in_thread(
-                _read_formatted, drop.mailbox, info.uid, request.lines
+                _read_formatted, mailbox, uid, request.lines
             )
         except Exception as e:
             if not self._gone:
@@ -699,12 +815,14 @@ class POP3ServerProtocol(Protocol):
     async def _update(self, request: UpdateRequested) -> None:
         drop = self._maildrop
         assert drop is not None
-        uids = [drop.infos[i].uid for i in request.indexes]
+        uids = [drop.snapshot.uids[i] for i in request.indexes]
         removed = True
         if uids:
             self._busy += 1
             try:
-                await self.factory.store.run_in_thread(drop.mailbox.expunge, uids)
+                await self.factory.store.run_in_thread(
+                    drop.snapshot.mailbox.expunge, uids
+                )
             except Exception:
                 _log.failure(
                     "cannot expunge deleted messages session={session}",
@@ -722,16 +840,19 @@ class POP3ServerProtocol(Protocol):
     # Letting go of the maildrop.
 
     def _release_when_idle(self) -> None:
-        """Unlock and close the maildrop once no thread uses it."""
+        """Unlock and close the maildrop once no thread uses it, and give
+        its snapshot to the factory to keep."""
         drop = self._maildrop
         if drop is None or self._busy:
             return
         self._maildrop = None
         try:
-            drop.mailbox.close()
+            drop.snapshot.mailbox.close()
         except Exception:
             _log.failure(
                 "closing the maildrop failed session={session}", session=self.session_id
             )
+        else:
+            self.factory._keep(drop.path, drop.snapshot)
         drop.lock.release()
         drop.logout()
