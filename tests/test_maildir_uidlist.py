@@ -190,6 +190,24 @@ class LockTests(SynchronousTestCase):
         parent = {i.uid for i in box.messages() if box.read(i.uid) == b"parent"}
         self.assertEqual(parent, set(mine))
 
+    def test_listed_by_another_before_assigned(self) -> None:
+        """A message whose file another process listed (and numbered)
+        before its adder took the lock keeps that one UID: the race that
+        gave one message two UIDs when two processes added at once."""
+        root = os.path.abspath(self.mktemp())
+        path = os.path.join(root, "m")
+        adder = make_store(root).open_mailbox(path)
+        other = make_store(root).open_mailbox(path)
+        base = adder.store.new_base(5)
+        with open(os.path.join(path, "cur", base + ":2,S"), "wb") as f:
+            f.write(b"hello")
+        other.refresh(force=True)
+        [listed] = [i.uid for i in other.messages()]
+        self.assertEqual(adder._assign([(base, 0, 5)]), [listed])
+        adder.refresh(force=True)
+        self.assertEqual([i.uid for i in adder.messages()], [listed])
+        self.assertEqual(adder.next_uid, listed + 1)
+
 
 class BigFolderTests(SynchronousTestCase):
     """A folder of 100,000 messages opens without reading any of them."""

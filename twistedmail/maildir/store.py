@@ -1313,11 +1313,20 @@ class Mailbox:
         return info
 
     def _assign(self, added: list[tuple[str, int, int]]) -> list[int]:
-        """Give new messages UIDs in this order; appended to the list."""
+        """Give new messages UIDs in this order; appended to the list.
+
+        The files are on disk before the lock is taken, so another process
+        listing the folder meanwhile may have given them UIDs already:
+        those are kept (a message never gets two).
+        """
         with self._lock():
             ul, imported, dirty = self._load_locked()
-            uids = [ul.add_new(base, date, size).uid for base, date, size in added]
-            self._save(ul, dirty)
+            if {base for base, _, _ in added}.isdisjoint(ul.bases):
+                uids = [ul.add_new(b, date, size).uid for b, date, size in added]
+            else:
+                uids = [ul.assign(b, date, size).uid for b, date, size in added]
+            if dirty or len(ul.uids) != ul.stored:
+                self._save(ul, dirty)
         return uids
 
     def add(
