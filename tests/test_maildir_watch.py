@@ -411,6 +411,25 @@ class InotifyTests(TestCase):
         deliver_outside(self.path, "1700000000.M1P1.other,S=1")
         await d
 
+    def test_sweep(self) -> None:
+        """Every listener is called each sweep interval (events inotify
+        dropped in a queue overflow are not lost for good), and the sweep
+        stops with the last watch."""
+        clock = Clock()
+        watcher = InotifyWatcher(reactor, self.poller, sweep_interval=60.0, clock=clock)
+        calls: list[str] = []
+        stop = watcher.watch(self.path, lambda: calls.append("inbox"))
+        clock.advance(59)
+        self.assertEqual(calls, [])
+        clock.advance(1)
+        self.assertEqual(calls, ["inbox"])
+        clock.advance(60)
+        self.assertEqual(calls, ["inbox", "inbox"])
+        stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(120)
+        self.assertEqual(calls, ["inbox", "inbox"])
+
     def test_unwatchable_folder_polled(self) -> None:
         """A folder inotify cannot watch (here: its directories are
         missing) is handed to the fallback poller, and leaves it too."""

@@ -25,8 +25,10 @@ function that L{FolderWatcher.watch} returns stops the watch, and the last
 stop releases the descriptor or the timer.  L{make_watcher} picks one.
 
 Caveats: inotify queue overflows (``IN_Q_OVERFLOW``) are not reported by
-C{twisted.internet.inotify}, so a flood of changes can be missed until the
-next event on that folder (IMAP also looks every C{check_interval});
+C{twisted.internet.inotify}, so a flood of changes could be missed until the
+next event on that folder; the inotify watcher therefore also calls every
+listener every C{sweep_interval} seconds (default a minute: a refresh that
+finds nothing changed costs a few ``stat`` calls), which bounds the delay;
 C{twisted.internet.inotify} closes the whole descriptor when a watched
 directory is deleted, so the watcher then opens a new one, watches every
 folder again and calls every listener (events may have been lost).
@@ -221,11 +223,23 @@ class InotifyWatcher:
     @param reactor: the reactor (it reads the descriptor).
     @param fallback: watches the folders inotify cannot (no inotify on this
         system, the per-user watch limit reached, a folder that vanished).
+    @param sweep_interval: seconds between the calls of every listener that
+        cover events inotify dropped (queue overflow).
+    @param clock: the clock of that sweep (the reactor when None).
     """
 
-    def __init__(self, reactor: IReactorTime, fallback: FolderWatcher) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        fallback: FolderWatcher,
+        sweep_interval: float = 60.0,
+        clock: IReactorTime | None = None,
+    ) -> None:
         self._reactor = reactor
         self._fallback = fallback
+        self._sweep_interval = sweep_interval
+        self._clock = reactor if clock is None else clock
+        self._sweeper: LoopingCall | None = None
         self._usable = _inotify is not None
         self._inotify: Any = None
         self._watches = _Watches()
@@ -270,7 +284,16 @@ class InotifyWatcher:
             return None
         descriptor.startReading()
         self._inotify = descriptor
+        sweeper = self._sweeper = LoopingCall(self._sweep)
+        sweeper.clock = self._clock
+        sweeper.start(self._sweep_interval, now=False)
         return descriptor
+
+    def _sweep(self) -> None:
+        """Call every listener of the folders inotify watches, in case
+        their events were dropped."""
+        for folder in sorted(set(self._dirs.values())):
+            self._watches.fire(folder)
 
     def _add(self, folder: str) -> bool:
         """Watch a folder's directories through inotify; False when that
@@ -321,6 +344,9 @@ class InotifyWatcher:
 
     def _close(self) -> None:
         descriptor, self._inotify = self._inotify, None
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and sweeper.running:
+            sweeper.stop()
         self._dirs.clear()
         if descriptor is not None:
             descriptor.loseConnection()
