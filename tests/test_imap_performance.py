@@ -33,6 +33,7 @@ from twistedmail.imap._modseq import (
     signatures,
 )
 from twistedmail.maildir import Mailbox
+from twistedmail.maildir.cache import CACHE_NAME, MessageCache
 from twistedmail.maildir.uidlist import UIDLIST_NAME
 
 
@@ -337,3 +338,60 @@ class UnseenTests(SynchronousTestCase):
         client.ok("STORE 3 +FLAGS.SILENT (\\Seen)")
         lines = world.logged_in().ok("SELECT INBOX")
         self.assertEqual([line for line in lines if b"UNSEEN" in line], [])
+
+
+class CacheFormatTests(SynchronousTestCase):
+    """The structure cache's format 2 (a rowid table with a unique index),
+    and the copy of a format 1 file's entries."""
+
+    def test_version_1_copied(self) -> None:
+        """A format 1 file's entries are kept when it is first opened; the
+        file is then format 2."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        old = sqlite3.connect(os.path.join(folder, CACHE_NAME))
+        old.execute(
+            "CREATE TABLE cache (base TEXT NOT NULL, key TEXT NOT NULL,"
+            " value BLOB NOT NULL, PRIMARY KEY (base, key)) WITHOUT ROWID"
+        )
+        old.executemany(
+            "INSERT INTO cache VALUES (?, ?, ?)",
+            [("b1", "k", b"one"), ("b2", "k", b"two"), ("b1", "j", b"other")],
+        )
+        old.execute("PRAGMA user_version = 1")
+        old.commit()
+        old.close()
+        cache = MessageCache(folder)
+        self.addCleanup(cache.close)
+        self.assertEqual(cache.get("b1", "k"), b"one")
+        self.assertEqual(
+            cache.get_many(["b1", "b2", "b3"], "k"), {"b1": b"one", "b2": b"two"}
+        )
+        cache.put("b1", "k", b"new")
+        self.assertEqual(cache.get("b1", "k"), b"new")
+        cache.forget(["b2"])
+        self.assertEqual(cache.get_many(["b1", "b2"], "k"), {"b1": b"new"})
+        db = sqlite3.connect(os.path.join(folder, CACHE_NAME))
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 2)
+        tables = [
+            r[0]
+            for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        self.assertEqual(tables, ["cache"])
+
+    def test_unknown_version_starts_empty(self) -> None:
+        """A file of another version starts empty (a cache loses nothing
+        that cannot be recomputed)."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        old = sqlite3.connect(os.path.join(folder, CACHE_NAME))
+        old.execute("CREATE TABLE cache (x)")
+        old.execute("PRAGMA user_version = 7")
+        old.commit()
+        old.close()
+        cache = MessageCache(folder)
+        self.addCleanup(cache.close)
+        self.assertIsNone(cache.get("b1", "k"))
+        cache.put("b1", "k", b"v")
+        self.assertEqual(cache.get("b1", "k"), b"v")
