@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from tests.smtp_fakes import Mailbag, directory, expander_for, portal
 from twistedmail.auth.throttle import LoginThrottle
 from twistedmail.config import ServerSettings, Settings, SMTPSettings
-from twistedmail.smtp.server import SMTPServerFactory
+from twistedmail.smtp.server import SMTPServerFactory, SMTPServerProtocol
 from twistedmail.testing import make_test_certificate
 from twistedmail.tls import ServerTLS
 
@@ -44,18 +45,40 @@ class _TrackingFactory(SMTPServerFactory):
         return d
 
 
+class _SmallSendBufferProtocol(SMTPServerProtocol):
+    """Shrinks its socket's send buffer, so that replies soon fill it."""
+
+    def connectionMade(self) -> None:
+        sock = self._transport.getHandle()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        super().connectionMade()
+
+
+class _SmallSendBufferFactory(_TrackingFactory):
+    """Builds L{_SmallSendBufferProtocol}s."""
+
+    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
+        return _SmallSendBufferProtocol(self)
+
+
 class LoopbackTests(TestCase):
     """smtplib talks to the server over real sockets."""
 
     def serve(
-        self, role: str = "smtp", *, implicit_tls: bool = False, **smtp: Any
+        self,
+        role: str = "smtp",
+        *,
+        implicit_tls: bool = False,
+        small_send_buffer: bool = False,
+        **smtp: Any,
     ) -> tuple[int, Mailbag]:
         """Listen on 127.0.0.1 port 0; return the port and the mailbag."""
         self.cert, key = make_test_certificate(self.mktemp(), "localhost")
         tls = ServerTLS(self.cert, key)
         d = directory()
         bag = Mailbag()
-        factory = _TrackingFactory(
+        cls = _SmallSendBufferFactory if small_send_buffer else _TrackingFactory
+        factory = cls(
             Settings().with_changes(
                 server=ServerSettings(hostname="mx.local.example"),
                 smtp=SMTPSettings(**smtp),
@@ -222,6 +245,32 @@ class LoopbackTests(TestCase):
         codes = yield self.in_thread(client)
         self.assertEqual(codes, [250, 250, 550, 250, 354, 250, 250])
         self.assertEqual(len(bag.delivered[0].recipients), 2)
+
+    @inlineCallbacks
+    def test_replies_in_order_when_socket_full(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        """A client that sends many commands before reading any reply gets
+        every reply, in order: once the socket takes no more, the rest waits
+        in the transport and later replies queue behind it."""
+        port, _ = self.serve(small_send_buffer=True)
+        rounds = 2000
+
+        def client() -> tuple[int, list[bytes]]:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect(("127.0.0.1", port))
+                s.sendall(b"EHLO c.example\r\nVRFY x\r\n" * rounds + b"QUIT\r\n")
+                data = bytearray()
+                while chunk := s.recv(65536):
+                    data += chunk
+            lines = bytes(data).split(b"\r\n")
+            codes = [line[:4] for line in lines if line[3:4] == b" "]
+            return len(data), codes
+
+        size, codes = yield self.in_thread(client)
+        self.assertGreater(size, 100_000)
+        self.assertEqual(codes, [b"220 "] + [b"250 ", b"252 "] * rounds + [b"221 "])
 
     @inlineCallbacks
     def test_bdat(self) -> Generator[Deferred[Any], Any, None]:
