@@ -13,6 +13,8 @@ On-disk format, version 1 (``PRAGMA user_version = 1``)::
     meta(key TEXT PRIMARY KEY, value INTEGER)
         'uidvalidity'  the folder's UIDVALIDITY the rows belong to
         'highest'      HIGHESTMODSEQ (never goes down)
+        'digest'       a digest of the UIDs and signatures the rows hold
+        'digest_highest'  HIGHESTMODSEQ when the digest was written
     msgs(uid INTEGER PRIMARY KEY, modseq INTEGER, sig TEXT)
 
 ``sig`` is the message's flag letters and keywords as last seen.  L{ModSeqIndex.sync}
@@ -23,13 +25,19 @@ call share it (RFC 7162 §3.1: messages changed by one operation may).  An
 expunge removes rows and raises HIGHESTMODSEQ too.  A new UIDVALIDITY drops
 every row but keeps HIGHESTMODSEQ, which only grows.
 
+A sync whose snapshot has the file's digest (and 'digest_highest' equals
+'highest', so no writer that keeps no digest wrote since) reads no row:
+the rows are read when a mod-sequence is first asked for.
+
 Losing the file costs clients a full resync (every message gets a new,
 higher mod-sequence), never a missed change.
 """
 
 from __future__ import annotations
 
+import array
 import bisect
+import hashlib
 import operator
 import os
 import sqlite3
@@ -82,6 +90,15 @@ def signatures(infos: Sequence[MessageInfo]) -> list[str]:
     return sigs
 
 
+def _digest(uidvalidity: int, uids: list[int], sigs: list[str]) -> int:
+    """A 63-bit digest of a snapshot's UIDs and signatures (an SQLite
+    integer)."""
+    h = hashlib.blake2b(b"%d\n" % uidvalidity, digest_size=8)
+    h.update(array.array("q", uids).tobytes())
+    h.update("\n".join(sigs).encode())
+    return int.from_bytes(h.digest(), "big", signed=True)
+
+
 class ModSeqIndex:
     """The mod-sequence index of one folder (blocking; use from one thread at
     a time, off the reactor thread).
@@ -101,6 +118,10 @@ class ModSeqIndex:
         self._modseqs: list[int] = []
         self._sigs: list[str] = []
         self._version: int | None = None
+        # Whether the columns hold the rows (see _unchanged).
+        self._loaded = False
+        # The file's digest and the HIGHESTMODSEQ it was written with.
+        self._digest: tuple[object, object] = (None, None)
         self.highest = 1
         self.uidvalidity = 0
 
@@ -127,11 +148,12 @@ class ModSeqIndex:
     def _load(self, db: sqlite3.Connection) -> None:
         """Read everything again when another connection changed the file."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._version:
+        if version == self._version and self._loaded:
             return
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self.highest = int(meta.get("highest", 1))
         self.uidvalidity = int(meta.get("uidvalidity", 0))
+        self._digest = (meta.get("digest"), meta.get("digest_highest"))
         # One row of three long strings instead of a row per message (a
         # fifth of the time); signatures never hold a line break (flag
         # letters, and keywords, which are atoms).
@@ -154,6 +176,54 @@ class ModSeqIndex:
         else:
             self._uids, self._modseqs, self._sigs = [], [], []
         self._version = version
+        self._loaded = True
+
+    def _unchanged(self, db: sqlite3.Connection, uidvalidity: int, digest: int) -> bool:
+        """Whether the file says it holds exactly this snapshot (the digest
+        of the last sync, written with HIGHESTMODSEQ, matches), without
+        reading the rows: a SELECT of an unchanged folder of 100,000
+        messages then reads a few meta rows.  Rows are read later, and
+        only when a mod-sequence is asked for (CONDSTORE)."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        highest = int(meta.get("highest", 1))
+        if (
+            meta.get("digest") != digest
+            or meta.get("digest_highest") != highest
+            or meta.get("uidvalidity") != uidvalidity
+        ):
+            return False
+        if self._version != version or self.highest != highest:
+            # Rows read before (if any) are stale now.
+            self._loaded = False
+            self._uids, self._modseqs, self._sigs = [], [], []
+        self.highest = highest
+        self.uidvalidity = uidvalidity
+        self._version = version
+        return True
+
+    def _write_digest(self, db: sqlite3.Connection, digest: int) -> None:
+        """Record that the rows hold this snapshot (a file written before
+        digests were kept gets one), unless another connection wrote
+        meanwhile."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA data_version").fetchone()[0] == self._version:
+                db.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [("digest", digest), ("digest_highest", self.highest)],
+                )
+                self._digest = (digest, self.highest)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _rows(self) -> None:
+        """Read the rows when only the digest was checked (blocking)."""
+        if not self._loaded:
+            self._version = None
+            self._load(self._connect())
 
     def _differences(
         self, uidvalidity: int, uids: list[int], sigs: list[str]
@@ -191,10 +261,15 @@ class ModSeqIndex:
     def _sync(self, uidvalidity: int, infos: Sequence[MessageInfo]) -> int:
         uids = list(map(_uid, infos))
         sigs = signatures(infos)
+        digest = _digest(uidvalidity, uids, sigs)
         db = self._connect()
+        if not self._loaded and self._unchanged(db, uidvalidity, digest):
+            return self.highest
         self._load(db)
         changed, gone = self._differences(uidvalidity, uids, sigs)
         if not changed and not gone and uidvalidity == self.uidvalidity:
+            if self._digest != (digest, self.highest):
+                self._write_digest(db, digest)
             return self.highest
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -219,7 +294,12 @@ class ModSeqIndex:
                 )
                 db.executemany(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                    [("highest", modseq), ("uidvalidity", uidvalidity)],
+                    [
+                        ("highest", modseq),
+                        ("uidvalidity", uidvalidity),
+                        ("digest", digest),
+                        ("digest_highest", modseq),
+                    ],
                 )
                 for uid, _ in changed:
                     kept[uid] = modseq
@@ -229,6 +309,7 @@ class ModSeqIndex:
                 self._sigs = sigs
                 self.highest = modseq
                 self.uidvalidity = uidvalidity
+                self._digest = (digest, modseq)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -238,7 +319,11 @@ class ModSeqIndex:
         return self.highest
 
     def modseq(self, uid: int) -> int:
-        """A message's mod-sequence as of the last L{sync} (1 if unknown)."""
+        """A message's mod-sequence as of the last L{sync} (1 if unknown).
+
+        Blocking the first time after a L{sync} that found the file
+        unchanged (the rows are read then)."""
+        self._rows()
         uids = self._uids
         i = bisect.bisect_left(uids, uid)
         if i < len(uids) and uids[i] == uid:
@@ -247,6 +332,7 @@ class ModSeqIndex:
 
     def changed_since(self, modseq: int, uids: Iterable[int]) -> list[int]:
         """Those of C{uids} whose mod-sequence is above C{modseq}."""
+        self._rows()
         above = {
             u for u, m in zip(self._uids, self._modseqs, strict=True) if m > modseq
         }
@@ -256,5 +342,6 @@ class ModSeqIndex:
         """Close the database connection."""
         db, self._db = self._db, None
         self._version = None
+        self._loaded = False
         if db is not None:
             db.close()
