@@ -20,6 +20,10 @@ from tests.maildir_helpers import make_store
 from twistedmail.imap._message import (
     CACHE_KEY,
     BatchedHeaders,
+    Structure,
+    _decode_header,
+    _decode_structure,
+    _encode_structure,
     cached_structure,
     field_pattern,
     field_values,
@@ -472,3 +476,31 @@ class ModSeqDigestTests(SynchronousTestCase):
         # The snapshot differs from the rows (uid 1 has no flags): a change.
         self.assertEqual(self.sync(index), highest + 2)
         self.assertEqual(index.modseq(1), highest + 2)
+
+
+class DecodeHeaderTests(SynchronousTestCase):
+    """The header-only decoding of a cached structure agrees with the full
+    one."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.tuples(
+            st.binary(max_size=8),
+            st.binary(max_size=8),
+            st.binary(max_size=8),
+            st.binary(max_size=8),
+        ),
+        st.binary(max_size=6),
+        st.integers(0, 40),
+    )
+    def test_same_as_full(
+        self, parts: tuple[bytes, bytes, bytes, bytes], junk: bytes, cut: int
+    ) -> None:
+        """For encodings, damaged ones (cut short, junk added) and random
+        octets, the header is the full decoding's header, or both fail."""
+        value = _encode_structure(Structure(*parts))
+        for candidate in (value, value[:cut], value + junk, junk, junk + value):
+            full = _decode_structure(candidate)
+            self.assertEqual(
+                _decode_header(candidate), None if full is None else full.header
+            )

@@ -641,6 +641,23 @@ def _decode_structure(value: bytes) -> Structure | None:
     return Structure(*out)
 
 
+def _decode_header(value: bytes) -> bytes | None:
+    """Just the header of an encoded L{Structure} (what SEARCH needs),
+    sliced out without copying the other parts; None when the value is
+    not a well-formed encoding (L{_decode_structure} says the same)."""
+    nl = value.find(b"\n")
+    fields = value[:nl].split(b" ") if nl >= 0 else []
+    if len(fields) != 5 or fields[0] != b"1":
+        return None
+    try:
+        sizes = [int(f) for f in fields[1:]]
+    except ValueError:
+        return None
+    if sum(sizes) != len(value) - nl - 1 or min(sizes) < 0:
+        return None
+    return value[len(value) - sizes[3] :]
+
+
 def compute_structure(msg: bytes) -> Structure:
     """Parse a message and format everything L{Structure} holds."""
     parts = MessageParts(msg)
@@ -735,9 +752,9 @@ class BatchedHeaders:
             )
         base = self._bases[i]
         value = self._values.get(base)
-        found = None if value is None else _decode_structure(value)
-        if found is not None:
-            return found.header
+        header = None if value is None else _decode_header(value)
+        if header is not None:
+            return header
         return cached_structure(self._cache, base, lambda: self._read(uid)).header
 
 
