@@ -5,10 +5,13 @@ store (as POP3 makes them) and other programs."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.imap_server_helpers import make_message, make_world
+from tests.imap_server_helpers import make_message, make_world, run_now
 
 
 class TwoSessionTests(SynchronousTestCase):
@@ -326,6 +329,40 @@ class WatcherTests(SynchronousTestCase):
             mailbox.close()
         self.assertEqual(self.client.raw(b""), b"* 1 EXPUNGE\r\n")
         self.assertEqual(self.client.raw(b"DONE\r\n"), b"i OK IDLE terminated\r\n")
+
+    def test_delivery_while_selecting(self) -> None:
+        """A message another program delivers while SELECT opens the
+        mailbox, after its snapshot but before the session listens, is
+        reported at once (before SELECT's tagged OK, or at the next command)
+        instead of waiting for some later change."""
+        armed: list[bool] = []
+
+        def runner(f: Callable[[], Any]) -> Deferred[Any]:
+            d = run_now(f)
+            if armed:
+                # Outside the two seconds in which the store cannot trust
+                # directory times, so that the snapshot counts as current.
+                armed.clear()
+                world.clock.advance(10)
+                new = os.path.join(world.maildir(), "new")
+                with open(os.path.join(new, "1790000000.outside.host,S=9"), "wb") as f:
+                    f.write(b"x: y\r\n\r\nz")
+                world.clock.advance(10)
+            return d
+
+        world = make_world(
+            self.mktemp(), watch="poll", watch_interval=5.0, run_in_thread=runner
+        )
+        world.deliver(make_message(1))
+        client = world.logged_in()
+        world.clock.advance(10)
+        armed.append(True)
+        lines = client.ok("SELECT INBOX")
+        self.assertEqual(armed, [])
+        self.assertIn(b"* 1 EXISTS", lines)
+        lines += client.ok("UID SEARCH ALL")
+        self.assertIn(b"* 2 EXISTS", lines)
+        self.assertEqual(lines[-1], b"* SEARCH 1 2")
 
     def test_commands_do_not_poll(self) -> None:
         """An outside flag change reaches the session once the watcher

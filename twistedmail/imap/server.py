@@ -1160,6 +1160,10 @@ class IMAPServerProtocol(Protocol):
             self._path, name, self._changed_elsewhere
         )
         mailbox = view.mailbox
+        if mailbox.changed_on_disk():
+            # Changed between the snapshot and the subscription: no notice
+            # will come for that, so the next command looks.
+            self._dirty = True
         keywords = mailbox.keywords()
         system = [LETTER_FLAGS[c] for c in "RFTSD"] + ["$Forwarded"]
         flags = system + [k for k in keywords if k not in system]

@@ -828,6 +828,16 @@ class Mailbox:
     def _lock(self) -> FolderLock:
         return FolderLock(os.path.join(self.path, _LOCK_NAME))
 
+    def changed_on_disk(self) -> bool:
+        """Whether the folder may have changed since the snapshot (a few
+        ``stat`` calls; True when that cannot be told: a change within the
+        last two seconds, or the folder gone)."""
+        try:
+            signature = self._disk_signature()
+        except NoSuchFolderError:
+            return True
+        return signature is None or signature != self._signature
+
     def _disk_signature(self) -> tuple[object, ...] | None:
         parts: list[object] = []
         for sub in ("new", "cur"):
