@@ -305,7 +305,7 @@ class Server:
 class Twistedmail(Server):
     name = "twistedmail"
     note = (
-        "this checkout, `twistd -n twistedmail`: the smtp listener (trusted "
+        "`twistd -n twistedmail` (see the revision): the smtp listener (trusted "
         "networks 127.0.0.0/8, so loopback relays without AUTH; 250 after the "
         "spool file and folder fsync), the queue runner, the relay "
         "(`[relay] smarthost` for the test domains, `[queue] max_concurrency` "
