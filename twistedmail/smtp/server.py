@@ -360,14 +360,18 @@ class SMTPServerProtocol(Protocol):
         goes the usual way, behind nothing, so the order is kept.
         """
         t = self._transport
+        if type(t) is not tcp.Server:
+            return data
+        # Twisted's own state, read with defaults: should a later Twisted
+        # rename any of it, every reply takes the usual path.
         if (
-            type(t) is not tcp.Server
-            or t.TLS
-            or t.dataBuffer
-            or t._tempDataBuffer
-            or not t.connected
-            or t.disconnecting
-            or t._writeDisconnected
+            getattr(t, "TLS", True)
+            or getattr(t, "dataBuffer", True)
+            or getattr(t, "_tempDataBuffer", True)
+            or not getattr(t, "connected", False)
+            or getattr(t, "disconnecting", True)
+            or getattr(t, "_writeDisconnected", True)
+            or getattr(t, "socket", None) is None
         ):
             return data
         try:
