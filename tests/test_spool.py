@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import replace
 
 from hypothesis import given
@@ -17,6 +18,7 @@ from tests.spool_helpers import FsyncRecorder, ManualThreads
 from twistedmail.interfaces import Envelope, IDeliveryAgent, Recipient
 from twistedmail.replies import PermanentError, Reply, TemporaryError
 from twistedmail.spool.store import (
+    _OPEN_FILES,
     DEFERRED,
     FAILED,
     QueueEntry,
@@ -355,6 +357,51 @@ class GroupCommitTests(SpoolTestCase):
         self.assertEqual(len(calls), 4)  # three files, one folder
         self.assertEqual(self.files("queue"), sorted([first, third]))
         self.assertEqual(self.files("tmp"), [])
+
+    def test_batch_step_by_step(self) -> None:
+        """A batch writes every new file before the first fsync and renames
+        none before the last: five messages and five status rewrites handed
+        over in one turn are all in tmp/, whole, at each file fsync, and
+        none is in the queue yet."""
+        first = [self.commit() for _ in range(5)]
+        seen: list[tuple[list[str], list[str]]] = []
+
+        def watching(fd: int) -> None:
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                tmp = os.path.join(self.path, "tmp")
+                sizes = [os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp)]
+                self.assertNotIn(0, sizes)
+                seen.append((sorted(os.listdir(tmp)), self.files("queue")))
+            os.fsync(fd)
+
+        spool = Spool(self.path, self.clock, fsync=watching)
+        queued = self.files("queue")
+        ds = [_commit(spool) for _ in range(5)]
+        updates = [
+            spool.update_status(queue_id, [RecipientRecord("x@example.com")])
+            for queue_id in first
+        ]
+        self.clock.advance(0)
+        for d in ds:
+            self.successResultOf(d)
+        for u in updates:
+            self.successResultOf(u)
+        self.assertEqual(len(seen), 10)
+        for tmp, queue in seen:
+            self.assertEqual(len(tmp), 10)
+            self.assertEqual(queue, queued)
+        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(len(self.files("queue")), 15)
+
+    def test_many_files(self) -> None:
+        """A batch of more new files than it keeps open at once
+        (_OPEN_FILES) commits them all, with one folder fsync."""
+        ds = [_commit(self.spool) for _ in range(_OPEN_FILES + 10)]
+        self.clock.advance(0)
+        ids = [self.successResultOf(d) for d in ds]
+        self.assertEqual(self.files("queue"), sorted(ids))
+        self.assertEqual(self.fsync.events.count("file"), _OPEN_FILES + 10)
+        self.assertEqual(self.fsync.dirs, 1)
 
     def test_removal_batched(self) -> None:
         """Removals handed over while a batch runs go into the next one, with

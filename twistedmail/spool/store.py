@@ -57,10 +57,16 @@ a newer version number is left alone and logged.
 Durability: an entry is written to ``tmp/``, fsynced, renamed into
 ``queue/``, and ``queue/`` is fsynced before the transaction's commit fires.
 Commits handed over while a batch is running (or within one reactor turn)
-form the next batch (group commit): one thread-pool job writes and fsyncs
-each file, renames it, and fsyncs ``queue/`` once, so many concurrent SMTP
-transactions cost one directory fsync and one trip to the thread pool, not
-one each.  Status rewrites and removals ride in the same batches.
+form the next batch (group commit): one thread-pool job writes every file
+of the batch, then fsyncs each, then closes them, then renames them, and
+fsyncs ``queue/`` once, so many concurrent SMTP transactions cost one
+directory fsync and one trip to the thread pool, not one each.  Status
+rewrites and removals ride in the same batches.  The batch goes step by step
+rather than file by file because each of those system calls hands the GIL
+to the reactor thread, and taking it back can cost up to a switch interval
+(5 ms) while the reactor is busy; with every file written before the first
+fsync, the fsyncs that follow find most of the journal work done (see
+``bench/outbound/commit.py``).
 """
 
 from __future__ import annotations
@@ -457,14 +463,26 @@ def _write_file(
     # One write call: a buffered file would split a message of a few
     # kilobytes into several system calls.
     data = b"".join(parts)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    fd = _open_new(path)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
         fsync(fd)
     finally:
         os.close(fd)
+
+
+#: The most files a group commit batch keeps open at once.
+_OPEN_FILES = 256
+
+
+def _open_new(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _error_reply(e: BaseException) -> Reply:
@@ -514,13 +532,16 @@ class _GroupCommit:
     """Batches the queue's file work so that it shares one folder fsync and
     one trip to the thread pool.
 
-    Each item is an optional C{prepare} step (write and fsync a file, or
-    unlink files) and renames into the folder.  Items handed over in one
-    reactor turn, or while the previous batch runs, go into the next batch:
-    one thread job does every item in order (one item's failure touches no
-    other), fsyncs the folder once when an item that asked for it succeeded,
-    and then each caller's Deferred fires.  Items that need no folder fsync
-    (removals) start a batch at once when none runs.
+    Each item has new files to write (path and bytes), an optional
+    C{prepare} step (finish a file written in parts, or unlink files) and
+    renames into the folder.  Items handed over in one reactor turn, or
+    while the previous batch runs, go into the next batch.  One thread job
+    does the batch step by step (one item's failure touches no other): it
+    writes every new file, fsyncs each, closes them, then runs each item's
+    C{prepare} and renames in order, fsyncs the folder once when an item
+    that asked for it succeeded, and then each caller's Deferred fires.
+    Items that need no folder fsync (removals) start a batch at once when
+    none runs.
     """
 
     def __init__(
@@ -546,12 +567,14 @@ class _GroupCommit:
         prepare: Callable[[], None] | None = None,
         *,
         sync: bool = True,
+        writes: Sequence[tuple[str, bytes]] = (),
     ) -> Deferred[None]:
-        """Run C{prepare}, rename (source, target) pairs and (when C{sync})
-        fsync the folder; fire after, or fail with C{prepare}'s or the
-        rename's error."""
+        """Write and fsync the new files C{writes} (path, bytes), run
+        C{prepare}, rename (source, target) pairs and (when C{sync}) fsync
+        the folder; fire after, or fail with the first error (a file that
+        was written stays for the caller to remove)."""
         d: Deferred[None] = Deferred()
-        self._waiting.append(_Batched(prepare, renames, sync, d))
+        self._waiting.append(_Batched(prepare, renames, sync, d, writes))
         if not self._busy:
             if not sync:
                 self._flush()
@@ -577,22 +600,70 @@ class _GroupCommit:
         )
 
     def _apply(self, batch: list[_Batched]) -> list[BaseException | None]:
-        errors: list[BaseException | None] = []
+        errors: list[BaseException | None] = [None] * len(batch)
+        # The new files in slices of at most _OPEN_FILES open at once.
+        start = 0
+        while start < len(batch):
+            end, files = start, 0
+            while end < len(batch) and (end == start or files < _OPEN_FILES):
+                files += len(batch[end].writes)
+                end += 1
+            self._write_files(batch, range(start, end), errors)
+            start = end
         synced = False
-        for item in batch:
+        for n, item in enumerate(batch):
+            if errors[n] is not None:
+                continue
             try:
                 if item.prepare is not None:
                     item.prepare()
                 for source, target in item.renames:
                     os.rename(source, target)
             except Exception as e:
-                errors.append(e)
+                errors[n] = e
             else:
-                errors.append(None)
                 synced = synced or item.sync
         if synced:
             _fsync_dir(self._directory, self._fsync)
         return errors
+
+    def _write_files(
+        self,
+        batch: list[_Batched],
+        items: range,
+        errors: list[BaseException | None],
+    ) -> None:
+        """Write the items' new files, then fsync each, then close them;
+        an item's first error goes into C{errors}."""
+        opened: list[tuple[int, int]] = []
+        try:
+            for n in items:
+                for path, data in batch[n].writes:
+                    if errors[n] is not None:
+                        break
+                    try:
+                        fd = _open_new(path)
+                    except Exception as e:
+                        errors[n] = e
+                        break
+                    opened.append((n, fd))
+                    try:
+                        _write_all(fd, data)
+                    except Exception as e:
+                        errors[n] = e
+            for n, fd in opened:
+                if errors[n] is None:
+                    try:
+                        self._fsync(fd)
+                    except Exception as e:
+                        errors[n] = e
+        finally:
+            for n, fd in opened:
+                try:
+                    os.close(fd)
+                except Exception as e:
+                    if errors[n] is None:
+                        errors[n] = e
 
     def _finished(
         self, batch: list[_Batched], errors: Sequence[BaseException | None]
@@ -615,6 +686,7 @@ class _Batched:
     renames: list[tuple[str, str]]
     sync: bool
     done: Deferred[None]
+    writes: Sequence[tuple[str, bytes]] = ()
 
 
 class Spool:
@@ -711,6 +783,8 @@ class Spool:
         entry: QueueEntry,
         message: bytes | None,
         write: Callable[[], None] | None = None,
+        *,
+        data: bytes | None = None,
     ) -> Deferred[str]:
         """Rename a written, fsynced entry file into the queue and announce it.
 
@@ -718,8 +792,14 @@ class Spool:
         @param write: writes and fsyncs the file first (blocking; run in the
             group commit's thread job, so a message costs one trip to the
             thread pool).
+        @param data: the whole file, for the group commit to write as a new
+            file at C{tmp} and fsync (with the rest of its batch).
         """
-        d = self._committer.commit([(tmp, self.entry_path(entry.queue_id))], write)
+        d = self._committer.commit(
+            [(tmp, self.entry_path(entry.queue_id))],
+            write,
+            writes=() if data is None else [(tmp, data)],
+        )
 
         def committed(_: None) -> str:
             if message is not None:
@@ -740,10 +820,9 @@ class Spool:
         """Rewrite an entry's status record atomically (temp, fsync, rename,
         folder fsync)."""
         tmp = self.tmp_path(entry.queue_id + ".status")
-        data = _status_bytes(entry)
         return self._committer.commit(
             [(tmp, self.status_path(entry.queue_id))],
-            lambda: _write_file(tmp, [data], self.fsync),
+            writes=[(tmp, _status_bytes(entry))],
         )
 
     def update_status(
@@ -1065,19 +1144,19 @@ class _Transaction:
 
         self.queue_io(write)
 
-    def finish(self) -> tuple[Callable[[], None], bytes | None]:
-        """The final write and fsync (blocking, for the group commit's thread
-        job, after the jobs queued so far), and the whole message when it
-        never left memory (for the spool's cache)."""
+    def finish(self) -> tuple[Callable[[], None] | None, bytes | None]:
+        """The final write and fsync of a message written in parts
+        (blocking, for the group commit's thread job, after the jobs queued
+        so far; None when the message never left memory), and the whole
+        message when it never left memory (for the spool's cache; the group
+        commit writes it, L{file_bytes})."""
         self.freeze()
         chunks, self.chunks, self.buffered = self.chunks, [], 0
-        size, fsync, tmp = self.size, self.spool.fsync, self.tmp
-        message = None if self.streamed else b"".join(chunks)
+        size, fsync = self.size, self.spool.fsync
+        if not self.streamed:
+            return None, b"".join(chunks)
 
         def write() -> None:
-            if message is not None:
-                _write_file(tmp, [self.header, message, _trailer(size)], fsync)
-                return
             f = self.open()
             self.file = None
             try:
@@ -1089,7 +1168,11 @@ class _Transaction:
             finally:
                 f.close()
 
-        return write, message
+        return write, None
+
+    def file_bytes(self, message: bytes) -> bytes:
+        """The whole entry file of a message that never left memory."""
+        return b"".join((self.header, message, _trailer(self.size)))
 
     def discard(self) -> None:
         """Close and remove the temporary file once pending jobs are done."""
@@ -1176,8 +1259,11 @@ class SpoolDeliveryAgent:
             await tx.io  # the writes of a large message's first parts
             error = tx.error
             if error is None:
+                data = None if message is None else tx.file_bytes(message)
                 try:
-                    return await spool.commit_file(tx.tmp, entry, message, write)
+                    return await spool.commit_file(
+                        tx.tmp, entry, message, write, data=data
+                    )
                 except OSError as e:
                     error = e
             tx.discard()
