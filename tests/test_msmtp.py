@@ -16,16 +16,10 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from twistedmail.aliases.directory import MemoryDirectory
-from twistedmail.auth.passwords import hash_password
-from twistedmail.config import ListenerSettings, ServerSettings, Settings
-from twistedmail.interfaces import User
-from twistedmail.service import MailService, makeService
+from tests.service_helpers import DOMAIN, PASSWORD, start_service
 
 MSMTP = "/usr/bin/msmtp"
-D = "example.test"
-PASSWORD = "correct horse battery"
-_LOOPBACK = "tcp:port=0:interface=127.0.0.1"
+D = DOMAIN
 
 #: sysexits.h: EX_NOPERM, msmtp's exit code for a refused AUTH.
 EX_NOPERM = 77
@@ -39,29 +33,9 @@ class MsmtpTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         """Start the service with bob (who can log in) and carol."""
         self.data = os.path.abspath(self.mktemp())
-        settings = Settings(
-            server=ServerSettings(
-                hostname="mx.example.test", data_dir=self.data, demo_account=False
-            ),
-            listeners=ListenerSettings.only(
-                submission=_LOOPBACK, submissions=_LOOPBACK
-            ),
+        self.service, self.ports = await start_service(
+            self, self.data, ("submission", "submissions")
         )
-        directory = MemoryDirectory(
-            (D,),
-            (
-                User(f"bob@{D}", hash_password(PASSWORD), f"{D}/bob"),
-                User(f"carol@{D}", "", f"{D}/carol"),
-            ),
-        )
-        self.service: MailService = makeService(settings, reactor, directory=directory)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        await self.service.ready
-        self.ports = {
-            role: address.port  # type: ignore[attr-defined]
-            for role, address in self.service.addresses().items()
-        }
 
     async def msmtp(
         self, role: str, message: bytes, password: str = PASSWORD

@@ -19,16 +19,10 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from twistedmail.aliases.directory import MemoryDirectory
-from twistedmail.auth.passwords import hash_password
-from twistedmail.config import ListenerSettings, ServerSettings, Settings
-from twistedmail.interfaces import User
-from twistedmail.service import MailService, makeService
+from tests.service_helpers import DOMAIN, PASSWORD, start_service
 
 SWAKS = "/usr/bin/swaks"
-D = "example.test"
-PASSWORD = "correct horse battery"
-_LOOPBACK = "tcp:port=0:interface=127.0.0.1"
+D = DOMAIN
 
 # swaks(1) EXIT CODES.
 EXIT_OK = 0
@@ -57,29 +51,9 @@ class SwaksTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         """Start the service with bob (who can log in) and carol."""
         self.data = self.mktemp()
-        settings = Settings(
-            server=ServerSettings(
-                hostname="mx.example.test", data_dir=self.data, demo_account=False
-            ),
-            listeners=ListenerSettings.only(
-                smtp=_LOOPBACK, submission=_LOOPBACK, submissions=_LOOPBACK
-            ),
+        self.service, self.ports = await start_service(
+            self, self.data, ("smtp", "submission", "submissions")
         )
-        directory = MemoryDirectory(
-            (D,),
-            (
-                User(f"bob@{D}", hash_password(PASSWORD), f"{D}/bob"),
-                User(f"carol@{D}", "", f"{D}/carol"),
-            ),
-        )
-        self.service: MailService = makeService(settings, reactor, directory=directory)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        await self.service.ready
-        self.ports = {
-            role: address.port  # type: ignore[attr-defined]
-            for role, address in self.service.addresses().items()
-        }
 
     async def swaks(self, role: str, *args: str) -> tuple[int, str]:
         """Run swaks against a listener; its exit code and transcript."""
