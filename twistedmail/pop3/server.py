@@ -101,6 +101,7 @@ from twistedmail.pop3._machine import (
     stuff_message,
     uidls_for,
 )
+from twistedmail.sending import send_buffered_now
 from twistedmail.tls import ServerTLS
 
 __all__ = [
@@ -605,32 +606,12 @@ class POP3ServerProtocol(Protocol):
             self._transport.writeSequence(out)
 
     def _send_now(self) -> None:
-        """Hand what this read produced to the socket now, not on the
-        reactor's next turn.
-
-        A TCP transport only buffers on C{write} and sends once the reactor
-        sees the socket writable: one more poll and two more C{epoll_ctl}
-        calls for every response, while the client waits.  Calling the
-        transport's C{doWrite} (L{IWriteDescriptor}) sends at once; what the
-        socket does not take stays buffered and is sent the usual way, and
-        an error is left for the reactor's own C{doWrite} to report.  A TLS
-        wrapper (POP3S) passes C{doWrite} on to the TCP connection below it,
-        which then sends what the wrapper encrypted.  Nothing is done while
-        either is closing (the reactor's C{doWrite} finishes the close then)
-        or when there is no C{doWrite} (test transports).
-        """
+        """Hand what was written since the last call to the socket now, not
+        on the reactor's next turn (L{send_buffered_now})."""
         if not self._wrote:
             return
         self._wrote = False
-        transport = self._transport
-        do_write = getattr(transport, "doWrite", None)
-        descriptor = getattr(do_write, "__self__", None)
-        if do_write is None or descriptor is None:
-            return
-        for t in (transport, descriptor):
-            if not getattr(t, "connected", False) or getattr(t, "disconnecting", True):
-                return
-        do_write()
+        send_buffered_now(self._transport)
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, MessageRequested):

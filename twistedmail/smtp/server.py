@@ -72,6 +72,7 @@ from twistedmail.logs import (
     preformatted,
 )
 from twistedmail.replies import MailError, Reply
+from twistedmail.sending import send_buffered_now
 from twistedmail.smtp._machine import (
     AuthRequested,
     BodyReceived,
@@ -381,32 +382,12 @@ class SMTPServerProtocol(Protocol):
         return data[sent:]
 
     def _send_now(self) -> None:
-        """Hand the replies written since the last call to the socket now,
-        not on the reactor's next turn.
-
-        A TCP transport only buffers on C{write} and sends when the reactor
-        next finds the socket writable: one more poll per reply while the
-        client waits, and one more trip through the reactor's dispatch.
-        Calling the transport's C{doWrite} (L{IWriteDescriptor}) sends at
-        once; what the socket does not take stays buffered and goes the
-        usual way, and an error is left for the reactor's own C{doWrite} to
-        report.  Under STARTTLS the transport is still the TCP connection,
-        which sends what TLS put in its buffer.  Nothing is done while the
-        connection is closing, or for transports without C{doWrite} (test
-        transports).
-        """
+        """Hand what was written since the last call to the socket now, not
+        on the reactor's next turn (L{send_buffered_now})."""
         if not self._wrote:
             return
         self._wrote = False
-        transport = self._transport
-        do_write = getattr(transport, "doWrite", None)
-        descriptor = getattr(do_write, "__self__", None)
-        if do_write is None or descriptor is None:
-            return
-        for t in (transport, descriptor):
-            if not getattr(t, "connected", False) or getattr(t, "disconnecting", True):
-                return
-        do_write()
+        send_buffered_now(self._transport)
 
     def _answer(
         self, reply: Reply, *, auth_user: str | None = None, reset: bool = False
