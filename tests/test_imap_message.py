@@ -4,6 +4,7 @@ BODY[section] for FETCH, and the structure cache."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -578,16 +579,25 @@ class FakeCache:
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], bytes] = {}
+        self.fields: dict[str, Mapping[str, bytes | None]] = {}
         self.puts = 0
 
     def cache_get(self, base: str, key: str) -> bytes | None:
         """The value or None."""
         return self.values.get((base, key))
 
-    def cache_put(self, base: str, key: str, value: bytes) -> None:
-        """Keep the value."""
+    def cache_put(
+        self,
+        base: str,
+        key: str,
+        value: bytes,
+        fields: Mapping[str, bytes | None] | None = None,
+    ) -> None:
+        """Keep the value (and the indexed fields)."""
         self.puts += 1
         self.values[(base, key)] = value
+        if fields is not None:
+            self.fields[base] = fields
 
 
 class CacheTests(SynchronousTestCase):
@@ -642,8 +652,14 @@ class CacheTests(SynchronousTestCase):
             def cache_get(self, base: str, key: str) -> bytes | None:
                 return cache.get(base, key)
 
-            def cache_put(self, base: str, key: str, value: bytes) -> None:
-                cache.put(base, key, value)
+            def cache_put(
+                self,
+                base: str,
+                key: str,
+                value: bytes,
+                fields: Mapping[str, bytes | None] | None = None,
+            ) -> None:
+                cache.put(base, key, value, fields)
 
         msg = load("eightbit.eml")
         made = cached_structure(Folder(), "b", lambda: msg)

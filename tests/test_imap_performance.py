@@ -377,12 +377,12 @@ class CacheFormatTests(SynchronousTestCase):
         self.assertEqual(cache.get_many(["b1", "b2"], "k"), {"b1": b"new"})
         db = sqlite3.connect(os.path.join(folder, CACHE_NAME))
         self.addCleanup(db.close)
-        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 2)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 3)
         tables = [
             r[0]
             for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         ]
-        self.assertEqual(tables, ["cache"])
+        self.assertEqual(sorted(tables), ["cache", "fields"])
 
     def test_unknown_version_starts_empty(self) -> None:
         """A file of another version starts empty (a cache loses nothing

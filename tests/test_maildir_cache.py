@@ -58,4 +58,4 @@ class MessageCacheTests(SynchronousTestCase):
         db = sqlite3.connect(os.path.join(folder, CACHE_NAME))
         self.addCleanup(db.close)
         self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
-        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 2)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 3)

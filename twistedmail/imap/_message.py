@@ -48,7 +48,10 @@ Caching: L{cached_structure} keeps ENVELOPE, BODY, BODYSTRUCTURE and the
 header block of each message in the folder's cache (L{CACHE_KEY}, format
 below), so that a warm FETCH of them reads no message file.  Its value is
 ``b"1 <n1> <n2> <n3> <n4>\\n"`` (the format version, then four lengths) and
-the four values concatenated.
+the four values concatenated.  With it go the message's L{SEARCH_FIELDS}
+into the cache's field index (L{search_fields}: each field's values
+decoded and case-folded as SEARCH compares them, UTF-8, joined by NUL), so
+that SEARCH on them is one query per folder (L{indexed_matches}).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ import bisect
 import codecs
 import quopri
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from twistedmail.imap._format import MAX_QUOTED, format_list
@@ -69,6 +72,8 @@ __all__ = [
     "MAX_DEPTH",
     "BatchCache",
     "BatchedHeaders",
+    "SEARCH_FIELDS",
+    "FieldIndex",
     "MessageParts",
     "Structure",
     "StructureCache",
@@ -85,10 +90,12 @@ __all__ = [
     "header_block",
     "header_end",
     "header_fields",
+    "indexed_matches",
     "parse_message",
     "rfc822_header",
     "rfc822_size",
     "rfc822_text",
+    "search_fields",
     "text_parts",
     "to_crlf",
 ]
@@ -613,8 +620,15 @@ class StructureCache(Protocol):
     def cache_get(self, base: str, key: str) -> bytes | None:
         """The cached value, or None."""
 
-    def cache_put(self, base: str, key: str, value: bytes) -> None:
-        """Keep a value."""
+    def cache_put(
+        self,
+        base: str,
+        key: str,
+        value: bytes,
+        fields: Mapping[str, bytes | None] | None = None,
+    ) -> None:
+        """Keep a value, and index the message's C{fields} (by index name)
+        when given."""
 
 
 def _encode_structure(s: Structure) -> bytes:
@@ -683,7 +697,9 @@ def cached_structure(
         if found is not None:
             return found
     structure = compute_structure(loader())
-    cache.cache_put(base, CACHE_KEY, _encode_structure(structure))
+    cache.cache_put(
+        base, CACHE_KEY, _encode_structure(structure), search_fields(structure.header)
+    )
     return structure
 
 
@@ -756,6 +772,102 @@ class BatchedHeaders:
         if header is not None:
             return header
         return cached_structure(self._cache, base, lambda: self._read(uid)).header
+
+
+#: The header fields whose decoded values the folder cache indexes for
+#: SEARCH (L{search_fields}): those of SEARCH's own keys.
+SEARCH_FIELDS = ("subject", "from", "to", "cc", "bcc")
+
+# The index name of a field: a change to what is indexed takes a new prefix.
+_FIELD_INDEX = "imap-search-1:"
+_SEARCH_FIELD_LINE = re.compile(
+    rb"(?im)^(" + rb"|".join(f.encode() for f in SEARCH_FIELDS) + rb")[ \t]*:"
+    rb"([^\n]*(?:\n[ \t][^\n]*)*)"
+)
+
+
+def _folded(value: bytes) -> bytes:
+    """An unfolded field value as SEARCH compares it (decoded, case-folded),
+    in UTF-8: plain ASCII without an encoded word decodes to itself, and
+    ASCII case folding is lower-casing.  Surrogates (which some codecs
+    make) are kept, so every string has an encoding."""
+    if value.isascii() and b"=?" not in value:
+        return value.lower()
+    return decode_header_value(value).casefold().encode("utf-8", "surrogatepass")
+
+
+def search_fields(header: bytes) -> dict[str, bytes | None]:
+    """A header block's L{SEARCH_FIELDS} for the cache's field index, by
+    index name: each field's values (as L{field_values} finds them),
+    decoded and case-folded (L{decode_header_value}, C{str.casefold}),
+    UTF-8, joined by NUL; None for a field the header does not have.
+
+    A search string without NUL is in the joined value exactly when it is
+    in one of the values (a match across the join would hold the NUL)."""
+    found: dict[bytes, list[bytes]] = {}
+    for m in _SEARCH_FIELD_LINE.finditer(header):
+        found.setdefault(m.group(1).lower(), []).append(_folded(_unfold(m.group(2))))
+    out: dict[str, bytes | None] = {}
+    for name in SEARCH_FIELDS:
+        values = found.get(name.encode())
+        out[_FIELD_INDEX + name] = None if values is None else b"\0".join(values)
+    return out
+
+
+class FieldIndex(BatchCache, Protocol):
+    """A structure cache with the field index: L{Mailbox} fits."""
+
+    def cache_match(self, field: str, needle: bytes) -> tuple[set[str], set[str]]:
+        """C{(indexed, matching)}: the base names of the messages indexed
+        on C{field}, and of those whose value contains C{needle}."""
+
+    def cache_put_fields(
+        self, entries: Sequence[tuple[str, Mapping[str, bytes | None]]]
+    ) -> None:
+        """Index the fields of many messages (by base name)."""
+
+
+def indexed_matches(
+    cache: FieldIndex, field: str, needle: str, bases: Sequence[str]
+) -> tuple[set[str], set[str]] | None:
+    """SEARCH on a header field through the folder cache's index: the base
+    names of the messages the index answers for, and of those among them
+    whose C{field} contains C{needle} (RFC 3501 §6.4.4: a substring of a
+    decoded value, compared case-folded).  None when the index cannot
+    answer (a field not in L{SEARCH_FIELDS}, a needle with NUL).
+
+    Messages of C{bases} whose structure was cached before the index
+    existed (an older cache file) are indexed now, from their cached
+    header; those not cached at all are left out, for the caller to read.
+
+    Blocking (the cache is a database); call off the reactor thread.
+
+    @param field: the lower-cased field name.
+    @param needle: the search string, case-folded (C{str.casefold}).
+    @param bases: the base names of the messages searched.
+    """
+    if field not in SEARCH_FIELDS or "\0" in needle:
+        return None
+    name = _FIELD_INDEX + field
+    raw = needle.encode("utf-8", "surrogatepass")
+    indexed, matching = cache.cache_match(name, raw)
+    missing = [b for b in bases if b not in indexed]
+    entries: list[tuple[str, Mapping[str, bytes | None]]] = []
+    for i in range(0, len(missing), BatchedHeaders.BATCH):
+        chunk = missing[i : i + BatchedHeaders.BATCH]
+        for base, entry in cache.cache_get_many(chunk, CACHE_KEY).items():
+            header = _decode_header(entry)
+            if header is None:
+                continue
+            fields = search_fields(header)
+            entries.append((base, fields))
+            indexed.add(base)
+            value = fields[name]
+            if value is not None and raw in value:
+                matching.add(base)
+    if entries:
+        cache.cache_put_fields(entries)
+    return indexed, matching
 
 
 # --- Content-Type and friends (RFC 2045 §5.1, RFC 2183) ---------------------------

@@ -13,6 +13,12 @@ once into predicates, then run over each message:
   - header keys (FROM, SUBJECT, HEADER..., SENT*) need only the header
     block: C{load_header} when given (the server may back it with the
     folder cache), else the header part of C{load};
+  - a header key on a field the folder cache indexes (C{match_field}, see
+    L{twistedmail.imap._message.indexed_matches}) is answered by one
+    look-up for the whole folder, and the messages it rules out are not
+    looked at again (for ``AND``, those any of its indexed keys rules out;
+    for ``OR``, those both sides rule out); a message the index does not
+    know is tested the slow way;
   - BODY and TEXT load the whole message once.
 
 Within ``AND`` (and ``OR``) the cheaper keys run first, so a message that
@@ -73,6 +79,7 @@ from twistedmail.maildir.names import IMAP_SYSTEM_FLAGS
 
 __all__ = [
     "SUPPORTED_CHARSETS",
+    "FieldMatcher",
     "evaluate_search",
     "format_esearch",
     "format_search",
@@ -91,6 +98,10 @@ _META, _HEADER, _BODY = 0, 1, 2
 _SYSTEM_LETTERS = {name.lower(): letter for name, letter in IMAP_SYSTEM_FLAGS.items()}
 
 Loader = Callable[[int], "bytes | None"]
+
+#: C{match_field(field, needle)}: C{(indexed, matching)} base names for a
+#: header field containing a case-folded string, or None (not indexed).
+FieldMatcher = Callable[[str, str], "tuple[set[str], set[str]] | None"]
 
 
 class _Candidate:
@@ -261,11 +272,37 @@ class _Compiler:
         recent: Container[int] | None,
         modseq_of: Callable[[int], int] | None,
         tz: datetime.tzinfo,
+        match_field: FieldMatcher | None = None,
     ) -> None:
         self.messages = messages
         self.recent = recent
         self.modseq_of = modseq_of
         self.tz = tz
+        self.match_field = match_field
+        self._indexed: dict[tuple[str, str], tuple[set[str], set[str]] | None] = {}
+
+    def _index(self, key: SearchHeader) -> tuple[set[str], set[str]] | None:
+        """The index's answer for a header key (asked once per key)."""
+        if self.match_field is None:
+            return None
+        what = (key.field.lower(), key.value.casefold())
+        if what not in self._indexed:
+            self._indexed[what] = self.match_field(*what)
+        return self._indexed[what]
+
+    def excluded(self, key: SearchKey) -> set[str] | None:
+        """Base names of messages the index says cannot match C{key} (after
+        L{compile}), or None when it rules none out."""
+        if isinstance(key, SearchHeader):
+            found = self._index(key)
+            return None if found is None else found[0] - found[1]
+        if isinstance(key, SearchAnd):
+            sets = [s for s in map(self.excluded, key.keys) if s is not None]
+            return set().union(*sets) if sets else None
+        if isinstance(key, SearchOr):
+            left, right = self.excluded(key.left), self.excluded(key.right)
+            return None if left is None or right is None else left & right
+        return None
 
     def compile(self, key: SearchKey) -> Predicate:
         if isinstance(key, SearchAll):
@@ -303,18 +340,7 @@ class _Compiler:
                 return lambda c: wanted <= 1
             return lambda c: modseq_of(c.uid) >= wanted
         if isinstance(key, SearchHeader):
-            field, needle = key.field.lower(), key.value.casefold()
-            raw = _plain_needle(needle)
-            pattern = field_pattern(field)
-            if pattern is not None:
-                return self._field(pattern, needle, raw)
-
-            def header(c: _Candidate) -> bool:
-                if raw is not None and not _may_contain(c.header(), raw):
-                    return False
-                return any(needle in v for v in c.fields().get(field, ()))
-
-            return header
+            return self._header(key)
         if isinstance(key, SearchBody):
             needle = key.value.casefold()
             return lambda c: not needle or any(needle in t for t in c.texts()[1])
@@ -330,6 +356,33 @@ class _Compiler:
             return text
         # An unknown key type (a newer parser): it matches nothing.
         return lambda c: False
+
+    def _header(self, key: SearchHeader) -> Predicate:
+        field, needle = key.field.lower(), key.value.casefold()
+        raw = _plain_needle(needle)
+        pattern = field_pattern(field)
+        if pattern is not None:
+            slow = self._field(pattern, needle, raw)
+        else:
+
+            def slow(c: _Candidate) -> bool:
+                if raw is not None and not _may_contain(c.header(), raw):
+                    return False
+                return any(needle in v for v in c.fields().get(field, ()))
+
+        found = self._index(key)
+        if found is None:
+            return slow
+        indexed, matching = found
+
+        def header(c: _Candidate) -> bool:
+            assert c.info is not None
+            base = c.info.base
+            if base in indexed:
+                return base in matching
+            return slow(c)
+
+        return header
 
     @staticmethod
     def _field(pattern: re.Pattern[bytes], needle: str, raw: bytes | None) -> Predicate:
@@ -422,6 +475,7 @@ def evaluate_search(
     modseq_of: Callable[[int], int] | None = None,
     tz: datetime.tzinfo = datetime.UTC,
     uid: bool = False,
+    match_field: FieldMatcher | None = None,
 ) -> list[int]:
     """The messages matching a SEARCH key (RFC 3501 §6.4.4), ascending.
 
@@ -442,12 +496,23 @@ def evaluate_search(
         counts every message as mod-sequence 1.
     @param tz: the time zone in which internal dates fall on calendar days.
     @param uid: return UIDs (UID SEARCH) instead of sequence numbers.
+    @param match_field: answers header keys from an index, for the
+        messages it knows (by L{MessageInfo.base}): C{match_field(field,
+        needle)} with the lower-cased field name and the case-folded
+        string returns the base names of the messages it knows and of
+        those that match, or None when it cannot answer (e.g.
+        L{twistedmail.imap._message.indexed_matches} over the folder
+        cache).  It must agree with the header block.
     @return: sequence numbers (or UIDs) of the matches, ascending.
     """
-    predicate = _Compiler(messages, recent, modseq_of, tz).compile(key)
+    compiler = _Compiler(messages, recent, modseq_of, tz, match_field)
+    predicate = compiler.compile(key)
+    excluded = compiler.excluded(key) or ()
     candidate = _Candidate(load, load_header)
     out = []
     for index, info in enumerate(messages):
+        if excluded and info.base in excluded:
+            continue
         candidate.reset(info, index + 1)
         if predicate(candidate):
             out.append(info.uid if uid else index + 1)

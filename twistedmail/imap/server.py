@@ -77,6 +77,7 @@ from twistedmail.imap._message import (
     Structure,
     cached_structure,
     fetch_section,
+    indexed_matches,
     rfc822_text,
 )
 from twistedmail.imap._modseq import ModSeqIndex
@@ -1899,12 +1900,13 @@ class IMAPServerProtocol(Protocol):
         def load(uid: int) -> bytes | None:
             return _read_or_none(mailbox, uid)
 
+        bases = [i.base for i in messages]
         headers = BatchedHeaders(
-            mailbox,
-            [i.uid for i in messages],
-            [i.base for i in messages],
-            mailbox.read,
+            mailbox, [i.uid for i in messages], bases, mailbox.read
         )
+
+        def match_field(field: str, needle: str) -> tuple[set[str], set[str]] | None:
+            return indexed_matches(mailbox, field, needle, bases)
 
         def load_header(uid: int) -> bytes | None:
             try:
@@ -1921,6 +1923,7 @@ class IMAPServerProtocol(Protocol):
                 recent=view.recent,
                 modseq_of=view.modseq_of,
                 uid=True,
+                match_field=match_field,
             )
 
         if search_cost(command.key) == 0:

@@ -12,14 +12,27 @@ program removed the files (the next refresh that notices forgets them), and
 when the UID list was lost every entry of a message no longer there goes.  Losing the file only
 costs a recomputation.
 
+Beside each message's values, the cache keeps an index of a few short
+fields of the caller's choice (IMAP keeps the decoded, case-folded header
+fields that SEARCH looks at most): one narrow row per message and field,
+so that a search over a whole folder is one query (L{MessageCache.match})
+that reads no message's entries.  A message with no row for a field is
+not indexed (the caller looks at it the slow way); a row whose value is
+NULL says the message has no such field.
+
 On-disk format: table ``cache(base TEXT, key TEXT, value BLOB)`` with a
-unique index on ``(base, key)``, and ``PRAGMA user_version`` = 2 (the
-format version), in write-ahead-log mode (``-wal`` and ``-shm`` files
-beside it while open); commits are not fsynced, since a lost entry is only
-recomputed.  Version 1 kept the rows in a ``WITHOUT ROWID`` table keyed by
-``(base, key)``; its entries (a kilobyte or more each) made that table
-three times the size of its data and batched reads twice as slow, so the
-first open of a version 1 file copies its entries into the new table.
+unique index on ``(base, key)``; table ``fields(field TEXT, base TEXT,
+value BLOB)``, ``WITHOUT ROWID`` with primary key ``(field, base)`` (a
+search reads one field's rows in order, and they are short); and
+``PRAGMA user_version`` = 3 (the format version), in write-ahead-log mode
+(``-wal`` and ``-shm`` files beside it while open); commits are not
+fsynced, since a lost entry is only recomputed.  Version 1 kept the rows
+in a ``WITHOUT ROWID`` table keyed by ``(base, key)``; its entries (a
+kilobyte or more each) made that table three times the size of its data
+and batched reads twice as slow, so the first open of a version 1 file
+copies its entries into the new table.  Version 2 had no ``fields``
+table: the first open adds it, empty (the caller indexes the messages
+again as it meets them).
 NFS caveat: SQLite's locking is unreliable over some NFS setups; a shared
 folder then needs the cache disabled or local.
 """
@@ -29,24 +42,34 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["CACHE_NAME", "MessageCache"]
 
 CACHE_NAME = "twistedmail-cache.sqlite"
-_VERSION = 2
+_VERSION = 3
+
+#: A message's indexed fields: the value of each (None: the message has no
+#: such field).
+Fields = Mapping[str, "bytes | None"]
 
 
 def _upgrade(db: sqlite3.Connection) -> None:
-    """Make the current format (in a transaction): version 1's entries are
-    copied over; a file of no or an unknown version starts empty."""
+    """Make the current format (in a transaction): version 1's and 2's
+    entries are kept; a file of no or an unknown version starts empty."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version == _VERSION:
+        return
+    if version == 2:
+        db.execute("DROP TABLE IF EXISTS fields")
+        _create_fields(db)
+        db.execute(f"PRAGMA user_version = {_VERSION}")
         return
     if version == 1:
         db.execute("ALTER TABLE cache RENAME TO cache_v1")
     else:
         db.execute("DROP TABLE IF EXISTS cache")
+        db.execute("DROP TABLE IF EXISTS fields")
     db.execute(
         "CREATE TABLE cache (base TEXT NOT NULL, key TEXT NOT NULL,"
         " value BLOB NOT NULL)"
@@ -58,7 +81,39 @@ def _upgrade(db: sqlite3.Connection) -> None:
             " SELECT base, key, value FROM cache_v1 ORDER BY base"
         )
         db.execute("DROP TABLE cache_v1")
+    _create_fields(db)
     db.execute(f"PRAGMA user_version = {_VERSION}")
+
+
+def _create_fields(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE fields (field TEXT NOT NULL, base TEXT NOT NULL, value BLOB,"
+        " PRIMARY KEY (field, base)) WITHOUT ROWID"
+    )
+
+
+def _insert_fields(db: sqlite3.Connection, base: str, fields: Fields) -> None:
+    db.executemany(
+        "INSERT OR REPLACE INTO fields (field, base, value) VALUES (?, ?, ?)",
+        [(name, base, value) for name, value in fields.items()],
+    )
+
+
+def _split(joined: str | None) -> set[str]:
+    return set(joined.split("/")) if joined else set()
+
+
+def _field_names(db: sqlite3.Connection) -> list[str]:
+    """The names of the indexed fields, found with one look-up in the
+    primary key each (a DISTINCT would read every row)."""
+    names: list[str] = []
+    row = db.execute("SELECT min(field) FROM fields").fetchone()
+    while row[0] is not None:
+        names.append(row[0])
+        row = db.execute(
+            "SELECT min(field) FROM fields WHERE field > ?", (row[0],)
+        ).fetchone()
+    return names
 
 
 class MessageCache:
@@ -119,8 +174,11 @@ class MessageCache:
                     found[base] = bytes(value)
         return found
 
-    def put(self, base: str, key: str, value: bytes) -> None:
-        """Store a value (replacing any earlier one)."""
+    def put(
+        self, base: str, key: str, value: bytes, fields: Fields | None = None
+    ) -> None:
+        """Store a value (replacing any earlier one), and index the
+        message's C{fields} in the same transaction when given."""
         with self._lock:
             db = self._connect(True)
             assert db is not None
@@ -128,7 +186,41 @@ class MessageCache:
                 "INSERT OR REPLACE INTO cache (base, key, value) VALUES (?, ?, ?)",
                 (base, key, value),
             )
+            if fields:
+                _insert_fields(db, base, fields)
             db.commit()
+
+    def put_fields(self, entries: Iterable[tuple[str, Fields]]) -> None:
+        """Index the fields of many messages (by base name) in one
+        transaction, replacing any earlier values."""
+        with self._lock:
+            db = self._connect(True)
+            assert db is not None
+            for base, fields in entries:
+                _insert_fields(db, base, fields)
+            db.commit()
+
+    def match(self, field: str, needle: bytes) -> tuple[set[str], set[str]]:
+        """Which messages are indexed on C{field}, and which of them have a
+        value of it containing C{needle} (octet for octet): C{(indexed,
+        matching)}, sets of base names.  A message with no such field is
+        indexed and does not match; an empty C{needle} matches every
+        message that has the field."""
+        with self._lock:
+            db = self._connect(False)
+            if db is None:
+                return set(), set()
+            # One row with two long strings rather than a row per message:
+            # a Python object per row made this several times slower.  A
+            # base name has no "/" (it is a file name); instr() of two
+            # BLOBs compares octets; NULL is no such field.
+            indexed, matching = db.execute(
+                "SELECT group_concat(base, '/'), group_concat(CASE WHEN"
+                " value IS NOT NULL AND instr(value, ?) > 0 THEN base END, '/')"
+                " FROM fields WHERE field = ?",
+                (needle, field),
+            ).fetchone()
+        return _split(indexed), _split(matching)
 
     def forget(self, bases: Iterable[str]) -> None:
         """Remove every entry of these messages."""
@@ -136,7 +228,12 @@ class MessageCache:
             db = self._connect(False)
             if db is None:
                 return
+            bases = list(bases)
             db.executemany("DELETE FROM cache WHERE base = ?", [(b,) for b in bases])
+            db.executemany(
+                "DELETE FROM fields WHERE field = ? AND base = ?",
+                [(name, b) for name in _field_names(db) for b in bases],
+            )
             db.commit()
 
     def retain(self, bases: Iterable[str]) -> None:
@@ -155,6 +252,7 @@ class MessageCache:
                 "INSERT OR IGNORE INTO keep (base) VALUES (?)", [(b,) for b in bases]
             )
             db.execute("DELETE FROM cache WHERE base NOT IN (SELECT base FROM keep)")
+            db.execute("DELETE FROM fields WHERE base NOT IN (SELECT base FROM keep)")
             db.execute("DELETE FROM keep")
             db.commit()
 

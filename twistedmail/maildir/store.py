@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, NamedTuple, TypeVar, cast
 
 from twisted.internet.defer import Deferred
@@ -1224,9 +1224,27 @@ class Mailbox:
         base name, read in a few queries."""
         return self._cache.get_many(bases, key)
 
-    def cache_put(self, base: str, key: str, value: bytes) -> None:
-        """Cache a value for a message across restarts."""
-        self._cache.put(base, key, value)
+    def cache_put(
+        self,
+        base: str,
+        key: str,
+        value: bytes,
+        fields: Mapping[str, bytes | None] | None = None,
+    ) -> None:
+        """Cache a value for a message across restarts, and index its
+        C{fields} when given (L{cache.MessageCache.put})."""
+        self._cache.put(base, key, value, fields)
+
+    def cache_put_fields(
+        self, entries: Sequence[tuple[str, Mapping[str, bytes | None]]]
+    ) -> None:
+        """Index the fields of many messages (L{cache.MessageCache.put_fields})."""
+        self._cache.put_fields(entries)
+
+    def cache_match(self, field: str, needle: bytes) -> tuple[set[str], set[str]]:
+        """The messages indexed on a field and those whose value contains
+        C{needle} (L{cache.MessageCache.match})."""
+        return self._cache.match(field, needle)
 
     # Changing
 
