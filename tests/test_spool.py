@@ -302,6 +302,35 @@ class DurabilityTests(SpoolTestCase):
         self.assertEqual(self.files("queue"), [])
         self.assertEqual(self.successResultOf(self.spool.list()), [])
 
+    def test_remove_without_status(self) -> None:
+        """An entry this spool committed and never updated is removed whole
+        (it has no status file to remove)."""
+        queue_id = self.commit()
+        self.successResultOf(self.spool.remove(queue_id))
+        self.assertEqual(self.files("queue"), [])
+
+    def test_remove_after_restart(self) -> None:
+        """A spool that did not commit the entry (after a restart) also
+        removes the status file an earlier run wrote."""
+        queue_id = self.commit()
+        self.spool.update_status(queue_id, [RecipientRecord("x@example.com")])
+        self.clock.advance(0)
+        self.assertEqual(self.files("queue"), [queue_id, f"{queue_id}.status"])
+        later = Spool(self.path, self.clock, fsync=self.fsync)
+        self.successResultOf(later.remove(queue_id))
+        self.assertEqual(self.files("queue"), [])
+
+    def test_remove_after_status_written_later(self) -> None:
+        """A status file written after the commit is removed with the entry."""
+        queue_id = self.commit()
+        entry = self.successResultOf(self.spool.load(queue_id))
+        d = self.spool.update(replace(entry, held=True))
+        self.clock.advance(0)
+        self.successResultOf(d)
+        self.assertIn(f"{queue_id}.status", self.files("queue"))
+        self.successResultOf(self.spool.remove(queue_id))
+        self.assertEqual(self.files("queue"), [])
+
 
 class GroupCommitTests(SpoolTestCase):
     """Concurrent commits share folder fsyncs."""

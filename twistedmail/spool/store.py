@@ -728,6 +728,9 @@ class Spool:
         self._observers: list[Callable[[QueueEntry], None]] = []
         self._committer = _GroupCommit(self.queue_dir, clock, self.run, fsync)
         self._prepared = False
+        # Entries committed by this spool whose status file was never
+        # written: their removal skips unlinking a file that is not there.
+        self._no_status: set[str] = set()
 
     @property
     def queue_dir(self) -> str:
@@ -802,6 +805,7 @@ class Spool:
         )
 
         def committed(_: None) -> str:
+            self._no_status.add(entry.queue_id)
             if message is not None:
                 self._remember(entry.queue_id, message)
             self._announce(entry)
@@ -820,6 +824,7 @@ class Spool:
         """Rewrite an entry's status record atomically (temp, fsync, rename,
         folder fsync)."""
         tmp = self.tmp_path(entry.queue_id + ".status")
+        self._no_status.discard(entry.queue_id)
         return self._committer.commit(
             [(tmp, self.status_path(entry.queue_id))],
             writes=[(tmp, _status_bytes(entry))],
@@ -849,9 +854,14 @@ class Spool:
     def remove(self, queue_id: str) -> Deferred[None]:
         """Remove an entry (its entry file first, then its status file)."""
         self._forget(queue_id)
+        paths = [self.entry_path(queue_id)]
+        if queue_id in self._no_status:
+            self._no_status.discard(queue_id)
+        else:
+            paths.append(self.status_path(queue_id))
 
         def unlink() -> None:
-            for path in (self.entry_path(queue_id), self.status_path(queue_id)):
+            for path in paths:
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
