@@ -377,6 +377,46 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(error.reply, MAILBOX_FULL)
         self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 1)
 
+    def test_one_write_fails(self) -> None:
+        """A message file that cannot be created fails its item only: the
+        others of the batch are delivered, and the file in the way is left
+        alone."""
+        os.makedirs(os.path.join(self.path, "tmp"))
+        clash = os.path.join(self.path, "tmp", "clash")
+        with open(clash, "wb") as f:
+            f.write(b"someone else's")
+        # One call per item for its name in new/, then one for its tmp/ name.
+        names = iter(["first", "second", "third", "t1", "clash", "t3"])
+        results = deliver_batch(
+            self.path,
+            [Delivery(b"1\r\n", "Q1.a"), Delivery(b"2\r\n", "Q2.a")]
+            + [Delivery(b"3\r\n", "Q3.a")],
+            self.journal,
+            lambda size, token, now: next(names),
+            lambda p: 0,
+        )
+        self.assertIsInstance(results[1], FileExistsError)
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(self.path, "new"))), ["first", "third"]
+        )
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), ["clash"])
+        with open(clash, "rb") as f:
+            self.assertEqual(f.read(), b"someone else's")
+
+    def test_journal_sees_other_writers(self) -> None:
+        """After its own append the journal still notices records another
+        process appends, and keeps its own."""
+        first = self.batch(Delivery(b"one\r\n", "Q1.a"))
+        other = DeliveryJournal(self.path)
+        other.record(token_hash("Q9.a"), "99.M1Uother.host,S=3", 99.0)
+        second = self.batch(Delivery(b"two\r\n", "Q2.a"))
+        self.assertEqual(self.journal.lookup(token_hash("Q1.a")), first[0])
+        self.assertEqual(self.journal.lookup(token_hash("Q2.a")), second[0])
+        self.assertEqual(
+            self.journal.lookup(token_hash("Q9.a")), "99.M1Uother.host,S=3"
+        )
+        self.assertEqual(other.lookup(token_hash("Q2.a")), second[0])
+
     def test_file_system_error(self) -> None:
         """When the Maildir cannot be made, every item gets the error."""
         os.makedirs(self.root)

@@ -34,9 +34,10 @@ expunges.
 
 Batches: L{deliver_batch} delivers several messages into one Maildir with
 the same steps, sharing what can be shared: the lock is taken once, the
-journal gets all the batch's records with one write and one fsync, each
-message file is written and fsynced, and ``new/`` is fsynced once after the
-last link.  Each message still reaches ``new/`` only after its file and
+journal gets all the batch's records with one write and one fsync, every
+message file is written and then each is fsynced (step by step, so that
+one journal commit of the file system carries most of the batch), and
+``new/`` is fsynced once after the last link.  Each message still reaches ``new/`` only after its file and
 its journal record are on disk, so a batch is exactly as durable as single
 deliveries.  L{DeliveryBatches} gathers the deliveries that arrive while a
 batch runs into the next one (group commit), so concurrent deliveries cost
@@ -204,12 +205,19 @@ class DeliveryJournal:
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
         if created:
             fsync_directory(self.maildir)
         self._records.update(records)
-        self._catch_up()
+        if st.st_ino == self._inode and st.st_size == self._offset + len(data):
+            # Only our own append since the last read (the lock is held):
+            # no need to read back what was just written.
+            self._offset = st.st_size
+            self._torn = False
+        else:
+            self._catch_up()
 
     def _compact(self, now: float) -> None:
         keep = []
@@ -270,16 +278,20 @@ def deliver_batch(
         todo = _claim_names(path, items, journal, new_base, mailbox_size, results)
     except OSError as e:
         return [e] * len(items)
-    written: list[tuple[int, str, str]] = []
-    for i, base, token in todo:
-        item = items[i]
-        tmp = os.path.join(path, "tmp", new_base(len(item.message), token, item.now))
-        try:
-            write_message(tmp, item.message)
-        except OSError as e:
-            results[i] = e
-        else:
-            written.append((i, base, tmp))
+    written = _write_files(
+        [
+            (
+                i,
+                base,
+                os.path.join(
+                    path, "tmp", new_base(len(items[i].message), token, items[i].now)
+                ),
+            )
+            for i, base, token in todo
+        ],
+        items,
+        results,
+    )
     new = os.path.join(path, "new")
     linked: list[int] = []
     for i, base, tmp in written:
@@ -311,6 +323,62 @@ def deliver_batch(
             assert result is not None
         done.append(result)
     return done
+
+
+def _write_files(
+    todo: list[tuple[int, str, str]],
+    items: Sequence[Delivery],
+    results: list[str | Exception | None],
+) -> list[tuple[int, str, str]]:
+    """Write the batch's message files into ``tmp/``: every file first, then
+    an fsync of each, then the closes (blocking).
+
+    Step by step rather than file by file: with every file written before
+    the first fsync, the file system commits most of the batch's metadata
+    in one journal transaction, and the fsyncs that follow find little left
+    to do (less system time, less waiting).  A failed item is unlinked and
+    gets its error in C{results}; the others are returned as they came.
+
+    @param todo: (item index, base name, ``tmp/`` path) to write.
+    """
+    opened: list[tuple[int, str, str, int]] = []
+    failed: set[int] = set()
+    try:
+        for i, base, tmp in todo:
+            try:
+                fd = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                )
+            except OSError as e:
+                results[i] = e
+                failed.add(i)
+                continue
+            opened.append((i, base, tmp, fd))
+            try:
+                view = memoryview(items[i].message)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError as e:
+                results[i] = e
+                failed.add(i)
+        for i, _, _, fd in opened:
+            if i not in failed:
+                try:
+                    os.fsync(fd)
+                except OSError as e:
+                    results[i] = e
+                    failed.add(i)
+    finally:
+        for i, _, tmp, fd in opened:
+            try:
+                os.close(fd)
+            except OSError as e:
+                if i not in failed:
+                    results[i] = e
+                    failed.add(i)
+            if i in failed:
+                _unlink_quietly(tmp)
+    return [(i, base, tmp) for i, base, tmp, _ in opened if i not in failed]
 
 
 def _claim_names(
