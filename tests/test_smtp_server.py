@@ -663,6 +663,31 @@ class ReceivedTests(SynchronousTestCase):
             b"\tid abc; Thu, 01 Jan 1970 00:00:00 +0000\r\n",
         )
 
+    def test_address_literals(self) -> None:
+        """Each client address gets its own literal, the same every time
+        (they are cached): IPv4, IPv6 compressed, anything else unknown."""
+        for _ in range(2):
+            for ip, literal in (
+                ("192.0.2.1", b"[192.0.2.1]"),
+                ("2001:DB8:0:0::1", b"[IPv6:2001:db8::1]"),
+                ("", b"[unknown]"),
+                ("/run/mail.sock", b"[unknown]"),
+            ):
+                h = received_header(
+                    helo="client.example",
+                    client_ip=ip,
+                    hostname="mx.example",
+                    protocol="ESMTP",
+                    session_id="abc",
+                    tls=None,
+                    recipients=[],
+                    when=0,
+                )
+                self.assertTrue(
+                    h.startswith(b"Received: from client.example (%s)\r\n" % literal),
+                    h,
+                )
+
     def test_date_per_second(self) -> None:
         """The date is the arrival's second (fractions dropped), whatever
         header was made before it."""

@@ -139,11 +139,7 @@ def received_header(
         or the session id when the agent has no queue id.
     """
     name = helo if _HELO_TOKEN.match(helo) else "unknown"
-    try:
-        ip = ipaddress.ip_address(client_ip)
-        literal = f"[IPv6:{ip.compressed}]" if ip.version == 6 else f"[{ip}]"
-    except ValueError:
-        literal = "[unknown]"
+    literal = _address_literal(client_ip)
     date = _date_header(int(when))
     lines = [
         f"Received: from {name} ({literal})",
@@ -154,6 +150,17 @@ def received_header(
         lines.append(f"\tfor <{recipients[0]}>")
     lines[-1] += f"; {date}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+@functools.lru_cache(maxsize=256)
+def _address_literal(client_ip: str) -> str:
+    """The address literal of a client IP for the trace header (RFC 5321
+    §4.1.3); cached, since busy clients come back again and again."""
+    try:
+        ip = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return "[unknown]"
+    return f"[IPv6:{ip.compressed}]" if ip.version == 6 else f"[{ip}]"
 
 
 @functools.lru_cache(maxsize=4)
@@ -187,6 +194,7 @@ class SMTPServerProtocol(Protocol):
         self._data_timer: Any = None
         self._logouts: list[Callable[[], None]] = []
         self._peer = ""
+        self._peer_address: IAddress | None = None
         # The transaction's bare <Postmaster>: (the machine's address for it,
         # the address it is delivered to).
         self._postmaster: tuple[str, Address] | None = None
@@ -202,8 +210,9 @@ class SMTPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         """Greet the client, or refuse it when the limits are reached."""
         f = self.factory
-        self._peer = _peer_ip(self._transport.getPeer())
-        log_connection_opened(_log, f.role, self._transport.getPeer(), self.session_id)
+        peer = self._peer_address = self._transport.getPeer()
+        self._peer = _peer_ip(peer)
+        log_connection_opened(_log, f.role, peer, self.session_id)
         refusal = f.connection_opened(self._peer)
         if refusal is not None:
             self._close_reason = "too many connections"
@@ -240,10 +249,11 @@ class SMTPServerProtocol(Protocol):
         if self._counted:
             self.factory.connection_closed(self._peer)
             self._counted = False
+        peer = self._peer_address
         log_connection_closed(
             _log,
             self.factory.role,
-            self._transport.getPeer(),
+            self._transport.getPeer() if peer is None else peer,
             self.session_id,
             self._close_reason or "connection lost",
         )
@@ -486,17 +496,18 @@ class SMTPServerProtocol(Protocol):
         assert machine is not None
         self._agent_broken = False
         try:
+            recipients = self._rewrite_postmaster(event.envelope.recipients)
+            # The recipients are handed over one by one, as IDeliveryAgent
+            # says; an envelope holding them too would list each twice.
             envelope = replace(
                 event.envelope,
-                recipients=self._rewrite_postmaster(event.envelope.recipients),
+                recipients=(),
                 tls=self._tls_description(),
                 received_at=self.factory.reactor.seconds(),
             )
             agent = self._agent = self.factory.delivery_agent_factory()
-            # The recipients are handed over one by one, as IDeliveryAgent
-            # says; an envelope holding them too would list each twice.
-            agent.start(replace(envelope, recipients=()))
-            for r in envelope.recipients:
+            agent.start(envelope)
+            for r in recipients:
                 agent.add_recipient(r)
             queue_id = getattr(agent, "queue_id", None)
             agent.body(
@@ -507,7 +518,7 @@ class SMTPServerProtocol(Protocol):
                     protocol=envelope.protocol,
                     session_id=self.session_id,
                     tls=envelope.tls,
-                    recipients=[r.address for r in envelope.recipients],
+                    recipients=[r.address for r in recipients],
                     when=envelope.received_at,
                     queue_id=queue_id if isinstance(queue_id, str) else None,
                 )
@@ -735,13 +746,21 @@ class SMTPServerFactory(Factory):
         )
         self.connections = 0
         self._per_ip: dict[str, int] = {}
+        self._machine_configs: dict[bool, MachineConfig] = {}
 
     def buildProtocol(self, addr: IAddress | None) -> SMTPServerProtocol:  # type: ignore[override]
         """A protocol for one connection."""
         return SMTPServerProtocol(self)
 
     def machine_config(self, tls_active: bool) -> MachineConfig:
-        """The protocol options for this role."""
+        """The protocol options for this role (made once; the settings do
+        not change while the factory lives)."""
+        config = self._machine_configs.get(tls_active)
+        if config is None:
+            config = self._machine_configs[tls_active] = self._make_config()
+        return config
+
+    def _make_config(self) -> MachineConfig:
         s = self.smtp
         submission = self.role in ("submission", "submissions")
         can_auth = self.portal is not None and self.throttle is not None
