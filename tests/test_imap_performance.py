@@ -34,6 +34,7 @@ from twistedmail.imap._modseq import (
     MODSEQ_NAME,
     ModSeqIndex,
     flag_signature,
+    signature_of,
     signatures,
 )
 from twistedmail.maildir import Mailbox
@@ -113,6 +114,28 @@ class ModSeqIndexTests(SynchronousTestCase):
         infos = self.mailbox.messages()
         self.assertEqual(signatures(infos), [flag_signature(i) for i in infos])
         self.assertEqual(signatures(infos)[1], "FS $a $b")
+
+    def test_sync_columns(self) -> None:
+        """sync_columns, from UIDs and signatures, agrees with sync from
+        the messages: an unchanged snapshot keeps HIGHESTMODSEQ either
+        way, and a change found by one is not found again by the other."""
+        self.mailbox.set_flags(2, {"S", "F"}, {"$b", "$a"})
+        first = self.sync()
+        infos = self.mailbox.messages()
+        uids = [i.uid for i in infos]
+        sigs = [signature_of(i.flags, i.keywords) for i in infos]
+        self.assertEqual(sigs, signatures(infos))
+        other = ModSeqIndex(self.mailbox.path)
+        self.addCleanup(other.close)
+        self.assertEqual(
+            other.sync_columns(self.mailbox.uidvalidity, uids, sigs), first
+        )
+        self.mailbox.set_flags(3, {"S"})
+        sigs[2] = "S"
+        second = other.sync_columns(self.mailbox.uidvalidity, list(uids), sigs)
+        self.assertEqual(second, first + 1)
+        self.assertEqual(other.modseq(3), second)
+        self.assertEqual(self.sync(), second)
 
     def test_unchanged_no_new_modseq(self) -> None:
         """Syncing an unchanged snapshot again keeps HIGHESTMODSEQ."""

@@ -334,6 +334,48 @@ class FlagTests(StoreCase):
         mailbox.set_flags(1, {"T"})
         self.assertEqual(os.listdir(os.path.join(self.path, "cur")), [base + ":2,T"])
 
+    def test_flag_sets(self) -> None:
+        """flag_sets gives each message's info suffix in UID order and the
+        flags and keyword names of each distinct one, as messages() has
+        them."""
+        for i in range(4):
+            self.deliver(b"m", f"Q{i}")
+        mailbox = self.store.open_mailbox(self.path)
+        mailbox.set_flags(1, {"S"}, {"$Junk"})
+        mailbox.set_flags(2, {"S", "R"})
+        mailbox.set_flags(3, {"S"}, {"$Junk"})
+        suffixes, parsed = mailbox.flag_sets()
+        self.assertEqual(suffixes, [":2,Sa", ":2,RS", ":2,Sa", ""])
+        self.assertEqual(
+            [parsed[s] for s in suffixes],
+            [(i.flags, i.keywords) for i in mailbox.messages()],
+        )
+        empty = self.store.open_mailbox(self.store.folder_path(self.path), "INBOX")
+        empty.expunge([1, 2, 3, 4])
+        self.assertEqual(empty.flag_sets(), ([], {}))
+
+    def test_messages_later(self) -> None:
+        """messages_later's function gives messages() as it was when it was
+        made, also when flags change, messages are expunged or the mailbox
+        refreshes meanwhile, whether or not messages() had been made."""
+        for i in range(3):
+            self.deliver(b"m", f"Q{i}")
+        mailbox = self.store.open_mailbox(self.path)
+        mailbox.set_flags(2, {"F"}, {"$Label1"})
+        before = mailbox.messages()
+        later = mailbox.messages_later()
+        other = self.store.open_mailbox(self.path)
+        other_later = other.messages_later()
+        mailbox.set_flags(1, {"S"})
+        other.set_flags(3, {"D"})
+        mailbox.expunge([2])
+        mailbox.refresh(force=True)
+        other.refresh(force=True)
+        self.assertEqual(later(), before)
+        self.assertEqual(other_later(), before)
+        self.assertIsNot(later(), later())
+        self.assertEqual(len(mailbox.messages()), 2)
+
     def test_set_flags_gone(self) -> None:
         """set_flags on a message deleted by someone else fails cleanly."""
         base = self.deliver(b"m", "Q1")

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import bisect
 import operator
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from twistedmail.imap._format import format_flags
-from twistedmail.imap._modseq import ModSeqIndex
+from twistedmail.imap._modseq import ModSeqIndex, signature_of
 from twistedmail.imap._sequence import SequenceSet
 from twistedmail.maildir import Mailbox, MessageInfo
 
@@ -82,16 +83,13 @@ def ranges_to_set(numbers: Sequence[int]) -> bytes:
 
 
 _uid = operator.attrgetter("uid")
-_flags = operator.attrgetter("flags")
 
 
-def _first_unseen(infos: Sequence[MessageInfo]) -> int | None:
-    """The sequence number of the first message without ``\\Seen`` (in
-    C but for one test per distinct flag set), or None."""
-    flags = list(map(_flags, infos))
-    seen = {f for f in set(flags) if "S" in f}
+def _first_of(suffixes: list[str], unseen: set[str]) -> int | None:
+    """The sequence number of the first message whose info suffix is in
+    C{unseen} (a pass in C), or None."""
     try:
-        return list(map(seen.__contains__, flags)).index(False) + 1
+        return list(map(unseen.__contains__, suffixes)).index(True) + 1
     except ValueError:
         return None
 
@@ -124,7 +122,10 @@ class MailboxView:
         self.read_only = read_only
         self.modseqs = ModSeqIndex(mailbox.path)
         self.uids: list[int] = []
-        self.infos: dict[int, MessageInfo] = {}
+        self._infos: dict[int, MessageInfo] | None = {}
+        # Makes the messages of the snapshot SELECT took (see infos).
+        self._later: Callable[[], list[MessageInfo]] | None = None
+        self._infos_lock = threading.Lock()
         self.recent: set[int] = set()
         self.highest_modseq = 1
         self.uidvalidity = mailbox.uidvalidity
@@ -144,15 +145,47 @@ class MailboxView:
         return Snapshot(infos, recent, highest, self.mailbox.uidvalidity)
 
     def open(self) -> None:
-        """Take the first snapshot (blocking; SELECT)."""
-        snap = self.poll()
-        # Passes in C: a folder may hold 100,000 messages.
-        self.uids = list(map(_uid, snap.infos))
-        self.infos = dict(zip(self.uids, snap.infos, strict=True))
-        self.recent = set(snap.recent)
-        self.highest_modseq = snap.highest
-        self.uidvalidity = snap.uidvalidity
-        self.first_unseen = _first_unseen(snap.infos)
+        """Take the first snapshot (blocking; SELECT).
+
+        SELECT needs no per-message object: UIDs, flags (one per distinct
+        info suffix) and mod-sequences come column by column; the messages
+        themselves (L{infos}) are made when a later command first needs
+        them.
+        """
+        mailbox = self.mailbox
+        mailbox.refresh()
+        recent = [] if self.read_only else mailbox.take_recent()
+        uids = mailbox.uids()
+        suffixes, parsed = mailbox.flag_sets()
+        sig_of = {s: signature_of(f, k) for s, (f, k) in parsed.items()}
+        sigs = list(map(sig_of.__getitem__, suffixes))
+        self.highest_modseq = self.modseqs.sync_columns(
+            mailbox.uidvalidity, list(uids), sigs
+        )
+        self.uids = uids
+        self._later = mailbox.messages_later()
+        self._infos = None
+        self.recent = set(recent)
+        self.uidvalidity = mailbox.uidvalidity
+        unseen = {s for s, (f, _) in parsed.items() if "S" not in f}
+        self.first_unseen = _first_of(suffixes, unseen)
+
+    @property
+    def infos(self) -> dict[int, MessageInfo]:
+        """The messages as this session knows them, by UID (made on first
+        use after SELECT, in whichever thread asks first)."""
+        infos = self._infos
+        if infos is None:
+            with self._infos_lock:
+                infos = self._infos
+                if infos is None:
+                    assert self._later is not None
+                    made = self._later()
+                    # Passes in C: a folder may hold 100,000 messages.
+                    infos = dict(zip(map(_uid, made), made, strict=True))
+                    self._infos = infos
+                    self._later = None
+        return infos
 
     def close(self) -> None:
         """Release the folder and the index (blocking)."""

@@ -47,7 +47,13 @@ from collections.abc import Iterable, Sequence
 from twistedmail.maildir import MessageInfo
 from twistedmail.maildir.store import gc_paused
 
-__all__ = ["MODSEQ_NAME", "ModSeqIndex", "flag_signature", "signatures"]
+__all__ = [
+    "MODSEQ_NAME",
+    "ModSeqIndex",
+    "flag_signature",
+    "signature_of",
+    "signatures",
+]
 
 MODSEQ_NAME = "twistedmail-modseq.sqlite"
 _VERSION = 1
@@ -55,10 +61,16 @@ _VERSION = 1
 
 def flag_signature(info: MessageInfo) -> str:
     """The flags and keywords of a message as one comparable string."""
-    letters = "".join(sorted(info.flags))
-    if not info.keywords:
+    return signature_of(info.flags, info.keywords)
+
+
+def signature_of(flags: frozenset[str], keywords: frozenset[str]) -> str:
+    """The signature (L{flag_signature}) of these flag letters and keyword
+    names."""
+    letters = "".join(sorted(flags))
+    if not keywords:
         return letters
-    return letters + " " + " ".join(sorted(info.keywords))
+    return letters + " " + " ".join(sorted(keywords))
 
 
 _flags = operator.attrgetter("flags")
@@ -256,11 +268,19 @@ class ModSeqIndex:
         """
         # A change to every message makes a tuple or two per message.
         with gc_paused():
-            return self._sync(uidvalidity, infos)
+            return self._sync(uidvalidity, list(map(_uid, infos)), signatures(infos))
 
-    def _sync(self, uidvalidity: int, infos: Sequence[MessageInfo]) -> int:
-        uids = list(map(_uid, infos))
-        sigs = signatures(infos)
+    def sync_columns(self, uidvalidity: int, uids: list[int], sigs: list[str]) -> int:
+        """L{sync} from columns: the snapshot's UIDs, ascending, and the
+        L{flag_signature} of each message (no per-message object needed).
+
+        @param uids: kept by the index (not to be changed afterwards).
+        @return: HIGHESTMODSEQ afterwards.
+        """
+        with gc_paused():
+            return self._sync(uidvalidity, uids, sigs)
+
+    def _sync(self, uidvalidity: int, uids: list[int], sigs: list[str]) -> int:
         digest = _digest(uidvalidity, uids, sigs)
         db = self._connect()
         if not self._loaded and self._unchanged(db, uidvalidity, digest):

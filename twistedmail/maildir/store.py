@@ -160,6 +160,47 @@ _SUFFIX = re.compile(r"^[^:\n]*(.*)$", re.MULTILINE)
 _BASE = re.compile(r"([^/:]*)[^/]*/")
 
 
+def _parse_suffix(
+    suffix: str, keywords: KeywordMap
+) -> tuple[frozenset[str], frozenset[str]]:
+    """Flags and keyword names of an info suffix (``:2,RSa``)."""
+    _, flags, letters = parse_filename(suffix)
+    names = keywords.names
+    return flags, frozenset(names[ord(c) - 97] for c in letters if ord(c) - 97 in names)
+
+
+def _infos_of(
+    c: _Columns,
+    files: list[str],
+    flags_of: Callable[[str], tuple[frozenset[str], frozenset[str]]],
+) -> list[MessageInfo]:
+    """The L{MessageInfo} of each message of a snapshot's columns and file
+    names."""
+    # Every step is a pass in C (map, zip, one regular expression); only
+    # the few distinct info suffixes (":2,S", ":2,RS"...) are parsed in
+    # Python.
+    if not c.uids:
+        return []
+    suffixes = _SUFFIX.findall("\n".join(files))
+    parsed = {s: flags_of(s) for s in set(suffixes)}
+    known = list(map(parsed.__getitem__, suffixes))
+    return list(
+        map(
+            _make_info,
+            zip(
+                c.uids,
+                c.bases,
+                files,
+                c.sizes,
+                c.dates,
+                map(_first, known),
+                map(_second, known),
+                strict=True,
+            ),
+        )
+    )
+
+
 class _Columns:
     """A snapshot's columns, in UID order (never changed in place; the file
     names, which flag changes rename, are kept apart by each mailbox).
@@ -751,43 +792,52 @@ class Mailbox:
         return list(self._infos)
 
     def _make_infos(self) -> list[MessageInfo]:
-        # Every step is a pass in C (map, zip, one regular expression);
-        # only the few distinct info suffixes (":2,S", ":2,RS"...) are
-        # parsed in Python.
-        c = self._columns
-        if not c.uids:
-            return []
-        files = self._files
-        suffixes = _SUFFIX.findall("\n".join(files))
-        for suffix in set(suffixes).difference(self._suffixes):
-            self._flags_of(suffix)
-        known = list(map(self._suffixes.__getitem__, suffixes))
-        return list(
-            map(
-                _make_info,
-                zip(
-                    c.uids,
-                    c.bases,
-                    files,
-                    c.sizes,
-                    c.dates,
-                    map(_first, known),
-                    map(_second, known),
-                    strict=True,
-                ),
-            )
-        )
+        return _infos_of(self._columns, self._files, self._flags_of)
+
+    def messages_later(self) -> Callable[[], list[MessageInfo]]:
+        """A function that returns L{messages} as the snapshot is now, made
+        only when first called (a session's view of a folder of 100,000
+        messages needs them for FETCH or SEARCH, not for SELECT).  Later
+        refreshes and changes of this mailbox do not change its result.
+        Call it from one thread at a time."""
+        if self._infos is not None:
+            infos = list(self._infos)
+            return lambda: list(infos)
+        columns = self._columns
+        files = list(self._files)
+        keywords = self._keywords
+        suffixes = dict(self._suffixes)
+        made: list[list[MessageInfo]] = []
+
+        def flags_of(suffix: str) -> tuple[frozenset[str], frozenset[str]]:
+            parsed = suffixes.get(suffix)
+            if parsed is None:
+                parsed = suffixes[suffix] = _parse_suffix(suffix, keywords)
+            return parsed
+
+        def later() -> list[MessageInfo]:
+            if not made:
+                with gc_paused():
+                    made.append(_infos_of(columns, files, flags_of))
+            return list(made[0])
+
+        return later
+
+    def flag_sets(
+        self,
+    ) -> tuple[list[str], dict[str, tuple[frozenset[str], frozenset[str]]]]:
+        """Each message's flags without a per-message object: the info
+        suffix of each file name (``:2,RS``, or empty), in UID order, and
+        the flag letters and keyword names of each distinct suffix."""
+        suffixes = _SUFFIX.findall("\n".join(self._files)) if self._files else []
+        parsed = {s: self._flags_of(s) for s in set(suffixes)}
+        return suffixes, parsed
 
     def _flags_of(self, suffix: str) -> tuple[frozenset[str], frozenset[str]]:
         """Flags and keyword names of an info suffix (``:2,RSa``)."""
         parsed = self._suffixes.get(suffix)
         if parsed is None:
-            _, flags, letters = parse_filename(suffix)
-            names = self._keywords.names
-            keywords = frozenset(
-                names[ord(c) - 97] for c in letters if ord(c) - 97 in names
-            )
-            parsed = self._suffixes[suffix] = (flags, keywords)
+            parsed = self._suffixes[suffix] = _parse_suffix(suffix, self._keywords)
         return parsed
 
     def _position(self, uid: int) -> int | None:
