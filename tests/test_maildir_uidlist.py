@@ -94,6 +94,37 @@ class FormatTests(SynchronousTestCase):
         ):
             self.assertRaises(UIDListError, parse_uidlist, data)
 
+    def test_split_and_regex_agree(self) -> None:
+        """Lists whose base names have no space are split at spaces, others
+        go through the line expression: both read the same columns, and a
+        list mixing both kinds of names is read line by line."""
+        spaceless = b"twistedmail-uidlist 1 V7 N9\n1 5 6 b\n3 7 8 c,S=8:x\n"
+        ul = parse_uidlist(spaceless)
+        self.assertEqual(
+            (ul.uids, ul.dates, ul.sizes, ul.bases),
+            ([1, 3], [5, 7], [6, 8], ["b", "c,S=8:x"]),
+        )
+        mixed = parse_uidlist(b"twistedmail-uidlist 1 V7 N9\n1 5 6 b b\n3 7 8 c\n")
+        self.assertEqual(mixed.bases, ["b b", "c"])
+        self.assertEqual(
+            (mixed.uids, mixed.dates, mixed.sizes), ([1, 3], [5, 7], [6, 8])
+        )
+
+    def test_split_errors(self) -> None:
+        """A list with as many spaces as well-formed lines would have, but
+        a line short of a field and another with a space in its name, is
+        refused (not read with its fields shifted); so are number fields
+        that int() takes but the format does not (signs, underscores,
+        other digits)."""
+        for data in (
+            b"twistedmail-uidlist 1 V7 N9\n1 2 3 x 5\n6 7 8\n",
+            b"twistedmail-uidlist 1 V7 N9\n+1 5 6 b\n",
+            b"twistedmail-uidlist 1 V7 N9\n1 5_0 6 b\n",
+            "twistedmail-uidlist 1 V7 N9\n1 \u0665 6 b\n".encode(),
+            b"twistedmail-uidlist 1 V7 N9\n1  6 b\n",
+        ):
+            self.assertRaises(UIDListError, parse_uidlist, data)
+
     def test_dovecot_v1(self) -> None:
         """Dovecot's old version-1 list is understood too."""
         folder = self.mktemp()
