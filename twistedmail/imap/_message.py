@@ -66,6 +66,7 @@ from typing import NamedTuple, Protocol
 
 from twistedmail.imap._format import MAX_QUOTED, format_list
 from twistedmail.imap._types import BodySection
+from twistedmail.maildir.cache import INDEXED_FIELDS
 
 __all__ = [
     "CACHE_KEY",
@@ -775,11 +776,10 @@ class BatchedHeaders:
 
 
 #: The header fields whose decoded values the folder cache indexes for
-#: SEARCH (L{search_fields}): those of SEARCH's own keys.
-SEARCH_FIELDS = ("subject", "from", "to", "cc", "bcc")
+#: SEARCH (L{search_fields}): those of SEARCH's own keys.  A change to what
+#: L{search_fields} stores takes a new cache format version.
+SEARCH_FIELDS = INDEXED_FIELDS
 
-# The index name of a field: a change to what is indexed takes a new prefix.
-_FIELD_INDEX = "imap-search-1:"
 _SEARCH_FIELD_LINE = re.compile(
     rb"(?im)^(" + rb"|".join(f.encode() for f in SEARCH_FIELDS) + rb")[ \t]*:"
     rb"([^\n]*(?:\n[ \t][^\n]*)*)"
@@ -798,7 +798,7 @@ def _folded(value: bytes) -> bytes:
 
 def search_fields(header: bytes) -> dict[str, bytes | None]:
     """A header block's L{SEARCH_FIELDS} for the cache's field index, by
-    index name: each field's values (as L{field_values} finds them),
+    field name: each field's values (as L{field_values} finds them),
     decoded and case-folded (L{decode_header_value}, C{str.casefold}),
     UTF-8, joined by NUL; None for a field the header does not have.
 
@@ -806,11 +806,14 @@ def search_fields(header: bytes) -> dict[str, bytes | None]:
     in one of the values (a match across the join would hold the NUL)."""
     found: dict[bytes, list[bytes]] = {}
     for m in _SEARCH_FIELD_LINE.finditer(header):
-        found.setdefault(m.group(1).lower(), []).append(_folded(_unfold(m.group(2))))
+        raw = m.group(2)
+        # _unfold, without its substitution for the many unfolded values.
+        value = _unfold(raw) if b"\n" in raw else raw.strip(_WSP)
+        found.setdefault(m.group(1).lower(), []).append(_folded(value))
     out: dict[str, bytes | None] = {}
     for name in SEARCH_FIELDS:
         values = found.get(name.encode())
-        out[_FIELD_INDEX + name] = None if values is None else b"\0".join(values)
+        out[name] = None if values is None else b"\0".join(values)
     return out
 
 
@@ -848,9 +851,8 @@ def indexed_matches(
     """
     if field not in SEARCH_FIELDS or "\0" in needle:
         return None
-    name = _FIELD_INDEX + field
     raw = needle.encode("utf-8", "surrogatepass")
-    indexed, matching = cache.cache_match(name, raw)
+    indexed, matching = cache.cache_match(field, raw)
     missing = [b for b in bases if b not in indexed]
     entries: list[tuple[str, Mapping[str, bytes | None]]] = []
     for i in range(0, len(missing), BatchedHeaders.BATCH):
@@ -862,7 +864,7 @@ def indexed_matches(
             fields = search_fields(header)
             entries.append((base, fields))
             indexed.add(base)
-            value = fields[name]
+            value = fields[field]
             if value is not None and raw in value:
                 matching.add(base)
     if entries:
