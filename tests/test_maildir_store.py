@@ -21,6 +21,7 @@ from twistedmail.maildir import (
     NoSuchFolderError,
     NoSuchMessageError,
 )
+from twistedmail.maildir.names import delivery_order, size_from_base
 from twistedmail.maildir.uidlist import UIDLIST_NAME, read_uidlist
 
 
@@ -649,6 +650,81 @@ class FolderTests(StoreCase):
         self.assertEqual(self.store.subscriptions(self.path), ["INBOX"])
         with open(os.path.join(self.path, "subscriptions"), "rb") as f:
             self.assertEqual(f.read(), b"INBOX\n")
+
+
+class FirstIndexTests(StoreCase):
+    """The first indexing of a folder gives its messages UIDs in delivery
+    order, dates and sizes by passes over all of them; the result is what
+    one look at each file (L{delivery_order}, L{size_from_base}, the
+    file's mtime and size) gives."""
+
+    NAMES = (
+        "1700000005.M000002P1Q3.host,S=4",
+        "1700000005.M10P1Q1.host,S=999",  # unpadded M: read as a number
+        "1700000005.M9P1Q2.host,S=7,W=8",
+        "1700000004.12345.qmail",  # qmail: no M, no Q, no size
+        "1700000004.M5.x,S=12x,S=3",  # the first well-formed ,S= counts
+        "weird-name",  # no time in the name: the file's time
+        "a name with spaces,S=2",
+        "1699999999.P1Q10M4.odd,S=1",
+        "",  # a file named ":2,S": an empty base name
+    )
+
+    def make_folder(self, names: tuple[str, ...], in_new: bool = False) -> None:
+        os.makedirs(self.path)
+        for sub in ("cur", "new", "tmp"):
+            os.mkdir(os.path.join(self.path, sub))
+        for i, base in enumerate(names):
+            name = f"new/{base}" if in_new and base else f"cur/{base}:2,S"
+            write_file(os.path.join(self.path, name), b"x" * (i + 1), 1_600_000_000 + i)
+
+    def expected(self, names: tuple[str, ...]) -> list[tuple[str, int, int]]:
+        rows = []
+        for i, base in enumerate(names):
+            date = 1_600_000_000 + i
+            size = size_from_base(base)
+            rows.append(
+                (
+                    delivery_order(base, date),
+                    base,
+                    date,
+                    i + 1 if size is None else size,
+                )
+            )
+        rows.sort()
+        return [(base, date, size) for _, base, date, size in rows]
+
+    def test_order_dates_sizes(self) -> None:
+        """UIDs follow delivery_order; dates are the files' mtimes; sizes
+        come from ,S= or else the file; the UID list says the same after a
+        restart."""
+        self.make_folder(self.NAMES)
+        mailbox = self.store.open_mailbox(self.path)
+        got = [(i.base, i.internal_date, i.size) for i in mailbox.messages()]
+        self.assertEqual(got, self.expected(self.NAMES))
+        self.assertEqual([i.uid for i in mailbox.messages()], list(range(1, 10)))
+        self.restart()
+        again = self.store.open_mailbox(self.path).messages()
+        self.assertEqual([(i.base, i.internal_date, i.size) for i in again], got)
+
+    def test_new_messages_later(self) -> None:
+        """Messages found later (new/ and cur/) get the next UIDs in
+        delivery order after the listed ones."""
+        self.make_folder(self.NAMES[:3])
+        mailbox = self.store.open_mailbox(self.path)
+        for i, base in enumerate(self.NAMES[3:6]):
+            write_file(
+                os.path.join(self.path, "new", base), b"y" * (i + 1), 1_600_000_100
+            )
+        mailbox.refresh(force=True)
+        infos = mailbox.messages()
+        self.assertEqual([i.uid for i in infos], list(range(1, 7)))
+        later = [(b, 1_600_000_100, s) for b, _, s in self.expected(self.NAMES[3:6])]
+        self.assertEqual(
+            [(i.base, i.internal_date) for i in infos[3:]],
+            [(b, d) for b, d, _ in later],
+        )
+        self.assertEqual(mailbox.next_uid, 7)
 
 
 class MigrationTests(StoreCase):

@@ -201,6 +201,19 @@ def _infos_of(
     )
 
 
+#: Per line of base names: the digits of the first ``,S=<size>`` field
+#: (L{names.size_from_base}), or empty.
+_SIZES = re.compile(r"^(?:[^\n]*?,S=([0-9]+)(?=,|$))?[^\n]*$", re.MULTILINE)
+#: Per line of base names: the groups of L{names.delivery_order}'s
+#: expression (seconds, microseconds, counter), empty where absent.
+_ORDERS = re.compile(
+    r"^(?:([0-9]+)\.(?:[^.\n]*?M([0-9]+))?(?:[^.\n]*?Q([0-9]+))?)?[^\n]*$",
+    re.MULTILINE,
+)
+_st_mtime = operator.attrgetter("st_mtime")
+_st_size = operator.attrgetter("st_size")
+
+
 class _Columns:
     """A snapshot's columns, in UID order (never changed in place; the file
     names, which flag changes rename, are kept apart by each mailbox).
@@ -1167,8 +1180,15 @@ class Mailbox:
                     files.setdefault(b, where)
                 gone = [b for b in gone if b not in files]
             fresh = []
-            vanished = []
-            for base in files.keys() - listed:
+            vanished: list[str] = []
+            added = None if imported else self._fresh_columns(files, listed)
+            if added is not None and added[0]:
+                bases, dates, sizes = added
+                first = ul.next_uid
+                ul.extend_columns(
+                    list(range(first, first + len(bases))), dates, sizes, bases
+                )
+            for base in files.keys() - listed if added is None else ():
                 filename = files[base]
                 try:
                     st = os.stat(os.path.join(self.path, filename))
@@ -1197,7 +1217,7 @@ class Mailbox:
                 else:
                     ul.add_new(base, date, size)
             ul.remove(gone)
-            if dirty or fresh or gone:
+            if dirty or fresh or (added and added[0]) or gone:
                 self._save(ul, dirty)
             self._uidlist_stat = self._list_stat()
         if gone:
@@ -1208,6 +1228,69 @@ class Mailbox:
         for base in vanished:
             del files[base]
         return ul, files
+
+    def _fresh_columns(
+        self, files: dict[str, str], listed: set[str]
+    ) -> tuple[list[str], list[int], list[int]] | None:
+        """The messages on disk that the UID list lacks, in delivery order,
+        as columns: base names, dates, sizes; None when a file vanished
+        meanwhile (the caller then goes file by file).
+
+        What the file-by-file way gives, made by passes in C for 100,000
+        messages: each file's mtime (one ``stat``, relative to the
+        folder's descriptor), its size from ``,S=`` (else the file's), and
+        the order of L{delivery_order}.
+        """
+        bases = list(files.keys() - listed)
+        if not bases:
+            return [], [], []
+        folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            stats = list(
+                map(
+                    functools.partial(os.stat, dir_fd=folder),
+                    map(files.__getitem__, bases),
+                )
+            )
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(folder)
+        joined = "\n".join(bases)
+        size_texts = _SIZES.findall(joined)
+        orders = _ORDERS.findall(joined)
+        if len(size_texts) != len(bases) or len(orders) != len(bases):
+            return None  # cannot happen: one match per line
+        dates = list(map(int, map(_st_mtime, stats)))
+        if all(size_texts):
+            sizes = list(map(int, size_texts))
+        else:
+            sizes = [
+                int(t) if t else st
+                for t, st in zip(size_texts, map(_st_size, stats), strict=True)
+            ]
+        del stats
+        secs, usecs, counters = zip(*orders, strict=True)
+        del orders
+        if all(secs):
+            firsts = list(map(int, secs))
+        else:
+            firsts = [int(t) if t else d for t, d in zip(secs, dates, strict=True)]
+        # The key of delivery_order, then the columns (base names are
+        # unique, so the sort never compares past them).
+        rows = sorted(
+            zip(
+                firsts,
+                map(int, map("0".__add__, usecs)),
+                map(int, map("0".__add__, counters)),
+                bases,
+                dates,
+                sizes,
+                strict=True,
+            )
+        )
+        _, _, _, ordered, dates_in_order, sizes_in_order = zip(*rows, strict=True)
+        return list(ordered), list(dates_in_order), list(sizes_in_order)
 
     def _rebuild(self, ul: UIDList, found: list[str | None]) -> bool:
         """Make the snapshot from the UID list and each listed message's
