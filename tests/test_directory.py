@@ -130,6 +130,28 @@ class DirectoryContractMixin:
         self.assertTrue(verifyObject(IDirectoryAdmin, self.directory))
 
     @deferred_test
+    async def test_generation_moves_with_changes(self) -> None:
+        """generation() (for the alias expander's cache) gives a number that
+        moves with every change and stays put without one."""
+        d: Any = self.directory
+        seen = [d.generation()]
+        self.assertEqual(d.generation(), seen[0])
+        for change in (
+            lambda: d.add_domain("a.test"),
+            lambda: d.add_user(ALICE),
+            lambda: d.set_password(ALICE.address, "x"),
+            lambda: d.set_enabled(ALICE.address, False),
+            lambda: d.add_alias("list@a.test", (ALICE.address,)),
+            lambda: d.remove_alias("list@a.test"),
+            lambda: d.remove_user(ALICE.address),
+            lambda: d.remove_domain("a.test"),
+        ):
+            await change()
+            seen.append(d.generation())
+        self.assertNotIn(None, seen)
+        self.assertEqual(len(set(seen)), len(seen), seen)
+
+    @deferred_test
     async def test_empty(self) -> None:
         """A new directory holds nothing and knows no domain."""
         self.assertEqual(await snapshot(self.directory), ([], [], []))
@@ -791,6 +813,26 @@ class SQLiteCacheTests(TestCase):
         await late
 
     @deferred_test
+    async def test_generation_follows_other_connections(self) -> None:
+        """Another connection's commit moves generation() once the change
+        counter shows it (check_interval later), as it drops the cache."""
+        directory = await self.open()
+        before = directory.generation()
+        _insert_user(self.path, BOB)
+        self.assertEqual(directory.generation(), before)
+        self.clock.advance(CHECK_INTERVAL)
+        after = directory.generation()
+        self.assertIsNotNone(after)
+        self.assertNotEqual(after, before)
+        self.assertEqual(directory.generation(), after)
+
+    @deferred_test
+    async def test_no_generation_without_cache(self) -> None:
+        """With cache_size 0 generation() is None: nothing may be kept."""
+        directory = await self.open(cache_size=0)
+        self.assertIsNone(directory.generation())
+
+    @deferred_test
     async def test_off(self) -> None:
         """With cache_size 0 every lookup is a query."""
         directory = await self.open(cache_size=0)
@@ -1159,6 +1201,18 @@ class FilesReloadTests(FilesTestMixin, SynchronousTestCase):
         self.assertFalse(self.successResultOf(directory.is_local_domain("b.test")))
         self.clock.advance(1)
         self.assertTrue(self.successResultOf(directory.is_local_domain("b.test")))
+
+    def test_reload_moves_generation(self) -> None:
+        """A reload moves generation(); a check that finds nothing new does
+        not."""
+        self.write("domains", "a.test\n")
+        directory = self.started()
+        first = directory.generation()
+        self.clock.advance(self.interval)
+        self.assertEqual(directory.generation(), first)
+        self.write("domains", "a.test\nb.test\n")
+        self.clock.advance(self.interval)
+        self.assertNotEqual(directory.generation(), first)
 
     def test_reload_on_new_inode(self) -> None:
         """A file replaced by one of the same size and mtime is noticed too."""

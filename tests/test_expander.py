@@ -1103,3 +1103,162 @@ class PropertyTests(SynchronousTestCase):
 
         alias_users = {k for k in aliases if k in enabled}
         self.assertEqual(set(keys) - alias_users, _reference(graph))
+
+
+class _CountingDirectory(MemoryDirectory):
+    """A memory directory that counts the lookups the expander makes."""
+
+    lookups = 0
+
+    def is_local_domain(self, domain: str) -> Deferred[bool]:
+        self.lookups += 1
+        return super().is_local_domain(domain)
+
+    def get_user(self, address: str) -> Deferred[User | None]:
+        self.lookups += 1
+        return super().get_user(address)
+
+    def get_alias(self, address: str) -> Deferred[tuple[str, ...] | None]:
+        self.lookups += 1
+        return super().get_alias(address)
+
+
+class _NoGeneration:
+    """A directory that cannot tell when it changed (no generation())."""
+
+    def __init__(self, inner: MemoryDirectory) -> None:
+        self.inner = inner
+        self.lookups = 0
+
+    def is_local_domain(self, domain: str) -> Deferred[bool]:
+        self.lookups += 1
+        return self.inner.is_local_domain(domain)
+
+    def get_user(self, address: str) -> Deferred[User | None]:
+        self.lookups += 1
+        return self.inner.get_user(address)
+
+    def get_alias(self, address: str) -> Deferred[tuple[str, ...] | None]:
+        self.lookups += 1
+        return self.inner.get_alias(address)
+
+
+class CacheTests(SynchronousTestCase):
+    """Expansions are kept while the directory's generation stays put."""
+
+    def setUp(self) -> None:
+        self.directory = _CountingDirectory(
+            (D, OTHER), (ALICE, BOB, CAROL), {f"list@{D}": ("alice", "bob")}
+        )
+
+    def expander(self, **kwargs: Any) -> AliasExpander:
+        return AliasExpander(self.directory, AliasSettings(), **kwargs)
+
+    def expand(self, expander: AliasExpander, address: str) -> Expansion:
+        return self.successResultOf(expander.expand(Address.parse(address, utf8=True)))
+
+    def test_second_expansion_kept(self) -> None:
+        """The same address again gets the same answer without a lookup;
+        unknown users and remote addresses too."""
+        expander = self.expander()
+        for address in (f"list@{D}", f"nobody@{D}", "x@remote.test"):
+            first = self.expand(expander, address)
+            lookups = self.directory.lookups
+            self.assertEqual(self.expand(expander, address), first)
+            self.assertEqual(self.directory.lookups, lookups)
+
+    def test_same_as_uncached(self) -> None:
+        """A kept answer equals what a fresh expansion gives."""
+        expander = self.expander()
+        fresh = self.expander(cache_size=0)
+        for address in (f"list@{D}", f"Alice@{D}", f"alice+tag@{D}", f"nobody@{D}"):
+            self.expand(expander, address)
+            self.assertEqual(
+                self.expand(expander, address), self.expand(fresh, address)
+            )
+
+    def test_form_as_given(self) -> None:
+        """Addresses that differ only in case are kept apart (the steps and
+        remote destinations show the form given)."""
+        expander = self.expander()
+        upper = self.expand(expander, "Bob@remote.test")
+        lower = self.expand(expander, "bob@remote.test")
+        self.assertEqual(upper.destinations, (RemoteAddress("Bob@remote.test"),))
+        self.assertEqual(lower.destinations, (RemoteAddress("bob@remote.test"),))
+
+    def test_change_seen(self) -> None:
+        """After a change to the directory the next expansion asks again and
+        sees it."""
+        expander = self.expander()
+        self.assertEqual(
+            self.expand(expander, f"list@{D}").destinations,
+            (mailbox(ALICE), mailbox(BOB)),
+        )
+        self.successResultOf(self.directory.add_alias(f"list@{D}", ("carol",)))
+        self.assertEqual(
+            self.expand(expander, f"list@{D}").destinations,
+            (mailbox(ALICE), mailbox(BOB), mailbox(CAROL)),
+        )
+        self.successResultOf(self.directory.set_enabled(ALICE.address, False))
+        self.assertEqual(
+            self.expand(expander, ALICE.address).failures,
+            (DisabledUser(ALICE.address),),
+        )
+
+    def test_change_during_expansion_not_kept(self) -> None:
+        """An expansion that waited on the directory while it changed is
+        not kept."""
+        waiting: list[Deferred[User | None]] = []
+
+        class Slow(_CountingDirectory):
+            def get_user(self, address: str) -> Deferred[User | None]:
+                d: Deferred[User | None] = Deferred()
+                waiting.append(d)
+                return d
+
+        slow = Slow((D,), (ALICE,))
+        expander = AliasExpander(slow, AliasSettings())
+        d = expander.expand(Address.parse(ALICE.address))
+        self.successResultOf(slow.set_enabled(ALICE.address, False))
+        waiting.pop().callback(ALICE)
+        self.assertEqual(self.successResultOf(d).destinations, (mailbox(ALICE),))
+        again = expander.expand(Address.parse(ALICE.address))
+        self.assertNoResult(again)
+        self.assertEqual(len(waiting), 1)
+
+    def test_include_not_kept(self) -> None:
+        """Expansions that read an include file are made afresh each time
+        (the file can change on its own)."""
+        files = {"/etc/list": "alice\n"}
+        self.successResultOf(
+            self.directory.add_alias(f"inc@{D}", (":include:/etc/list",))
+        )
+        expander = self.expander(read_include=memory_reader(files))
+        self.assertEqual(
+            self.expand(expander, f"inc@{D}").destinations, (mailbox(ALICE),)
+        )
+        files["/etc/list"] = "bob\n"
+        self.assertEqual(
+            self.expand(expander, f"inc@{D}").destinations, (mailbox(BOB),)
+        )
+
+    def test_without_generation(self) -> None:
+        """A directory without generation() is asked every time."""
+        plain = _NoGeneration(self.directory)
+        expander = AliasExpander(plain, AliasSettings())  # type: ignore[arg-type]
+        self.expand(expander, ALICE.address)
+        lookups = plain.lookups
+        self.expand(expander, ALICE.address)
+        self.assertEqual(plain.lookups, 2 * lookups)
+
+    def test_bounded(self) -> None:
+        """At most cache_size expansions are kept; the oldest goes first."""
+        expander = self.expander(cache_size=2)
+        for address in (ALICE.address, BOB.address, CAROL.address):
+            self.expand(expander, address)
+        lookups = self.directory.lookups
+        self.expand(expander, CAROL.address)
+        self.expand(expander, BOB.address)
+        self.assertEqual(self.directory.lookups, lookups)
+        self.expand(expander, ALICE.address)
+        self.assertGreater(self.directory.lookups, lookups)

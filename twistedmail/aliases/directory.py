@@ -48,6 +48,13 @@ class MemoryDirectory:
         self._domains: set[str] = set(domains)
         self._users: dict[str, User] = {u.address: u for u in users}
         self._aliases: dict[str, tuple[str, ...]] = dict(aliases or {})
+        self._generation = 0
+
+    def generation(self) -> int:
+        """A number that changes whenever an answer may have changed (every
+        change through the admin methods moves it), for the alias
+        expander's cache."""
+        return self._generation
 
     def start(self) -> Deferred[None]:
         """Nothing to open; here for symmetry with the other backends."""
@@ -91,12 +98,14 @@ class MemoryDirectory:
     # IDirectoryAdmin
 
     def add_domain(self, domain: str) -> Deferred[None]:
+        self._generation += 1
         if domain in self._domains:
             return fail(DirectoryError(f"domain {domain} exists already"))
         self._domains.add(domain)
         return succeed(None)
 
     def remove_domain(self, domain: str) -> Deferred[None]:
+        self._generation += 1
         if domain not in self._domains:
             return fail(DirectoryError(f"no domain {domain}"))
         if any(u.domain == domain for u in self._users.values()) or any(
@@ -107,6 +116,7 @@ class MemoryDirectory:
         return succeed(None)
 
     def add_user(self, user: User) -> Deferred[None]:
+        self._generation += 1
         if user.domain not in self._domains:
             return fail(DirectoryError(f"{user.domain} is not a local domain"))
         if user.address in self._users:
@@ -117,6 +127,7 @@ class MemoryDirectory:
     def _change_user(self, address: str, **changes: object) -> Deferred[None]:
         from dataclasses import replace
 
+        self._generation += 1
         user = self._users.get(address)
         if user is None:
             return fail(DirectoryError(f"no user {address}"))
@@ -130,11 +141,13 @@ class MemoryDirectory:
         return self._change_user(address, enabled=enabled)
 
     def remove_user(self, address: str) -> Deferred[None]:
+        self._generation += 1
         if self._users.pop(address, None) is None:
             return fail(DirectoryError(f"no user {address}"))
         return succeed(None)
 
     def add_alias(self, address: str, targets: tuple[str, ...]) -> Deferred[None]:
+        self._generation += 1
         if domain_of(address) not in self._domains:
             return fail(DirectoryError(f"{domain_of(address)} is not a local domain"))
         if not targets:
@@ -146,6 +159,7 @@ class MemoryDirectory:
     def remove_alias(
         self, address: str, targets: tuple[str, ...] = ()
     ) -> Deferred[None]:
+        self._generation += 1
         old = self._aliases.get(address)
         if old is None:
             return fail(DirectoryError(f"no alias {address}"))

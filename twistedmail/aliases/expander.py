@@ -38,6 +38,16 @@ program and file targets are refused unless the settings allow them.
 
 Directory errors are not expansion results: they fail the returned Deferred,
 and the caller answers ``451 4.3.0``.
+
+Each recipient is expanded twice on its way in: at RCPT by the SMTP server,
+then by the queue runner after spooling, a few milliseconds later.  So the
+expander keeps its answers (at most C{cache_size}) when the directory can
+tell that nothing changed since: a directory with a C{generation()} method
+returns a number that moves whenever any of its answers may have changed
+(or None while it cannot tell), and a kept expansion is used only under the
+number it was made under.  Expansions that read an include file are never
+kept (the file can change without the directory), nor are expansions of a
+directory without C{generation()}.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
 from twistedmail.address import Address, AddressError
 from twistedmail.config import AliasSettings
@@ -64,6 +74,7 @@ from twistedmail.replies import (
 )
 
 __all__ = [
+    "CACHE_SIZE",
     "MAX_INCLUDE_SIZE",
     "AliasExpander",
     "AliasLoop",
@@ -92,6 +103,9 @@ __all__ = [
 # An include file is a mailing list, not a database: anything bigger is
 # refused rather than read into memory.
 MAX_INCLUDE_SIZE = 1024 * 1024
+
+#: How many expansions the expander keeps by default (module docstring).
+CACHE_SIZE = 4096
 
 _INCLUDE = ":include:"
 
@@ -488,6 +502,8 @@ class AliasExpander:
         text or fails with OSError or ValueError.  Defaults to
         C{include_reader()}, which reads on the calling thread; the service
         passes one that reads in a thread pool.
+    @param cache_size: how many expansions to keep (module docstring); 0
+        keeps none.
     @raise AddressError: when C{settings.postmaster} is not an address (the
         configuration loader checks this).
     """
@@ -497,6 +513,8 @@ class AliasExpander:
         directory: IDirectory,
         settings: AliasSettings,
         read_include: IncludeReader | None = None,
+        *,
+        cache_size: int = CACHE_SIZE,
     ) -> None:
         self._directory = directory
         self._settings = settings
@@ -506,6 +524,13 @@ class AliasExpander:
             if settings.postmaster
             else None
         )
+        generation = getattr(directory, "generation", None)
+        self._generation: Callable[[], int | None] | None = (
+            generation if callable(generation) and cache_size > 0 else None
+        )
+        self._cache_size = cache_size
+        # The address as given -> (the directory's generation, its expansion).
+        self._cache: dict[str, tuple[int, Expansion]] = {}
 
     def expand(self, address: Address) -> Deferred[Expansion]:
         """Resolve one recipient.
@@ -513,7 +538,35 @@ class AliasExpander:
         @return: a Deferred firing with the L{Expansion}; it fails only when
             the directory fails.
         """
-        return Deferred.fromCoroutine(self._expand(address))
+        if self._generation is None:
+            return Deferred.fromCoroutine(self._expand(address))
+        generation = self._generation()
+        if generation is None:
+            return Deferred.fromCoroutine(self._expand(address))
+        # The form as given, not the key: the steps and remote destinations
+        # show it.
+        shown = str(address)
+        hit = self._cache.get(shown)
+        if hit is not None and hit[0] == generation:
+            return succeed(hit[1])
+        d = Deferred.fromCoroutine(self._expand(address))
+        d.addCallback(self._keep, shown, generation)
+        return d
+
+    def _keep(self, expansion: Expansion, shown: str, generation: int) -> Expansion:
+        """Keep an expansion made under C{generation}, unless the directory
+        changed meanwhile or it read an include file."""
+        assert self._generation is not None
+        if self._generation() != generation or any(
+            step.how is How.INCLUDE for step in expansion.steps
+        ):
+            return expansion
+        cache = self._cache
+        if shown not in cache and len(cache) >= self._cache_size:
+            # Evict the oldest (dicts keep insertion order).
+            del cache[next(iter(cache))]
+        cache[shown] = (generation, expansion)
+        return expansion
 
     async def _expand(self, address: Address) -> Expansion:
         # Depth first with an explicit stack rather than recursion, so that a

@@ -606,6 +606,13 @@ class FilesDirectory:
         self._seen: _Stats | None = None
         self._broken: DirectoryFileError | None = None
         self._loop: LoopingCall | None = None
+        self._generation = 0
+
+    def generation(self) -> int:
+        """A number that changes whenever an answer may have changed (each
+        reload of the files and each change moves it), for the alias
+        expander's cache."""
+        return self._generation
 
     # Lifecycle
 
@@ -634,6 +641,7 @@ class FilesDirectory:
         return self._lock.run(lambda: None)
 
     def _use(self, contents: _Contents, seen: _Stats) -> None:
+        self._generation += 1
         self._contents = contents
         self._memory = contents.memory()
         self._seen = seen

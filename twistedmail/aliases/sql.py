@@ -337,6 +337,8 @@ class SQLDirectory:
         self._pool: ConnectionPool | None = None
         self._cache_size = cache_size
         self._cache: dict[tuple[str, str], object] = {}
+        # Moves whenever the cache is dropped (see generation()).
+        self._generation = 0
         # The change counter's connection and its last answer (None: unknown).
         self._counter: Any = None
         self._version: object = None
@@ -430,8 +432,20 @@ class SQLDirectory:
             version = None
         if version is None or version != self._version:
             self._cache.clear()
+            self._generation += 1
             self._version = version
         return version is not None
+
+    def generation(self) -> int | None:
+        """A number that changes whenever an answer may have changed, for
+        the alias expander's cache; None while answers are not cached
+        (nothing may be kept then).  It moves when the lookup cache is
+        dropped: after a change through this object, and when the change
+        counter shows another connection's commit (checked as for lookups,
+        at most every C{check_interval})."""
+        if not self._cache_usable():
+            return None
+        return self._generation
 
     def _lookup(
         self, kind: str, key: str, interaction: Callable[[Transaction, str], _T]
@@ -463,6 +477,7 @@ class SQLDirectory:
 
         def forget(result: object) -> object:
             self._cache.clear()
+            self._generation += 1
             self._version = None
             self._checked_at = None
             return result
@@ -507,6 +522,7 @@ class SQLDirectory:
     def _close(self) -> None:
         counter, self._counter = self._counter, None
         self._cache.clear()
+        self._generation += 1
         self._version = None
         self._checked_at = None
         if counter is not None:
