@@ -134,8 +134,10 @@ class _Folder:
     ) -> None:
         self.cache.put_fields(entries)
 
-    def cache_match(self, field: str, needle: bytes) -> tuple[set[str], set[str]]:
-        return self.cache.match(field, needle)
+    def cache_match(
+        self, field: str, needle: bytes, bases: Sequence[str]
+    ) -> tuple[set[str], list[str]]:
+        return self.cache.match(field, needle, bases)
 
 
 def _infos(count: int, flagged: frozenset[int] = frozenset()) -> list[MessageInfo]:
@@ -358,14 +360,30 @@ class IndexStorageTests(SynchronousTestCase):
         """Forgetting or not retaining a message drops its index rows."""
         world = _World(self, TRICKY[:4])
         world.cache_all()
-        name = next(iter(search_fields(b"")))
-        indexed, _ = world.folder.cache_match(name, b"")
-        self.assertEqual(indexed, set(world.bases))
+        self.assertEqual(
+            world.folder.cache_match("subject", b"", world.bases),
+            ({"1.base", "2.base", "3.base", "4.base"}, []),
+        )
         world.folder.cache.forget(["1.base"])
         world.folder.cache.retain(["2.base", "3.base"])
-        indexed, matching = world.folder.cache_match(name, b"")
-        self.assertEqual(indexed, {"2.base", "3.base"})
-        self.assertEqual(matching, {"2.base", "3.base"})
+        self.assertEqual(
+            world.folder.cache_match("subject", b"", world.bases),
+            ({"2.base", "3.base"}, ["1.base", "4.base"]),
+        )
+
+    def test_unindexed(self) -> None:
+        """The messages searched that the index lacks are named, whatever
+        the order of the names and whatever else the index holds."""
+        world = _World(self, TRICKY[:4])
+        world.cache_all(uids=[1, 3, 4])
+        for bases in (world.bases, world.bases[::-1], ["3.base", "x", "1.base"]):
+            matching, unindexed = world.folder.cache_match("to", b"", bases)
+            self.assertEqual(matching, {"3.base"})
+            self.assertEqual(unindexed, [b for b in bases if b in ("2.base", "x")])
+        self.assertEqual(
+            world.folder.cache_match("cc", b"", ["4.base", "3.base", "1.base"]),
+            ({"4.base"}, []),
+        )
 
     def test_empty_cache(self) -> None:
         """A folder without a cache file indexes nothing and creates no
@@ -374,7 +392,7 @@ class IndexStorageTests(SynchronousTestCase):
         os.makedirs(path)
         cache = MessageCache(path)
         self.addCleanup(cache.close)
-        self.assertEqual(cache.match("subject", b"x"), (set(), set()))
+        self.assertEqual(cache.match("subject", b"x", ["b"]), (set(), ["b"]))
         self.assertFalse(os.path.exists(os.path.join(path, CACHE_NAME)))
 
     def test_version_2_upgraded(self) -> None:
@@ -390,15 +408,16 @@ class IndexStorageTests(SynchronousTestCase):
         db.execute("PRAGMA user_version = 2")
         db.commit()
         db.close()
-        name = next(iter(search_fields(b"")))
-        self.assertEqual(world.folder.cache_match(name, b""), (set(), set()))
+        self.assertEqual(
+            world.folder.cache_match("subject", b"", world.bases[:2]),
+            (set(), world.bases[:2]),
+        )
         self.assertIsNotNone(world.folder.cache_get("1.base", CACHE_KEY))
         for needle in ("e", "strasse", "zephyr"):
             key = SearchHeader("subject", needle)
             self.assertEqual(world.fast(key), world.slow(key))
         self.assertEqual(world.folder.reads, [])
-        indexed, _ = world.folder.cache_match(name, b"")
-        self.assertEqual(indexed, set(world.bases))
+        self.assertEqual(world.folder.cache_match("from", b"@", world.bases)[1], [])
         db = sqlite3.connect(os.path.join(path, CACHE_NAME))
         self.addCleanup(db.close)
         self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 3)

@@ -820,9 +820,12 @@ def search_fields(header: bytes) -> dict[str, bytes | None]:
 class FieldIndex(BatchCache, Protocol):
     """A structure cache with the field index: L{Mailbox} fits."""
 
-    def cache_match(self, field: str, needle: bytes) -> tuple[set[str], set[str]]:
-        """C{(indexed, matching)}: the base names of the messages indexed
-        on C{field}, and of those whose value contains C{needle}."""
+    def cache_match(
+        self, field: str, needle: bytes, bases: Sequence[str]
+    ) -> tuple[set[str], list[str]]:
+        """C{(matching, unindexed)}: the base names of the indexed messages
+        whose C{field} contains C{needle}, and those of C{bases} that are
+        not indexed."""
 
     def cache_put_fields(
         self, entries: Sequence[tuple[str, Mapping[str, bytes | None]]]
@@ -833,11 +836,12 @@ class FieldIndex(BatchCache, Protocol):
 def indexed_matches(
     cache: FieldIndex, field: str, needle: str, bases: Sequence[str]
 ) -> tuple[set[str], set[str]] | None:
-    """SEARCH on a header field through the folder cache's index: the base
-    names of the messages the index answers for, and of those among them
-    whose C{field} contains C{needle} (RFC 3501 §6.4.4: a substring of a
-    decoded value, compared case-folded).  None when the index cannot
-    answer (a field not in L{SEARCH_FIELDS}, a needle with NUL).
+    """SEARCH on a header field through the folder cache's index:
+    C{(matching, unindexed)}, the base names of the indexed messages whose
+    C{field} contains C{needle} (RFC 3501 §6.4.4: a substring of a decoded
+    value, compared case-folded), and of the messages of C{bases} the
+    index does not answer for.  None when the index cannot answer (a field
+    not in L{SEARCH_FIELDS}, a needle with NUL).
 
     Messages of C{bases} whose structure was cached before the index
     existed (an older cache file) are indexed now, from their cached
@@ -852,8 +856,8 @@ def indexed_matches(
     if field not in SEARCH_FIELDS or "\0" in needle:
         return None
     raw = needle.encode("utf-8", "surrogatepass")
-    indexed, matching = cache.cache_match(field, raw)
-    missing = [b for b in bases if b not in indexed]
+    matching, missing = cache.cache_match(field, raw, bases)
+    unindexed = set(missing)
     entries: list[tuple[str, Mapping[str, bytes | None]]] = []
     for i in range(0, len(missing), BatchedHeaders.BATCH):
         chunk = missing[i : i + BatchedHeaders.BATCH]
@@ -863,13 +867,13 @@ def indexed_matches(
                 continue
             fields = search_fields(header)
             entries.append((base, fields))
-            indexed.add(base)
+            unindexed.discard(base)
             value = fields[field]
             if value is not None and raw in value:
                 matching.add(base)
     if entries:
         cache.cache_put_fields(entries)
-    return indexed, matching
+    return matching, unindexed
 
 
 # --- Content-Type and friends (RFC 2045 §5.1, RFC 2183) ---------------------------

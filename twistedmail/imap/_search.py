@@ -15,10 +15,10 @@ once into predicates, then run over each message:
     folder cache), else the header part of C{load};
   - a header key on a field the folder cache indexes (C{match_field}, see
     L{twistedmail.imap._message.indexed_matches}) is answered by one
-    look-up for the whole folder, and the messages it rules out are not
-    looked at again (for ``AND``, those any of its indexed keys rules out;
-    for ``OR``, those both sides rule out); a message the index does not
-    know is tested the slow way;
+    look-up for the whole folder, and only the messages that may match are
+    looked at (for ``AND``, those all of its indexed keys allow; for
+    ``OR``, those either side allows); a message the index does not know
+    is tested the slow way;
   - BODY and TEXT load the whole message once.
 
 Within ``AND`` (and ``OR``) the cheaper keys run first, so a message that
@@ -99,7 +99,7 @@ _SYSTEM_LETTERS = {name.lower(): letter for name, letter in IMAP_SYSTEM_FLAGS.it
 
 Loader = Callable[[int], "bytes | None"]
 
-#: C{match_field(field, needle)}: C{(indexed, matching)} base names for a
+#: C{match_field(field, needle)}: C{(matching, unindexed)} base names for a
 #: header field containing a case-folded string, or None (not indexed).
 FieldMatcher = Callable[[str, str], "tuple[set[str], set[str]] | None"]
 
@@ -290,18 +290,19 @@ class _Compiler:
             self._indexed[what] = self.match_field(*what)
         return self._indexed[what]
 
-    def excluded(self, key: SearchKey) -> set[str] | None:
-        """Base names of messages the index says cannot match C{key} (after
-        L{compile}), or None when it rules none out."""
+    def possible(self, key: SearchKey) -> set[str] | None:
+        """Base names of the messages that may match C{key}, as far as the
+        index tells (a superset of the matches), or None when it tells
+        nothing."""
         if isinstance(key, SearchHeader):
             found = self._index(key)
-            return None if found is None else found[0] - found[1]
+            return None if found is None else found[0] | found[1]
         if isinstance(key, SearchAnd):
-            sets = [s for s in map(self.excluded, key.keys) if s is not None]
-            return set().union(*sets) if sets else None
+            sets = [s for s in map(self.possible, key.keys) if s is not None]
+            return set.intersection(*sets) if sets else None
         if isinstance(key, SearchOr):
-            left, right = self.excluded(key.left), self.excluded(key.right)
-            return None if left is None or right is None else left & right
+            left, right = self.possible(key.left), self.possible(key.right)
+            return None if left is None or right is None else left | right
         return None
 
     def compile(self, key: SearchKey) -> Predicate:
@@ -373,14 +374,14 @@ class _Compiler:
         found = self._index(key)
         if found is None:
             return slow
-        indexed, matching = found
+        matching, unindexed = found
 
         def header(c: _Candidate) -> bool:
             assert c.info is not None
             base = c.info.base
-            if base in indexed:
-                return base in matching
-            return slow(c)
+            if base in matching:
+                return True
+            return base in unindexed and slow(c)
 
         return header
 
@@ -499,20 +500,22 @@ def evaluate_search(
     @param match_field: answers header keys from an index, for the
         messages it knows (by L{MessageInfo.base}): C{match_field(field,
         needle)} with the lower-cased field name and the case-folded
-        string returns the base names of the messages it knows and of
-        those that match, or None when it cannot answer (e.g.
+        string returns the base names of the messages it knows to match
+        and of those of C{messages} it does not know, or None when it
+        cannot answer (e.g.
         L{twistedmail.imap._message.indexed_matches} over the folder
         cache).  It must agree with the header block.
     @return: sequence numbers (or UIDs) of the matches, ascending.
     """
     compiler = _Compiler(messages, recent, modseq_of, tz, match_field)
     predicate = compiler.compile(key)
-    excluded = compiler.excluded(key) or ()
+    possible = compiler.possible(key)
+    numbered: Iterable[tuple[int, MessageInfo]] = enumerate(messages)
+    if possible is not None:
+        numbered = [(i, info) for i, info in numbered if info.base in possible]
     candidate = _Candidate(load, load_header)
     out = []
-    for index, info in enumerate(messages):
-        if excluded and info.base in excluded:
-            continue
+    for index, info in numbered:
         candidate.reset(info, index + 1)
         if predicate(candidate):
             out.append(info.uid if uid else index + 1)

@@ -112,6 +112,17 @@ def _split(joined: str | None) -> set[str]:
     return set(joined.split("/")) if joined else set()
 
 
+def _unindexed(indexed: str, bases: Sequence[str]) -> list[str]:
+    """Those of C{bases} not among the C{indexed} ones (joined by "/", in
+    the order of the index: by name).  The index usually holds exactly the
+    folder's messages, and their UIDs usually follow their names: then one
+    comparison of two strings says so, without a set of 100,000 names."""
+    if indexed == "/".join(bases) or indexed == "/".join(sorted(bases)):
+        return []
+    known = _split(indexed)
+    return [b for b in bases if b not in known]
+
+
 class MessageCache:
     """The cache of one folder.
 
@@ -195,19 +206,22 @@ class MessageCache:
             db.executemany(_INSERT_FIELDS, [_field_row(b, f) for b, f in entries])
             db.commit()
 
-    def match(self, field: str, needle: bytes) -> tuple[set[str], set[str]]:
-        """Which messages are indexed on C{field}, and which of them have a
-        value of it containing C{needle} (octet for octet): C{(indexed,
-        matching)}, sets of base names.  A message with no such field is
-        indexed and does not match; an empty C{needle} matches every
-        message that has the field.
+    def match(
+        self, field: str, needle: bytes, bases: Sequence[str]
+    ) -> tuple[set[str], list[str]]:
+        """Which indexed messages have a value of C{field} containing
+        C{needle} (octet for octet), and which of C{bases} are not indexed:
+        C{(matching, unindexed)}, by base name.  A message with no such
+        field is indexed and does not match; an empty C{needle} matches
+        every message that has the field.
 
+        @param bases: the messages searched (matching may name others).
         @raise KeyError: for a field not in L{INDEXED_FIELDS}."""
         column = _COLUMNS[field]
         with self._lock:
             db = self._connect(False)
             if db is None:
-                return set(), set()
+                return set(), list(bases)
             # One row with two long strings rather than a row per message:
             # a Python object per row made this several times slower.  A
             # base name has no "/" (it is a file name); instr() of two
@@ -218,7 +232,7 @@ class MessageCache:
                 " '/') FROM fields",
                 (needle,),
             ).fetchone()
-        return _split(indexed), _split(matching)
+        return _split(matching), _unindexed(indexed or "", bases)
 
     def forget(self, bases: Iterable[str]) -> None:
         """Remove every entry of these messages."""

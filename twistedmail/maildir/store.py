@@ -1374,10 +1374,12 @@ class Mailbox:
         """Index the fields of many messages (L{cache.MessageCache.put_fields})."""
         self._cache.put_fields(entries)
 
-    def cache_match(self, field: str, needle: bytes) -> tuple[set[str], set[str]]:
-        """The messages indexed on a field and those whose value contains
-        C{needle} (L{cache.MessageCache.match})."""
-        return self._cache.match(field, needle)
+    def cache_match(
+        self, field: str, needle: bytes, bases: Sequence[str]
+    ) -> tuple[set[str], list[str]]:
+        """The indexed messages whose field contains C{needle}, and those
+        of C{bases} not indexed (L{cache.MessageCache.match})."""
+        return self._cache.match(field, needle, bases)
 
     # Changing
 
