@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.imap_server_helpers import make_world
 from twistedmail.imap._message import (
     CACHE_KEY,
     SEARCH_FIELDS,
@@ -421,3 +422,42 @@ class IndexStorageTests(SynchronousTestCase):
         db = sqlite3.connect(os.path.join(path, CACHE_NAME))
         self.addCleanup(db.close)
         self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 3)
+
+
+class ServerTests(SynchronousTestCase):
+    """The server's SEARCH through the index, end to end: before any
+    FETCH (the slow path, which caches), after FETCH ENVELOPE (the index),
+    and with a message delivered since (not indexed yet)."""
+
+    def test_same_answers(self) -> None:
+        """Every command answers the same before and after the messages
+        are cached and indexed, and a new message is found too."""
+        world = make_world(self.mktemp())
+        for header in TRICKY[:-1]:
+            world.deliver(header + b"body\r\n")
+        client = world.logged_in()
+        client.ok("SELECT INBOX")
+        needle = "grüße".encode()
+        literal = b"a SEARCH CHARSET UTF-8 SUBJECT {%d+}\r\n%s\r\n" % (
+            len(needle),
+            needle,
+        )
+        commands = [
+            "UID SEARCH SUBJECT zephyr",
+            "SEARCH FROM example",
+            "SEARCH OR TO x CC x",
+            "SEARCH NOT SUBJECT e",
+            'SEARCH SUBJECT ""',
+            "SEARCH FLAGGED SUBJECT e",
+        ]
+        before = [client.ok(c) for c in commands] + [client.raw(literal)]
+        self.assertEqual(before[-1], b"* SEARCH 2 11\r\na OK SEARCH completed\r\n")
+        client.ok("FETCH 1:* (ENVELOPE BODYSTRUCTURE)")
+        after = [client.ok(c) for c in commands] + [client.raw(literal)]
+        self.assertEqual(after, before)
+        world.deliver(b"Subject: zephyr again, =?UTF-8?Q?GR=C3=9CSSE?=\r\n\r\nx\r\n")
+        client.ok("NOOP")
+        self.assertEqual(client.ok("UID SEARCH SUBJECT zephyr"), [b"* SEARCH 9 22"])
+        self.assertEqual(
+            client.raw(literal), b"* SEARCH 2 11 22\r\na OK SEARCH completed\r\n"
+        )
