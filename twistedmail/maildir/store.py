@@ -214,6 +214,15 @@ _st_mtime = operator.attrgetter("st_mtime")
 _st_size = operator.attrgetter("st_size")
 
 
+def _in_new(files: list[str]) -> list[int]:
+    """The positions of the file names in ``new/``."""
+    # One search of the joined names spares a test per name when none is
+    # (the usual case for a big folder).
+    if not files or ("\nnew/" not in "\n".join(files) and files[0][:4] != "new/"):
+        return []
+    return list(itertools.compress(itertools.count(), map(_starts_new, files)))
+
+
 class _Columns:
     """A snapshot's columns, in UID order (never changed in place; the file
     names, which flag changes rename, are kept apart by each mailbox).
@@ -1241,7 +1250,9 @@ class Mailbox:
         folder's descriptor), its size from ``,S=`` (else the file's), and
         the order of L{delivery_order}.
         """
-        bases = list(files.keys() - listed)
+        # Sorted as text first: names of one form then sort in delivery
+        # order already, and the sort by key below finds one run.
+        bases = sorted(files.keys() - listed)
         if not bases:
             return [], [], []
         folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -1311,9 +1322,7 @@ class Mailbox:
             filenames = cast(list[str], found)
         listed = self._listed.get("cur")
         columns.cur = None if listed is None else listed[1]
-        columns.in_new = list(
-            itertools.compress(itertools.count(), map(_starts_new, filenames))
-        )
+        columns.in_new = _in_new(filenames)
         changed = columns.uids != self._columns.uids or filenames != self._files
         self._columns = columns
         self._files = filenames
@@ -1634,8 +1643,7 @@ class Mailbox:
         @return: the UIDs claimed, ascending.
         """
         taken = []
-        in_new = itertools.compress(itertools.count(), map(_starts_new, self._files))
-        for i in list(in_new):
+        for i in _in_new(self._files):
             info = self._info_at(i)
             name = info.filename[4:]
             if not name[len(info.base) :].startswith(":2,"):
