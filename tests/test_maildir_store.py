@@ -725,6 +725,9 @@ class FirstIndexTests(StoreCase):
             [(b, d) for b, d, _ in later],
         )
         self.assertEqual(mailbox.next_uid, 7)
+        # Only messages after the first are in new/: they are found.
+        self.assertEqual(mailbox.take_recent(), [4, 5, 6])
+        self.assertEqual(mailbox.take_recent(), [])
 
 
 class MigrationTests(StoreCase):
