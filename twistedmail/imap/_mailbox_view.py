@@ -145,7 +145,10 @@ class MailboxView:
         return Snapshot(infos, recent, highest, self.mailbox.uidvalidity)
 
     def open(self) -> None:
-        """Take the first snapshot (blocking; SELECT).
+        """Take the first snapshot (blocking; SELECT) from the mailbox as
+        it was just opened (L{MaildirStore.open_mailbox} took a snapshot: a
+        second one would list a folder changed within the last two seconds
+        again; changes since are found by the session's next poll).
 
         SELECT needs no per-message object: UIDs, flags (one per distinct
         info suffix) and mod-sequences come column by column; the messages
@@ -153,7 +156,6 @@ class MailboxView:
         them.
         """
         mailbox = self.mailbox
-        mailbox.refresh()
         recent = [] if self.read_only else mailbox.take_recent()
         uids = mailbox.uids()
         suffixes, parsed = mailbox.flag_sets()

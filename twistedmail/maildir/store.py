@@ -1084,7 +1084,6 @@ class Mailbox:
         return changed
 
     def _refresh(self, signature: tuple[object, ...] | None, force: bool) -> bool:
-        files = self._scan(cached=not force)
         ul: UIDList | None = None
         if self._uidlist_stat is not None and self._uidlist_stat == self._list_stat():
             ul = self._uidlist  # unchanged since we read or wrote it
@@ -1099,6 +1098,9 @@ class Mailbox:
             # An inode number reused within one timestamp tick could fool us.
             self._uidlist_stat = None
         found: list[str | None] | None = None
+        # Without a list, _sync lists the folder under the lock (a folder
+        # met for the first time is listed once, not twice).
+        files = {} if ul is None else self._scan(cached=not force)
         if ul is not None and len(ul.bases) == len(files):
             # Every listed message on disk, and as many files: the same set.
             found = self._found(ul, files)
