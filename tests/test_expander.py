@@ -1242,6 +1242,23 @@ class CacheTests(SynchronousTestCase):
             self.expand(expander, f"inc@{D}").destinations, (mailbox(BOB),)
         )
 
+    def test_unreadable_include_not_kept(self) -> None:
+        """An include file that could not be read is tried again next time
+        (it may be back)."""
+        files: dict[str, str] = {}
+        self.successResultOf(
+            self.directory.add_alias(f"inc@{D}", (":include:/etc/list",))
+        )
+        expander = self.expander(read_include=memory_reader(files))
+        self.assertEqual(
+            [type(f) for f in self.expand(expander, f"inc@{D}").failures],
+            [IncludeUnreadable],
+        )
+        files["/etc/list"] = "alice\n"
+        self.assertEqual(
+            self.expand(expander, f"inc@{D}").destinations, (mailbox(ALICE),)
+        )
+
     def test_without_generation(self) -> None:
         """A directory without generation() is asked every time."""
         plain = _NoGeneration(self.directory)

@@ -45,9 +45,9 @@ expander keeps its answers (at most C{cache_size}) when the directory can
 tell that nothing changed since: a directory with a C{generation()} method
 returns a number that moves whenever any of its answers may have changed
 (or None while it cannot tell), and a kept expansion is used only under the
-number it was made under.  Expansions that read an include file are never
-kept (the file can change without the directory), nor are expansions of a
-directory without C{generation()}.
+number it was made under.  Expansions that read (or failed to read) an
+include file are never kept (the file can change without the directory),
+nor are expansions of a directory without C{generation()}.
 """
 
 from __future__ import annotations
@@ -557,8 +557,10 @@ class AliasExpander:
         """Keep an expansion made under C{generation}, unless the directory
         changed meanwhile or it read an include file."""
         assert self._generation is not None
-        if self._generation() != generation or any(
-            step.how is How.INCLUDE for step in expansion.steps
+        if (
+            self._generation() != generation
+            or any(step.how is How.INCLUDE for step in expansion.steps)
+            or any(isinstance(f, IncludeUnreadable) for f in expansion.failures)
         ):
             return expansion
         cache = self._cache
