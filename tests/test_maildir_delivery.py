@@ -450,6 +450,35 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(sizes, [1, 2])
         self.assertEqual(runner.jobs, [])
 
+    def test_deliveries_from_callbacks_wait_together(self) -> None:
+        """Deliveries handed over by a finished batch's callbacks (the queue
+        runner moving on) all form the next batch: the first does not go
+        alone."""
+        runner = _HeldRunner()
+        sizes: list[int] = []
+
+        def work(pairs: list[tuple[str, Delivery]]) -> list[str | Exception]:
+            sizes.append(len(pairs))
+            return [f"base-{item.unique}" for _, item in pairs]
+
+        batches = DeliveryBatches(runner, work)
+        later: list[Deferred[str]] = []
+
+        def more(_: str) -> None:
+            later.append(batches.deliver(self.path, Delivery(b"b", f"Q{len(later)}")))
+
+        for i in range(4):
+            batches.deliver(self.path, Delivery(b"a", f"P{i}")).addCallback(more)
+        runner.run_next()  # P0, alone; its callback hands over Q0
+        runner.run_next()  # P1-P3 and Q0; their callbacks hand over Q1-Q3
+        runner.run_next()  # Q1-Q3
+        self.assertEqual(runner.jobs, [])
+        self.assertEqual(sizes, [1, 4, 3])
+        self.assertEqual(
+            [self.successResultOf(d) for d in later],
+            ["base-Q0", "base-Q1", "base-Q2", "base-Q3"],
+        )
+
     def test_group_commit_errors(self) -> None:
         """An item's exception fails only its Deferred; a job that fails as
         a whole fails every Deferred of the batch."""

@@ -458,7 +458,7 @@ class DeliveryBatches:
     """Group commit for Maildir deliveries (see the module docstring).
 
     The first delivery starts a batch at once; deliveries handed over while
-    it runs wait and form the next one.  One thread job runs each batch:
+    it runs (or while its callbacks run) wait and form the next one.  One thread job runs each batch:
     C{work} gets (path, item) pairs and returns one result per pair (a base
     name or the exception that failed it).
 
@@ -501,13 +501,18 @@ class DeliveryBatches:
     def _finished(
         self, batch: list[_Waiting], results: Sequence[str | Exception]
     ) -> None:
-        self._busy = False
-        for waiting, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
-                waiting.done.errback(Failure(result))
-            else:
-                waiting.done.callback(result)
-        if self._waiting and not self._busy:
+        # Still busy while the callbacks run: the deliveries they hand over
+        # (the queue runner moving on to its next entries) all wait for the
+        # next batch, rather than the first of them going alone.
+        try:
+            for waiting, result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    waiting.done.errback(Failure(result))
+                else:
+                    waiting.done.callback(result)
+        finally:
+            self._busy = False
+        if self._waiting:
             self._start()
 
 
