@@ -232,3 +232,139 @@ class LoopbackTests(TestCase):
         d = self.in_thread(run)
         d.addCallback(lambda data: self.assertTrue(data.startswith(b"+OK"), data))
         return d
+
+
+def reference_response(data: bytes) -> bytes:
+    """The RETR response for a stored message, made the plain way (the
+    whole message made CRLF when its first line ends in a bare LF, every
+    line starting with a dot stuffed by one replace, the dot line), to
+    check the server's byte for byte."""
+    first = data.find(b"\n")
+    if first == 0 or (first > 0 and data[first - 1 : first] != b"\r"):
+        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    head = b"+OK %d octets\r\n" % len(data)
+    stuffed = (b"." if data.startswith(b".") else b"") + data.replace(
+        b"\r\n.", b"\r\n.."
+    )
+    if data and not data.endswith(b"\r\n"):
+        return head + stuffed + b"\r\n.\r\n"
+    return head + stuffed + b".\r\n"
+
+
+class PlainLoopbackTests(TestCase):
+    """Clients over plain TCP (plaintext logins allowed), where replies go
+    to the socket at once (L{twistedmail.sending.write_now})."""
+
+    def setUp(self) -> None:
+        self.world = make_world(
+            self.mktemp(),
+            run_in_thread=None,
+            reactor=reactor,
+            allow_plaintext_auth=True,
+        )
+        self.world.throttle = LoginThrottle(reactor, 0.0, 0.0)
+        stored = tricky_messages()
+        # Read on the reactor thread, and more than Linux's socket buffers
+        # take at once (4 MiB at most by default).
+        stored.append(
+            b"Subject: medium\r\n\r\n"
+            + b"".join(b"%s row %d\r\n" % (b"." * (i % 3), i) for i in range(70000))
+        )
+        stored.append(
+            b"Subject: huge\r\n\r\n"
+            + b"".join(
+                b"%s row %06d%s\r\n" % (b"." * (i % 2), i, b"x" * 60)
+                for i in range(80000)
+            )
+        )
+        for m in stored:
+            self.world.deliver(m)
+        md = self.world.maildir()
+        # Files other programs wrote: bare LF line ends, a dot on the very
+        # first line, no final line end, nothing at all.
+        others = [
+            b"Subject: lf\n\n.dot\nbody\n",
+            b".starts with a dot\r\n\r\n.\r\nno end",
+            b"",
+        ]
+        for i, data in enumerate(others):
+            with open(os.path.join(md, "new", f"1600000000.M{i}P1.other"), "wb") as f:
+                f.write(data)
+        mailbox = self.world.store.open_mailbox(md)
+        self.stored = [mailbox.read(info.uid) for info in mailbox.messages()]
+        mailbox.close()
+
+    def listen(self) -> int:
+        """Listen on 127.0.0.1, port 0; return the port number."""
+        factory: Any = self.world.factory(reactor=reactor)
+        port: IListeningPort = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        address: Any = port.getHost()
+        return int(address.port)
+
+    def test_poplib(self) -> Deferred[None]:
+        """poplib reads every message as stored (made CRLF), one RETR at a
+        time, and TOP as before."""
+        port = self.listen()
+
+        def run() -> tuple[list[bytes], list[bytes]]:
+            client = poplib.POP3("127.0.0.1", port, timeout=30)
+            client.user(USER)
+            client.pass_(PASSWORD)
+            fetched = []
+            for n in range(1, len(self.stored) + 1):
+                _, lines, _ = client.retr(n)
+                fetched.append(b"".join(line + b"\r\n" for line in lines))
+            dots = self.stored.index(tricky_messages()[1]) + 1
+            top = client.top(dots, 1)[1]
+            client.quit()
+            return fetched, top
+
+        def check(result: tuple[list[bytes], list[bytes]]) -> None:
+            fetched, top = result
+            expected = []
+            for data in self.stored:
+                if b"\r\n" not in data:
+                    data = data.replace(b"\n", b"\r\n")
+                if data and not data.endswith(b"\r\n"):
+                    data += b"\r\n"
+                expected.append(data)
+            self.assertEqual(fetched, expected)
+            self.assertEqual(top, [b"Subject: dots", b"", b"."])
+
+        return self.in_thread(run).addCallback(check)
+
+    def test_pipelined(self) -> Deferred[None]:
+        """Every RETR sent at once, read only after the last: the responses
+        are byte for byte the plain way's, in order, with the socket full
+        most of the time (what it does not take waits in the transport)."""
+        port = self.listen()
+        count = len(self.stored)
+
+        def run() -> bytes:
+            with socket.socket() as s:
+                # A small window: the server's socket fills up.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.settimeout(30)
+                s.connect(("127.0.0.1", port))
+                s.sendall(
+                    f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode()
+                    + b"".join(b"RETR %d\r\n" % n for n in range(1, count + 1))
+                    + b"QUIT\r\n"
+                )
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        def check(data: bytes) -> None:
+            greeting, user, login, rest = data.split(b"\r\n", 3)
+            self.assertTrue(login.startswith(b"+OK"), login)
+            retrs = b"".join(reference_response(m) for m in self.stored)
+            self.assertEqual(rest[: len(retrs)], retrs)
+            self.assertTrue(rest[len(retrs) :].startswith(b"+OK"))
+
+        return self.in_thread(run).addCallback(check)
+
+    def in_thread(self, f: Callable[[], Any]) -> Deferred[Any]:
+        return deferToThread(f)

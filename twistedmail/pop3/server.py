@@ -25,7 +25,9 @@ Maildir store.  What it adds to the machine:
     reactor thread (a page-cache read is cheaper than a thread hop);
     larger ones are read and formatted in a thread.  The status line and
     the message go out in one write, so no small first segment waits for
-    the client's delayed ACK.
+    the client's delayed ACK; on plain TCP with nothing buffered that is
+    one C{sendmsg} of the pieces straight to the socket
+    (L{twistedmail.sending.write_now}).
   - UPDATE: the messages marked deleted are expunged through the store in
     a thread, then the client gets its answer.
   - Timeouts on the injected clock: C{[pop3] login_timeout} before login,
@@ -101,7 +103,7 @@ from twistedmail.pop3._machine import (
     stuff_message,
     uidls_for,
 )
-from twistedmail.sending import send_buffered_now
+from twistedmail.sending import send_buffered_now, write_now
 from twistedmail.tls import ServerTLS
 
 __all__ = [
@@ -599,11 +601,8 @@ class POP3ServerProtocol(Protocol):
         out = self.machine.data_to_send()
         if not out or self._gone:
             return
-        self._wrote = True
-        if len(out) == 1:
-            self._transport.write(out[0])
-        else:
-            self._transport.writeSequence(out)
+        if not write_now(self._transport, out):
+            self._wrote = True
 
     def _send_now(self) -> None:
         """Hand what was written since the last call to the socket now, not
