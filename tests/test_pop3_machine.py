@@ -25,6 +25,7 @@ from twistedmail.pop3._machine import (
     State,
     TLSRequested,
     UpdateRequested,
+    _top,
     format_message,
     stuff_message,
     uidl_for,
@@ -689,6 +690,37 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(
             format_message(b"A: 1\r\n\r\nx", 3)[1], b"A: 1\r\n\r\nx\r\n.\r\n"
         )
+
+    @given(
+        st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b"a", b" "])).map(
+            b"".join
+        ),
+        st.none() | st.integers(0, 5),
+    )
+    def test_same_as_replace(self, stored: bytes, lines: int | None) -> None:
+        """stuff_message gives what stuffing with one bytes.replace (how it
+        was done before the search went through a regular expression)
+        gives: the same octets, the same body, the same end."""
+        data = stored
+        first = data.find(b"\n")
+        if first == 0 or (first > 0 and data[first - 1 : first] != b"\r"):
+            data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if lines is not None:
+            data = _top(data, lines)
+        body = (b"." if data.startswith(b".") else b"") + data.replace(
+            b"\r\n.", b"\r\n.."
+        )
+        end = b"\r\n.\r\n" if data and not data.endswith(b"\r\n") else b".\r\n"
+        self.assertEqual(stuff_message(stored, lines), (len(data), body, end))
+
+    def test_nothing_to_stuff(self) -> None:
+        """A message with no line to stuff is passed on uncopied, whether
+        or not its lines end in CRLF; only a first line starting with a dot
+        is stuffed then."""
+        data = b"A: b\r\n\r\nx.\r\n\r\n"
+        self.assertIs(stuff_message(data)[1], data)
+        self.assertEqual(stuff_message(b".a\r\nb\r\n")[1], b"..a\r\nb\r\n")
+        self.assertEqual(stuff_message(b"\r\n.\r\n")[1], b"\r\n..\r\n")
 
     @given(st.binary(max_size=300), st.none() | st.integers(0, 5))
     def test_unstuff_round_trip(self, data: bytes, lines: int | None) -> None:
