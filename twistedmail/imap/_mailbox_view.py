@@ -137,7 +137,12 @@ class MailboxView:
     # --- blocking part (a thread) ------------------------------------------------
 
     def poll(self, force: bool = False) -> Snapshot:
-        """Refresh the store snapshot and the mod-sequences (blocking)."""
+        """Refresh the store snapshot and the mod-sequences (blocking).
+
+        The session's own messages (L{infos}) are made here too when
+        SELECT left them for later: L{apply}, on the reactor thread, needs
+        them."""
+        self.infos  # noqa: B018 (made now, in this thread)
         self.mailbox.refresh(force)
         recent = [] if self.read_only else self.mailbox.take_recent()
         infos = self.mailbox.messages()
