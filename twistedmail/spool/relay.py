@@ -105,7 +105,6 @@ from twistedmail.spool.store import (
     QueueEntry,
     RecipientRecord,
     Spool,
-    read_status_file,
 )
 
 __all__ = [
@@ -501,6 +500,12 @@ class RelayRunner(Service):
         self._run_soon()
 
     # The seams with the runner and the queue tools
+
+    @property
+    def examining(self) -> int:
+        """How many entries are being examined now (at most the examine
+        limit; for tests and statistics)."""
+        return len(self._examining)
 
     def backoff(self, attempts: int) -> float:
         """The retry delay after C{attempts} attempts, jitter drawn now (the
@@ -955,9 +960,8 @@ class RelayRunner(Service):
         never changes, so the job's copy of the envelope stands.  With no
         readable status file the whole entry is loaded, which quarantines a
         broken one and fails with KeyError when the entry is gone."""
-        path = self._spool.status_path(job.queue_id)
         try:
-            recipients, held = await self._spool.run(lambda: read_status_file(path))
+            recipients, held = await self._spool.read_status(job.queue_id)
         except (OSError, BrokenEntry, NewerVersion):
             return await self._spool.load(job.queue_id)
         return replace(job.entry, recipients=recipients, held=held)

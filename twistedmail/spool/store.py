@@ -108,6 +108,7 @@ __all__ = [
     "ThreadRunner",
     "make_queue_id",
     "read_entry_file",
+    "read_message_file",
     "read_status_file",
     "submit_incoming",
 ]
@@ -433,6 +434,36 @@ def read_entry_file(path: str) -> tuple[QueueEntry, int]:
     return QueueEntry.from_json(data, size), offset
 
 
+def read_message_file(path: str) -> bytes:
+    """The message bytes of an entry file (blocking): one open and read,
+    the first line and the END line checked, the envelope record left
+    unparsed (L{read_entry_file} reads that).
+
+    @raise BrokenEntry: no END line, or a size that does not match it.
+    @raise NewerVersion: written by a newer version.
+    @raise OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        _check_magic(f.readline(64), _ENTRY_MAGIC)
+        record = f.readline(_MAX_RECORD)
+        rest = f.read()
+    if not record.endswith(b"\n"):
+        raise BrokenEntry("record line not terminated")
+    if not rest.endswith(b"\n"):
+        raise BrokenEntry("no END line")
+    cut = rest.rfind(b"\n", 0, len(rest) - 1) + 1
+    last = rest[cut:]
+    if not last.startswith(b"END "):
+        raise BrokenEntry("no END line")
+    try:
+        size = int(last[4:-1])
+    except ValueError:
+        raise BrokenEntry("bad END line") from None
+    if size != cut:
+        raise BrokenEntry("message size does not match the END line")
+    return rest[:cut]
+
+
 def read_status_file(path: str) -> tuple[tuple[RecipientRecord, ...], bool]:
     """Read and check a status file (blocking): (recipients, held)."""
     with open(path, "rb") as f:
@@ -689,6 +720,64 @@ class _Batched:
     writes: Sequence[tuple[str, bytes]] = ()
 
 
+class _ReadBatch:
+    """Runs short blocking reads in the thread pool, many to a trip.
+
+    A trip to the pool costs far more than reading a queue file from the
+    page cache: a few hand-offs of the GIL, locks and a wake-up of the
+    reactor.  So a read starts a thread job at once when none runs, and
+    reads asked for meanwhile go together into the next job (no timer: an
+    idle spool reads at once, a busy one in batches).  Each read's
+    exception goes to its own caller.
+    """
+
+    def __init__(self, run: ThreadRunner) -> None:
+        self._run = run
+        self._waiting: list[tuple[Callable[[], object], Deferred[object]]] = []
+        self._busy = False
+
+    def __call__(self, f: Callable[[], _T]) -> Deferred[_T]:
+        """Call C{f} in a worker thread; fire with its result."""
+        d: Deferred[_T] = Deferred()
+        self._waiting.append((f, d))  # type: ignore[arg-type]
+        if not self._busy:
+            self._start()
+        return d
+
+    def _start(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._busy = True
+        job = self._run(lambda: [_attempt(f) for f, _ in batch])
+        job.addBoth(self._finished, batch)
+
+    def _finished(
+        self,
+        results: list[tuple[bool, object]] | Failure,
+        batch: list[tuple[Callable[[], object], Deferred[object]]],
+    ) -> None:
+        # Reads the callers ask for next wait for the end of this loop, so
+        # that they share one job.
+        for n, (_, d) in enumerate(batch):
+            if isinstance(results, Failure):
+                d.errback(results)
+                continue
+            ok, value = results[n]
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(Failure(value))
+        self._busy = False
+        if self._waiting:
+            self._start()
+
+
+def _attempt(f: Callable[[], object]) -> tuple[bool, object]:
+    try:
+        return True, f()
+    except Exception as e:
+        return False, e
+
+
 class Spool:
     """The queue folder: commits, reads, status updates and removal.
 
@@ -727,6 +816,7 @@ class Spool:
         self._tmp_sequence = itertools.count()
         self._observers: list[Callable[[QueueEntry], None]] = []
         self._committer = _GroupCommit(self.queue_dir, clock, self.run, fsync)
+        self._read = _ReadBatch(self.run)
         self._prepared = False
         # Entries committed by this spool whose status file was never
         # written: their removal skips unlinking a file that is not there.
@@ -880,7 +970,15 @@ class Spool:
         Fails with L{BrokenEntry} (after quarantining the files) when it is
         broken, and with L{KeyError} when there is no such entry.
         """
-        return self.run(lambda: self._load(queue_id))
+        return self._read(lambda: self._load(queue_id))
+
+    def read_status(
+        self, queue_id: str
+    ) -> Deferred[tuple[tuple[RecipientRecord, ...], bool]]:
+        """Read an entry's status file alone: (recipients, held); fails as
+        L{read_status_file} does (OSError when there is none)."""
+        path = self.status_path(queue_id)
+        return self._read(lambda: read_status_file(path))
 
     def _load(self, queue_id: str) -> QueueEntry:
         path = self.entry_path(queue_id)
@@ -937,16 +1035,8 @@ class Spool:
             self._cache.move_to_end(queue_id)
             return succeed(cached)
 
-        def read() -> bytes:
-            entry, offset = read_entry_file(self.entry_path(queue_id))
-            with open(self.entry_path(queue_id), "rb") as f:
-                f.seek(offset)
-                data = f.read(entry.size)
-            if len(data) != entry.size:
-                raise BrokenEntry("message shorter than recorded")
-            return data
-
-        return self.run(read)
+        path = self.entry_path(queue_id)
+        return self._read(lambda: read_message_file(path))
 
     def _remember(self, queue_id: str, message: bytes) -> None:
         if len(message) > self._cache_bytes // 4:
