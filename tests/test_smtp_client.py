@@ -743,6 +743,22 @@ class FailureTests(SynchronousTestCase):
         self.assertIn("data_done", out[0].session_error)
         self.assertEqual(out[0].delivered, ())
 
+    def test_one_block_written_at_once(self) -> None:
+        """Message text of one block is written when 354 comes, without a
+        producer, and the final reply's timeout runs from then."""
+        t = Timeouts()
+        s = Session(tls="none")
+        s.up()
+        out = s.send("b@b.test")
+        s.transport.clear()
+        s.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertIsNone(s.transport.producer)
+        self.assertEqual(s.transport.value(), MESSAGE + b".\r\n")
+        s.clock.advance(t.data_done - 1)
+        self.assertEqual(out, [])
+        s.clock.advance(1)
+        self.assertIn("data_done", out[0].session_error)
+
     def test_data_block_timeout(self) -> None:
         """A transport that stops draining: the block timeout fires."""
         s = Session(tls="none")

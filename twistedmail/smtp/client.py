@@ -6,7 +6,10 @@ A thin Twisted adapter around L{twistedmail.smtp._client.ClientMachine}: it
 connects, writes what the machine says, starts TLS when told, and keeps the
 client timeouts of RFC 5321 §4.5.3.2 on the injected clock (the greeting,
 each command's reply, each block of message text written, and the reply
-after the final dot).
+after the final dot).  Commands, and message text of one block, are
+written at once (straight to the socket on plain TCP,
+L{twistedmail.sending.write_now}); longer text goes out block by block
+as the transport drains.
 
 Two ways in:
 
@@ -47,6 +50,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedmail.replies import Reply, TemporaryError
+from twistedmail.sending import write_now
 from twistedmail.smtp._client import (
     ClientMachine,
     ClientOptions,
@@ -270,10 +274,15 @@ class SMTPClientProtocol(Protocol):
         for event in events:
             if isinstance(event, SendCommands):
                 if self.transport is not None:
-                    self.transport.write(event.data)
+                    write_now(self.transport, (event.data,))
             elif isinstance(event, SendBody):
-                self._writing_body = True
                 assert self.transport is not None
+                if len(event.data) <= BLOCK_SIZE:
+                    # One block: written at once (straight to the socket on
+                    # plain TCP); the final reply's timer starts below.
+                    write_now(self.transport, (event.data,))
+                    continue
+                self._writing_body = True
                 self.transport.registerProducer(  # type: ignore[attr-defined]
                     _BodyWriter(self, event.data), False
                 )
