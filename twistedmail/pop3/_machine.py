@@ -782,7 +782,7 @@ class POP3Machine:
 
     def _words(self, args: bytes, least: int, most: int) -> list[bytes]:
         words = args.split(b" ") if args else []
-        if not least <= len(words) <= most or any(not w for w in words):
+        if not least <= len(words) <= most or b"" in words:
             raise ProtocolError(BAD_ARGUMENTS, "wrong number of arguments")
         return words
 

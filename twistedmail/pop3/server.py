@@ -652,11 +652,14 @@ class POP3ServerProtocol(Protocol):
 
     def _limit_reading(self) -> None:
         """Stop reading from the socket while much input waits unhandled."""
+        busy = self.machine.pending or self._paused
+        if not self._reading_paused and not (busy and self.machine.buffered > 4096):
+            # Nothing to stop or start (after nearly every command).
+            return
         pause = getattr(self._transport, "pauseProducing", None)
         resume = getattr(self._transport, "resumeProducing", None)
         if pause is None or resume is None:
             return
-        busy = self.machine.pending or self._paused
         if busy and self.machine.buffered > 4096 and not self._reading_paused:
             self._reading_paused = True
             pause()
