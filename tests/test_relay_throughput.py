@@ -358,3 +358,58 @@ class MessageTextTests(SynchronousTestCase):
         self.assertEqual(normalize_line_endings(MESSAGE), MESSAGE)
         self.assertEqual(dot_stuff(MESSAGE), MESSAGE + b".\r\n")
         self.assertEqual(dot_stuff(b".x\r\n"), b"..x\r\n.\r\n")
+
+
+class FlushWhileExaminedTests(SynchronousTestCase):
+    """A flush that comes while an entry is being examined is not lost."""
+
+    def _deferred_entry(self, s: RelaySetup) -> str:
+        """An entry whose one remote record waits an hour for its next
+        attempt."""
+        queue_id = s.queue("bob@b.test")
+        later = s.clock.seconds() + 3600
+        record = RecipientRecord("bob@b.test", status=REMOTE, next_attempt=later)
+        s.result(s.spool.update_status(queue_id, [record]))
+        return queue_id
+
+    def test_flush_all_during_load(self) -> None:
+        """flush() while the entry's load waits in the thread pool: the
+        record is tried now, not in an hour."""
+        s = RelaySetup(self.mktemp(), QueueSettings())
+        self.addCleanup(s.stop)
+        self._deferred_entry(s)
+        s.relay.startService()
+        s.runner.held = True
+        s.turn()
+        s.relay.flush(None)
+        s.relay.flush(None)
+        s.runner.release_all()
+        s.turn()
+        self.assertEqual(s.transport.recipients_sent(), ["bob@b.test"])
+
+    def test_flush_one_during_load(self) -> None:
+        """flush(id) while the entry's load waits: tried now."""
+        s = RelaySetup(self.mktemp(), QueueSettings())
+        self.addCleanup(s.stop)
+        queue_id = self._deferred_entry(s)
+        s.relay.startService()
+        s.runner.held = True
+        s.turn()
+        self.assertEqual(s.relay.examining, 1)
+        s.relay.flush(queue_id)
+        s.runner.release_all()
+        s.turn()
+        self.assertEqual(s.transport.recipients_sent(), ["bob@b.test"])
+
+    def test_no_flush_waits(self) -> None:
+        """Without a flush the record waits for its time (the tests above
+        are not passing by accident)."""
+        s = RelaySetup(self.mktemp(), QueueSettings())
+        self.addCleanup(s.stop)
+        self._deferred_entry(s)
+        s.relay.startService()
+        s.turn()
+        self.assertEqual(s.transport.sent, [])
+        s.clock.advance(3600)
+        s.turn()
+        self.assertEqual(s.transport.recipients_sent(), ["bob@b.test"])

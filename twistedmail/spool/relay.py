@@ -532,7 +532,10 @@ class RelayRunner(Service):
     def flush(self, queue_id: str | None = None) -> None:
         """Try remote records now (of one entry, or all), whatever their
         next attempt time; the local runner is kicked too."""
-        ids = [queue_id] if queue_id is not None else list(self._waiting)
+        # Entries being examined now count too: their examination may have
+        # read its "forced" mark already, and would otherwise put them back
+        # to wait for their next attempt time.
+        ids = [queue_id] if queue_id is not None else [*self._waiting, *self._examining]
         for i in ids:
             self._forced.add(i)
             self._waiting[i] = 0.0
@@ -622,7 +625,7 @@ class RelayRunner(Service):
         self._examining.discard(queue_id)
         self._wake_idle()
         self._dispatch()
-        if self._throttled:
+        if self._throttled or queue_id in self._forced:
             self._throttled = False
             self._run_soon()
 
@@ -732,7 +735,9 @@ class RelayRunner(Service):
             return
         times = [r.next_attempt or 0.0 for r in entry.recipients if r.status == REMOTE]
         if times:
-            self._waiting[entry.queue_id] = min(times)
+            # Flushed while it was examined: due now, not at its next time.
+            forced = entry.queue_id in self._forced
+            self._waiting[entry.queue_id] = 0.0 if forced else min(times)
 
     # Workers
 
