@@ -28,8 +28,11 @@ Public names (stable):
   bool}, C{read(uid) -> bytes}, C{get_file(uid)}, C{set_flags(uid, flags,
   keywords)}, C{add(message, flags, keywords, internal_date) -> uid},
   C{copy(uids, target) -> {old: new}}, C{expunge(uids) -> [uid]},
-  C{take_recent() -> [uid]}, C{keywords()}, C{cache_get(base, key)}, C{cache_put(base, key, value)},
-  C{close()}.
+  C{take_recent() -> [uid]}, C{keywords()}, C{cache_get(base, key)},
+  C{cache_get_many(bases, key)}, C{cache_put(base, key, value, fields)},
+  C{cache_put_fields(entries)}, C{cache_match(field, needle, bases)} (the
+  header-field index that SEARCH uses), C{columns()}, C{uids()},
+  C{flag_sets()}, C{messages_later()}, C{close()}.
 
 - L{MessageInfo}: C{uid, base, filename, size, internal_date, flags,
   keywords, recent}.
