@@ -780,6 +780,25 @@ class FailureTests(SynchronousTestCase):
         s.clock.advance(Timeouts().greeting - 30 * 8)
         self.assertIsInstance(s.ready[0].value, HostFailure)
 
+    def test_one_timer_moved(self) -> None:
+        """Through a transaction the one timer is moved from wait to wait
+        (never a second call on the clock), each wait timed from its start."""
+        t = Timeouts()
+        s = Session(tls="none")
+        s.up()
+        out = s.send("b@b.test")
+        s.sent()
+        self.assertEqual(len(s.clock.getDelayedCalls()), 1)
+        s.clock.advance(t.mail - 1)
+        s.server(b"250 ok\r\n")
+        self.assertEqual(len(s.clock.getDelayedCalls()), 1)
+        s.clock.advance(t.rcpt - 1)
+        s.server(b"250 ok\r\n")
+        (timer,) = s.clock.getDelayedCalls()
+        self.assertEqual(timer.getTime(), s.clock.seconds() + t.data_init)
+        s.clock.advance(t.data_init)
+        self.assertIn("data_init", out[0].session_error)
+
     def test_no_timer_left(self) -> None:
         """After QUIT and close no timer is left on the clock."""
         s = Session(tls="none")

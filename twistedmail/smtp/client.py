@@ -335,19 +335,24 @@ class SMTPClientProtocol(Protocol):
         key = (waiting, self.machine.replies_received)
         if key == self._timer_key and not force and self._timer is not None:
             return
-        self._cancel_timer()
         self._timer_key = key
         if waiting is not None and self.transport is not None:
-            self._timer = self.clock.callLater(
-                getattr(self.timeouts, waiting), self._timed_out
-            )
+            self._start_timer(getattr(self.timeouts, waiting))
+        else:
+            self._cancel_timer()
 
     def _arm(self, kind: str) -> None:
-        self._cancel_timer()
         self._timer_key = (kind, -1)
-        self._timer = self.clock.callLater(
-            getattr(self.timeouts, kind), self._timed_out
-        )
+        self._start_timer(getattr(self.timeouts, kind))
+
+    def _start_timer(self, seconds: float) -> None:
+        """Time out C{seconds} from now: the running timer is moved (cheaper
+        for the reactor than cancelling it and scheduling a new call)."""
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(seconds)
+        else:
+            self._timer = self.clock.callLater(seconds, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
