@@ -293,6 +293,46 @@ class NotifierTests(SynchronousTestCase):
         entries = self.wait(self.spool.open_entries())
         return [e for e in entries if e.queue_id not in known]
 
+    def test_nothing_to_notify(self) -> None:
+        """When L{Notifier.settle} finds nothing to send it fires at once
+        with the entry as the full notice steps leave it (expired where
+        due), and those steps would send nothing: the quick answer is the
+        slow one."""
+        full = Reply(452, "4.2.2", "Mailbox full")
+        bob = RecipientRecord("bob@b.test")
+        bases = [self.entry(bob, sender=s) for s in ("alice@a.test", "")]
+        quick = slow = 0
+        for step in (0.0, 3600.0, 86400.0):
+            self.clock.advance(step)
+            for base in bases:
+                for status in (REMOTE, DEFERRED, DELIVERED, BOUNCED, FAILED):
+                    for done in ((), (NOTICE_SUCCESS,), (NOTICE_DELAY,)):
+                        for notify in ((), ("SUCCESS",), ("NEVER",)):
+                            for reply, attempts in ((None, 0), (full, 1)):
+                                record = replace(
+                                    bob,
+                                    status=status,
+                                    done=done,
+                                    notify=notify,
+                                    reply=reply,
+                                    attempts=attempts,
+                                )
+                                entry = replace(base, recipients=(record,))
+                                expired = self.notifier.expire(entry)
+                                if self.notifier._may_notify(expired):
+                                    slow += 1
+                                    continue
+                                quick += 1
+                                d = self.notifier.settle(entry)
+                                self.assertEqual(self.successResultOf(d), expired)
+                                steps = Deferred.fromCoroutine(
+                                    self.notifier._notify(expired)
+                                )
+                                self.assertEqual(self.wait(steps), expired)
+        self.assertEqual(self.others(*(b.queue_id for b in bases)), [])
+        self.assertGreater(quick, 0)
+        self.assertGreater(slow, 0)
+
     def test_bounce(self) -> None:
         """A failed recipient is bounced to the sender from <> and marked
         bounced."""

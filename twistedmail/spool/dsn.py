@@ -53,7 +53,7 @@ from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -458,8 +458,30 @@ class Notifier:
 
     def settle(self, entry: QueueEntry) -> Deferred[QueueEntry]:
         """Expire, bounce, warn and report as the records call for; fire with
-        the entry with those notices recorded (the caller writes it)."""
-        return Deferred.fromCoroutine(self._settle(entry))
+        the entry with those notices recorded (the caller writes it).
+
+        Most calls find nothing to send: the entry (expired where due) then
+        comes back at once, without running the notice steps."""
+        entry = self.expire(entry)
+        if not self._may_notify(entry):
+            return succeed(entry)
+        return Deferred.fromCoroutine(self._notify(entry))
+
+    def _may_notify(self, entry: QueueEntry) -> bool:
+        """Whether a notice step of L{_notify} might send or record a notice
+        for the (already expired) entry; C{False} only when none would."""
+        sender = entry.envelope.sender
+        for r in entry.recipients:
+            if r.status == FAILED:
+                return True
+            if sender and r.status == DELIVERED and NOTICE_SUCCESS not in r.done:
+                return True
+        limit = self._settings.delay_warning
+        if limit and sender:
+            now = self._clock.seconds()
+            if entry.envelope.received_at + limit <= now < self.deadline(entry):
+                return True
+        return False
 
     def deadline(self, entry: QueueEntry) -> float:
         """When the entry's undelivered recipients expire."""
@@ -493,8 +515,7 @@ class Notifier:
             )
         return replace(entry, recipients=tuple(records)) if changed else entry
 
-    async def _settle(self, entry: QueueEntry) -> QueueEntry:
-        entry = self.expire(entry)
+    async def _notify(self, entry: QueueEntry) -> QueueEntry:
         entry = await self._bounce(entry)
         entry = await self._warn(entry)
         entry = await self._report_success(entry)
