@@ -27,6 +27,7 @@ from twistedmail.spool.relay import (
     JITTER_FRACTION,
     RelayRunner,
     SMTPTransport,
+    _domain_of,
     retry_delay,
 )
 from twistedmail.spool.runner import EntryLocks
@@ -41,6 +42,17 @@ from twistedmail.spool.store import (
 BUSY = Reply(451, "4.3.0", "Try again later")
 UNKNOWN = Reply(550, "5.1.1", "No such user")
 SCHEDULE = (300.0, 600.0, 1200.0, 2400.0, 7200.0)
+
+
+class DomainOfTests(SynchronousTestCase):
+    """L{_domain_of}, the cached domain of a recipient."""
+
+    def test_domain(self) -> None:
+        """The normalised domain, the same when asked again; C{None} for
+        what is no address, again."""
+        for _ in range(2):
+            self.assertEqual(_domain_of("Bob@B.Test"), "b.test")
+            self.assertIsNone(_domain_of("no-at-sign"))
 
 
 class RetryDelayTests(SynchronousTestCase):

@@ -15,6 +15,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from twistedmail.address import AddressError
 from twistedmail.smtp._client import (
     REPLY_LINE_LIMIT,
     ClientMachine,
@@ -27,6 +28,7 @@ from twistedmail.smtp._client import (
     ReplyParser,
     ServerReply,
     State,
+    _wire_address,
     to_seven_bit,
 )
 from twistedmail.smtp.client import (
@@ -807,6 +809,25 @@ class FailureTests(SynchronousTestCase):
         s.server(b"221 bye\r\n")
         s.lose()
         self.assertEqual(s.clock.getDelayedCalls(), [])
+
+
+class WireAddressTests(SynchronousTestCase):
+    """Addresses as sent in MAIL and RCPT (a cached function)."""
+
+    def test_same_answer_again(self) -> None:
+        """The domain becomes lower-case A-labels, the local part stays as
+        given, and asking again gives the same answer."""
+        for _ in range(2):
+            self.assertEqual(
+                _wire_address("Bob@B\u00fccher.Example"), "Bob@xn--bcher-kva.example"
+            )
+
+    def test_bad_address_raises_again(self) -> None:
+        """A bad address raises every time it is asked about (failures are
+        not cached as answers)."""
+        for _ in range(2):
+            self.assertRaises(AddressError, _wire_address, "no-at-sign")
+            self.assertRaises(AddressError, _wire_address, "bob@b..test")
 
 
 class ReplyParserTests(SynchronousTestCase):

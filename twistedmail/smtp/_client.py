@@ -36,6 +36,7 @@ import base64
 import binascii
 import email
 import email.policy
+import functools
 import re
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -1031,8 +1032,12 @@ def _line(command: str, params: list[str]) -> bytes:
     return (" ".join([command, *params]) + "\r\n").encode("utf-8")
 
 
+@functools.lru_cache(maxsize=4096)
 def _wire_address(text: str) -> str:
     """An address as sent: domain as A-labels, local part as given.
+
+    Cached: the same senders and recipients come back message after message
+    (an address that raises is not cached and raises again).
 
     @raise AddressError: when it is not an address (or has CR/LF/brackets).
     """

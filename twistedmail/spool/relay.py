@@ -67,6 +67,7 @@ start-up scan and from its poll of due entries.
 from __future__ import annotations
 
 import collections
+import functools
 import random as _random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -385,7 +386,10 @@ def _naming(domain: str, reason: str) -> str:
     return f"{domain}: {reason}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _domain_of(address: str) -> str | None:
+    """The address's normalised domain, or C{None} when it is no address;
+    cached, as the same recipients come back message after message."""
     try:
         return Address.parse(address, utf8=True).domain
     except AddressError:
