@@ -21,7 +21,7 @@ from twistedmail.config import AliasSettings, SpoolSettings
 from twistedmail.delivery.local import LocalDelivery
 from twistedmail.interfaces import Envelope, Recipient, User
 from twistedmail.replies import MAILBOX_FULL, TemporaryError
-from twistedmail.spool.runner import LocalAgent, QueueRunner
+from twistedmail.spool.runner import EntryLocks, LocalAgent, QueueRunner
 from twistedmail.spool.store import QueueEntry, Spool, submit_incoming
 
 D = "example.test"
@@ -59,6 +59,75 @@ class FakeAgent:
             self.held.append(d)
             return d
         return succeed(None)
+
+
+class EntryLocksTests(SynchronousTestCase):
+    """L{EntryLocks}: one holder per entry at a time, first come first
+    served, failures passed on and the lock freed whatever happens."""
+
+    def test_uncontended(self) -> None:
+        """A free entry's call runs at once; its result comes back and the
+        entry is free again."""
+        locks = EntryLocks()
+        held = []
+        d = locks.run("A", lambda: succeed(held.append(locks.locked("A")) or 7))
+        self.assertEqual(self.successResultOf(d), 7)
+        self.assertEqual(held, [True])
+        self.assertFalse(locks.locked("A"))
+
+    def test_waits_in_order(self) -> None:
+        """Calls for a held entry wait and then run one after another in
+        the order they came; another entry is not held up."""
+        locks = EntryLocks()
+        first: Deferred[str] = Deferred()
+        second: Deferred[str] = Deferred()
+        ran: list[str] = []
+
+        def call(name: str, d: Deferred[str]) -> Callable[[], Deferred[str]]:
+            def f() -> Deferred[str]:
+                ran.append(name)
+                return d
+
+            return f
+
+        d1 = locks.run("A", call("one", first))
+        d2 = locks.run("A", call("two", second))
+        d3 = locks.run("A", call("three", succeed("3")))
+        d4 = locks.run("B", call("other", succeed("b")))
+        self.assertEqual(ran, ["one", "other"])
+        self.assertEqual(self.successResultOf(d4), "b")
+        self.assertNoResult(d2)
+        first.callback("1")
+        self.assertEqual(self.successResultOf(d1), "1")
+        self.assertEqual(ran, ["one", "other", "two"])
+        self.assertTrue(locks.locked("A"))
+        second.callback("2")
+        self.assertEqual(
+            [self.successResultOf(d2), self.successResultOf(d3)], ["2", "3"]
+        )
+        self.assertEqual(ran, ["one", "other", "two", "three"])
+        self.assertFalse(locks.locked("A"))
+        self.assertFalse(locks.locked("B"))
+
+    def test_failures(self) -> None:
+        """A call that raises or fails passes its failure to its caller
+        only; the next call still runs and the entry ends free."""
+        locks = EntryLocks()
+        gate: Deferred[None] = Deferred()
+
+        def boom() -> Deferred[None]:
+            raise ValueError("boom")
+
+        d1 = locks.run("A", lambda: gate)
+        d2 = locks.run("A", boom)
+        d3 = locks.run("A", lambda: fail(KeyError("gone")))
+        d4 = locks.run("A", lambda: succeed("ok"))
+        gate.callback(None)
+        self.assertIsNone(self.successResultOf(d1))
+        self.failureResultOf(d2, ValueError)
+        self.failureResultOf(d3, KeyError)
+        self.assertEqual(self.successResultOf(d4), "ok")
+        self.assertFalse(locks.locked("A"))
 
 
 class RunnerTestCase(SynchronousTestCase):
