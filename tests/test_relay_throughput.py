@@ -359,6 +359,13 @@ class MessageTextTests(SynchronousTestCase):
         self.assertEqual(dot_stuff(MESSAGE), MESSAGE + b".\r\n")
         self.assertEqual(dot_stuff(b".x\r\n"), b"..x\r\n.\r\n")
 
+    def test_line_ends_apart(self) -> None:
+        """A bare CR and a later bare LF (alternating like CRLFs, but not
+        adjacent) each become CRLF."""
+        self.assertEqual(normalize_line_endings(b"x\ry\nz\r\n"), b"x\r\ny\r\nz\r\n")
+        self.assertEqual(normalize_line_endings(b"x\r\n\r"), b"x\r\n\r\n")
+        self.assertEqual(normalize_line_endings(b"x\n\r"), b"x\r\n\r\n")
+
 
 class FlushWhileExaminedTests(SynchronousTestCase):
     """A flush that comes while an entry is being examined is not lost."""
