@@ -423,15 +423,23 @@ def read_entry_file(path: str) -> tuple[QueueEntry, int]:
     if not tail.endswith(b"\n"):
         raise BrokenEntry("no END line")
     last = tail[: len(tail) - 1].rpartition(b"\n")[2] + b"\n"
-    if not last.startswith(b"END "):
-        raise BrokenEntry("no END line")
-    try:
-        size = int(last[4:-1])
-    except ValueError:
-        raise BrokenEntry("bad END line") from None
+    size = _end_size(last)
     if offset + size + len(last) != total:
         raise BrokenEntry("message size does not match the END line")
     return QueueEntry.from_json(data, size), offset
+
+
+def _end_size(last: bytes) -> int:
+    """The message size an entry file's last line (``END <size>\\n``) states.
+
+    @raise BrokenEntry: not an END line, or no number in it.
+    """
+    if not last.startswith(b"END "):
+        raise BrokenEntry("no END line")
+    try:
+        return int(last[4:-1])
+    except ValueError:
+        raise BrokenEntry("bad END line") from None
 
 
 def read_message_file(path: str) -> bytes:
@@ -452,14 +460,7 @@ def read_message_file(path: str) -> bytes:
     if not rest.endswith(b"\n"):
         raise BrokenEntry("no END line")
     cut = rest.rfind(b"\n", 0, len(rest) - 1) + 1
-    last = rest[cut:]
-    if not last.startswith(b"END "):
-        raise BrokenEntry("no END line")
-    try:
-        size = int(last[4:-1])
-    except ValueError:
-        raise BrokenEntry("bad END line") from None
-    if size != cut:
+    if _end_size(rest[cut:]) != cut:
         raise BrokenEntry("message size does not match the END line")
     return rest[:cut]
 
