@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.imap_server_helpers import make_message, make_world
+from tests.imap_server_helpers import make_message, make_world, run_now
 from tests.maildir_helpers import make_store
 from twistedmail.imap._message import (
     CACHE_KEY,
@@ -527,3 +530,52 @@ class DecodeHeaderTests(SynchronousTestCase):
             self.assertEqual(
                 _decode_header(candidate), None if full is None else full.header
             )
+
+
+class InfosInThreadTests(SynchronousTestCase):
+    """After SELECT, the first command that needs the session's messages
+    has them made by the thread runner, not on the reactor thread."""
+
+    def _selected(self) -> tuple[Any, list[str]]:
+        made: list[str] = []
+        holder: list[Any] = []
+
+        def runner(f: Callable[[], Any]) -> Deferred[Any]:
+            view = holder[0].proto._view if holder else None
+            before = view is not None and view.infos_made
+            d = run_now(f)
+            if view is not None and not before and view.infos_made:
+                made.append("thread")
+            return d
+
+        world = make_world(self.mktemp(), run_in_thread=runner)
+        for n in range(3):
+            world.deliver(make_message(n))
+        client = world.logged_in()
+        holder.append(client)
+        # The first SELECT moves the new messages to cur/, so the folder
+        # changed after its snapshot and it looks again before its OK; the
+        # second finds nothing to look at.
+        client.ok("SELECT INBOX")
+        client.ok("SELECT INBOX")
+        made.clear()
+        self.assertFalse(client.proto._view.infos_made)
+        return client, made
+
+    def test_search(self) -> None:
+        """SEARCH ALL."""
+        client, made = self._selected()
+        self.assertIn(b"* SEARCH 1 2 3", client.ok("SEARCH ALL"))
+        self.assertEqual(made, ["thread"])
+
+    def test_expunge(self) -> None:
+        """EXPUNGE with nothing deleted."""
+        client, made = self._selected()
+        client.ok("EXPUNGE")
+        self.assertEqual(made, ["thread"])
+
+    def test_close(self) -> None:
+        """CLOSE (the view is gone afterwards)."""
+        client, made = self._selected()
+        client.ok("CLOSE")
+        self.assertEqual(made, ["thread"])

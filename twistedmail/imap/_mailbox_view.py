@@ -178,6 +178,12 @@ class MailboxView:
         self.first_unseen = _first_of(suffixes, unseen)
 
     @property
+    def infos_made(self) -> bool:
+        """Whether L{infos} is made already (reading it then costs nothing
+        more: the reactor thread may)."""
+        return self._infos is not None
+
+    @property
     def infos(self) -> dict[int, MessageInfo]:
         """The messages as this session knows them, by UID (made on first
         use after SELECT, in whichever thread asks first)."""

@@ -355,6 +355,11 @@ def _open_view(
     return view
 
 
+def _made_infos(view: MailboxView) -> None:
+    """Make a view's messages (blocking; see L{MailboxView.infos})."""
+    view.infos  # noqa: B018 (made now, in this thread)
+
+
 def _status(
     store: MaildirStore, path: str, name: str, items: Iterable[StatusItem]
 ) -> dict[StatusItem, int]:
@@ -1514,10 +1519,21 @@ class IMAPServerProtocol(Protocol):
         await self._update(allow_expunge=True, force=True)
         return _ok(command.tag, "CHECK completed")
 
+    async def _view_infos(self, view: MailboxView) -> dict[int, MessageInfo]:
+        """The view's messages by UID, made in a thread when no command
+        has needed them since SELECT (a folder may hold 100,000: the
+        reactor thread would stop for a tenth of a second or more)."""
+        if not view.infos_made:
+            await self._in_thread(_made_infos, view)
+        return view.infos
+
     async def _do_close(self, command: Close) -> bytes:
         view = self._view
         if view is not None and not view.read_only:
-            deleted = [u for u in view.uids if "T" in view.infos[u].flags]
+            infos = await self._view_infos(view)
+            if self._gone:
+                return _ok(command.tag, "gone")
+            deleted = [u for u in view.uids if "T" in infos[u].flags]
             if deleted:
                 try:
                     await self._in_thread(view.mailbox.expunge, deleted)
@@ -1535,7 +1551,10 @@ class IMAPServerProtocol(Protocol):
         assert view is not None
         if view.read_only:
             return _no(command.tag, "Mailbox is read-only", "READ-ONLY")
-        uids = [u for u in view.uids if "T" in view.infos[u].flags]
+        infos = await self._view_infos(view)
+        if self._gone:
+            return _ok(command.tag, "gone")
+        uids = [u for u in view.uids if "T" in infos[u].flags]
         if command.uid_set is not None:
             chosen = set(command.uid_set.iter_uids(view.uids))
             uids = [u for u in uids if u in chosen]
@@ -1895,7 +1914,10 @@ class IMAPServerProtocol(Protocol):
         if with_modseq:
             self._enabled.add("CONDSTORE")
         mailbox = view.mailbox
-        messages = [view.infos[u] for u in view.uids]
+        infos = await self._view_infos(view)
+        if self._gone:
+            return _ok(command.tag, "gone")
+        messages = [infos[u] for u in view.uids]
 
         def load(uid: int) -> bytes | None:
             return _read_or_none(mailbox, uid)
