@@ -40,22 +40,31 @@ from twistedmail.imap._modseq import (
     signature_of,
     signatures,
 )
-from twistedmail.maildir import Mailbox
+from twistedmail.maildir import Mailbox, MaildirStore
 from twistedmail.maildir.cache import CACHE_NAME, MessageCache
 from twistedmail.maildir.uidlist import UIDLIST_NAME
+
+
+def filled_store(
+    case: SynchronousTestCase, messages: list[bytes]
+) -> tuple[MaildirStore, str]:
+    """A store on a fake clock in 2026 and alice's INBOX path, with
+    C{messages} delivered into it."""
+    root = os.path.abspath(case.mktemp())
+    clock = Clock()
+    clock.advance(1_790_000_000)
+    store = make_store(root, clock)
+    path = os.path.join(root, "example.test", "alice")
+    for i, message in enumerate(messages):
+        case.successResultOf(store.deliver(path, message, f"Q{i}"))
+    return store, path
 
 
 class SetFlagsManyTests(SynchronousTestCase):
     """L{Mailbox.set_flags_many}."""
 
     def setUp(self) -> None:
-        root = os.path.abspath(self.mktemp())
-        clock = Clock()
-        clock.advance(1_790_000_000)
-        self.store = make_store(root, clock)
-        self.path = os.path.join(root, "example.test", "alice")
-        for i in range(4):
-            self.successResultOf(self.store.deliver(self.path, b"m%d" % i, f"Q{i}"))
+        self.store, self.path = filled_store(self, [b"m%d" % i for i in range(4)])
         self.mailbox: Mailbox = self.store.open_mailbox(self.path)
         self.heard: list[None] = []
         self.store.subscribe(self.path, "INBOX", lambda: self.heard.append(None))
@@ -93,13 +102,7 @@ class ModSeqIndexTests(SynchronousTestCase):
     """The column-wise L{ModSeqIndex}."""
 
     def setUp(self) -> None:
-        root = os.path.abspath(self.mktemp())
-        clock = Clock()
-        clock.advance(1_790_000_000)
-        self.store = make_store(root, clock)
-        self.path = os.path.join(root, "example.test", "alice")
-        for i in range(5):
-            self.successResultOf(self.store.deliver(self.path, b"m%d" % i, f"Q{i}"))
+        self.store, self.path = filled_store(self, [b"m%d" % i for i in range(5)])
         self.mailbox = self.store.open_mailbox(self.path)
         self.index = ModSeqIndex(self.mailbox.path)
         self.addCleanup(self.index.close)
@@ -288,14 +291,9 @@ class BatchedHeadersTests(SynchronousTestCase):
     """L{BatchedHeaders} reads the structure cache a batch at a time."""
 
     def setUp(self) -> None:
-        root = os.path.abspath(self.mktemp())
-        clock = Clock()
-        clock.advance(1_790_000_000)
-        self.store = make_store(root, clock)
-        self.path = os.path.join(root, "example.test", "alice")
-        for i in range(5):
-            message = b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i)
-            self.successResultOf(self.store.deliver(self.path, message, f"Q{i}"))
+        self.store, self.path = filled_store(
+            self, [b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i) for i in range(5)]
+        )
         self.mailbox = self.store.open_mailbox(self.path)
         self.infos = self.mailbox.messages()
         self.reads: list[int] = []
@@ -431,13 +429,7 @@ class ModSeqDigestTests(SynchronousTestCase):
     """The digest that lets a sync of an unchanged folder skip the rows."""
 
     def setUp(self) -> None:
-        root = os.path.abspath(self.mktemp())
-        clock = Clock()
-        clock.advance(1_790_000_000)
-        self.store = make_store(root, clock)
-        self.path = os.path.join(root, "example.test", "alice")
-        for i in range(4):
-            self.successResultOf(self.store.deliver(self.path, b"m%d" % i, f"Q{i}"))
+        self.store, self.path = filled_store(self, [b"m%d" % i for i in range(4)])
         self.mailbox = self.store.open_mailbox(self.path)
         self.db = sqlite3.connect(os.path.join(self.mailbox.path, MODSEQ_NAME))
         self.addCleanup(self.db.close)
