@@ -6,11 +6,12 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from tests.flow_helpers import start_instance
 from twistedmail.aliases.directory import MemoryDirectory
 from twistedmail.auth.passwords import hash_password
 from twistedmail.config import ListenerSettings, ServerSettings, Settings
 from twistedmail.interfaces import User
-from twistedmail.service import MailService, makeService
+from twistedmail.service import MailService
 
 __all__ = ["DOMAIN", "PASSWORD", "start_service"]
 
@@ -41,12 +42,5 @@ async def start_service(
             User(f"carol@{DOMAIN}", "", f"{DOMAIN}/carol"),
         ),
     )
-    service = makeService(settings, reactor, directory=directory)
-    service.startService()
-    case.addCleanup(service.stopService)
-    await service.ready
-    ports = {
-        role: address.port  # type: ignore[attr-defined]
-        for role, address in service.addresses().items()
-    }
-    return service, ports
+    instance = await start_instance(case, reactor, settings, directory)
+    return instance.service, instance.ports
