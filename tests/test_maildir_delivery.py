@@ -312,6 +312,19 @@ class _HeldRunner:
             d.callback(result)
 
 
+def _counted_batches() -> tuple[_HeldRunner, list[int], DeliveryBatches]:
+    """Delivery batches on a held runner whose work names each delivery
+    C{base-<unique>} and records each batch's size."""
+    runner = _HeldRunner()
+    sizes: list[int] = []
+
+    def work(pairs: list[tuple[str, Delivery]]) -> list[str | Exception]:
+        sizes.append(len(pairs))
+        return [f"base-{item.unique}" for _, item in pairs]
+
+    return runner, sizes, DeliveryBatches(runner, work)
+
+
 class BatchTests(SynchronousTestCase):
     """Deliveries in batches: L{deliver_batch} and L{DeliveryBatches}."""
 
@@ -428,14 +441,7 @@ class BatchTests(SynchronousTestCase):
     def test_group_commit(self) -> None:
         """Deliveries handed over while a batch runs form the next batch:
         one thread job for them all, each Deferred fires with its name."""
-        runner = _HeldRunner()
-        sizes: list[int] = []
-
-        def work(pairs: list[tuple[str, Delivery]]) -> list[str | Exception]:
-            sizes.append(len(pairs))
-            return [f"base-{item.unique}" for _, item in pairs]
-
-        batches = DeliveryBatches(runner, work)
+        runner, sizes, batches = _counted_batches()
         first = batches.deliver(self.path, Delivery(b"a", "Q1"))
         later = [batches.deliver(self.path, Delivery(b"b", f"Q{i}")) for i in (2, 3)]
         self.assertEqual(len(runner.jobs), 1)
@@ -454,14 +460,7 @@ class BatchTests(SynchronousTestCase):
         """Deliveries handed over by a finished batch's callbacks (the queue
         runner moving on) all form the next batch: the first does not go
         alone."""
-        runner = _HeldRunner()
-        sizes: list[int] = []
-
-        def work(pairs: list[tuple[str, Delivery]]) -> list[str | Exception]:
-            sizes.append(len(pairs))
-            return [f"base-{item.unique}" for _, item in pairs]
-
-        batches = DeliveryBatches(runner, work)
+        runner, sizes, batches = _counted_batches()
         later: list[Deferred[str]] = []
 
         def more(_: str) -> None:
