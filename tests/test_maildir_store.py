@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -879,3 +880,180 @@ class RealMigrationTests(StoreCase):
         mailbox.set_flags(1, {"S"})
         self.restart()
         self.assertEqual(self.store.open_mailbox(self.path).get(1).flags, {"S"})
+
+
+#: A directory time with a part below the millisecond (a file system with
+#: fine time stamps), a hundred seconds after the test clock's start.
+FINE_TIME = 1_790_000_100_123_456_789
+
+
+class ChangeWindowTests(StoreCase):
+    """How soon after a directory's last change its listing is trusted
+    (L{Mailbox.changed_on_disk}, L{Mailbox.refresh}): a change made within
+    the same timestamp tick as the one before it keeps the directory's
+    time, and must never be missed."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for i in range(3):
+            self.deliver(b"Subject: %d\r\n\r\nbody\r\n" % i, f"Q{i}")
+        mailbox = self.store.open_mailbox(self.path)
+        mailbox.take_recent()
+        mailbox.close()
+
+    def set_times(self, mtime_ns: int, age: float) -> None:
+        """Give new/ and cur/ this time, and move the clock C{age} seconds
+        past it (forward only)."""
+        for sub in ("new", "cur"):
+            os.utime(os.path.join(self.path, sub), ns=(mtime_ns, mtime_ns))
+        self.clock.advance(mtime_ns / 1e9 + age - self.clock.seconds())
+
+    def open(self) -> Mailbox:
+        mailbox = self.store.open_mailbox(self.path)
+        self.addCleanup(mailbox.close)
+        return mailbox
+
+    def flag_outside(self, mtime_ns: int) -> str:
+        """Another program sets \\Seen on one message; cur/ keeps (or gets)
+        the time C{mtime_ns}.  Returns the message's new file name."""
+        cur = os.path.join(self.path, "cur")
+        name = sorted(os.listdir(cur))[0]
+        self.assertTrue(name.endswith(":2,"))
+        os.rename(os.path.join(cur, name), os.path.join(cur, name + "S"))
+        os.utime(cur, ns=(mtime_ns, mtime_ns))
+        return "cur/" + name + "S"
+
+    def seen(self, mailbox: Mailbox) -> list[str]:
+        """The file names of the snapshot's \\Seen messages."""
+        return [i.filename for i in mailbox.messages() if "S" in i.flags]
+
+    def test_same_tick_change_seen(self) -> None:
+        """A change 50 ms after the last one, with the same directory time
+        (as within one timestamp tick), is found by the next look."""
+        self.set_times(FINE_TIME, 0.05)
+        mailbox = self.open()
+        generation = mailbox.generation
+        renamed = self.flag_outside(FINE_TIME)
+        self.assertTrue(mailbox.changed_on_disk())
+        self.assertTrue(mailbox.refresh())
+        self.assertEqual(self.seen(mailbox), [renamed])
+        self.assertNotEqual(mailbox.generation, generation)
+
+    def test_same_names_listed_again(self) -> None:
+        """Within the window every look lists the folder again; finding the
+        same names changes nothing (not the generation either)."""
+        self.set_times(FINE_TIME, 0.05)
+        mailbox = self.open()
+        before = mailbox.messages()
+        generation = mailbox.generation
+        self.assertTrue(mailbox.changed_on_disk())
+        self.assertFalse(mailbox.refresh())
+        self.assertFalse(mailbox.refresh(force=True))
+        self.assertEqual(mailbox.messages(), before)
+        self.assertEqual(mailbox.generation, generation)
+
+    def test_fine_time_settles_fast(self) -> None:
+        """A fine-grained directory time 0.2 s old is trusted: nothing to
+        look at while it stays; a change (a new time) is found."""
+        self.set_times(FINE_TIME, 0.2)
+        mailbox = self.open()
+        generation = mailbox.generation
+        self.assertFalse(mailbox.changed_on_disk())
+        self.assertFalse(mailbox.refresh())
+        self.assertEqual(mailbox.generation, generation)
+        later = FINE_TIME + 300_000_000
+        renamed = self.flag_outside(later)
+        self.clock.advance(0.5)
+        self.assertTrue(mailbox.changed_on_disk())
+        self.assertTrue(mailbox.refresh())
+        self.assertEqual(self.seen(mailbox), [renamed])
+
+    def test_whole_millisecond_time(self) -> None:
+        """A directory time in whole milliseconds may come from a file
+        system with coarse time stamps: it is not trusted for two seconds,
+        and a change within them with the same time is found."""
+        coarse = FINE_TIME - FINE_TIME % 1_000_000_000
+        self.set_times(coarse, 0.5)
+        mailbox = self.open()
+        self.assertTrue(mailbox.changed_on_disk())
+        renamed = self.flag_outside(coarse)
+        self.assertTrue(mailbox.refresh())
+        self.assertEqual(self.seen(mailbox), [renamed])
+        self.clock.advance(2)
+        self.assertTrue(mailbox.changed_on_disk())  # not looked at since
+        mailbox.refresh()
+        self.assertFalse(mailbox.changed_on_disk())
+
+    def test_time_ahead(self) -> None:
+        """A directory time ahead of the clock (another machine's clock) is
+        trusted only two seconds or more ahead, as before."""
+        self.set_times(FINE_TIME + 1_000_000_000, -0.5)
+        mailbox = self.open()
+        self.assertTrue(mailbox.changed_on_disk())
+        renamed = self.flag_outside(FINE_TIME + 1_000_000_000)
+        self.assertTrue(mailbox.refresh())
+        self.assertEqual(self.seen(mailbox), [renamed])
+        self.set_times(FINE_TIME + 5_000_000_000, -3.0)
+        mailbox.refresh()
+        self.assertFalse(mailbox.changed_on_disk())
+
+
+class GenerationTests(StoreCase):
+    """L{Mailbox.generation} changes with the snapshot, and only then."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for i in range(3):
+            self.deliver(b"Subject: %d\r\n\r\nbody\r\n" % i, f"Q{i}")
+        self.mailbox = self.store.open_mailbox(self.path)
+        self.addCleanup(self.mailbox.close)
+
+    def assertChanges(self, f: Callable[[], object], changes: bool = True) -> None:
+        """Whether calling C{f} changes the generation."""
+        before = self.mailbox.generation
+        f()
+        if changes:
+            self.assertNotEqual(self.mailbox.generation, before)
+        else:
+            self.assertEqual(self.mailbox.generation, before)
+
+    def test_unchanged_refresh(self) -> None:
+        """A refresh that finds nothing new keeps it, forced or not."""
+        self.assertChanges(self.mailbox.refresh, changes=False)
+        self.assertChanges(lambda: self.mailbox.refresh(force=True), changes=False)
+
+    def test_own_changes(self) -> None:
+        """Claiming recent messages, flag changes (even to the same flags)
+        and expunges change it."""
+        self.assertChanges(self.mailbox.take_recent)
+        self.assertChanges(lambda: self.mailbox.set_flags(1, {"S"}))
+        self.assertChanges(lambda: self.mailbox.set_flags(1, {"S"}))
+        self.assertChanges(lambda: self.mailbox.set_flags_many([(2, {"F"}, ())]))
+        self.assertChanges(lambda: self.mailbox.set_flags(3, (), {"$Work"}))
+        self.assertChanges(lambda: self.mailbox.expunge([2]))
+
+    def test_others_changes(self) -> None:
+        """A delivery, and a flag change by another mailbox, change it at
+        the next refresh."""
+        self.deliver(b"Subject: 4\r\n\r\nbody\r\n", "Q4")
+        self.assertChanges(self.mailbox.refresh)
+        other = self.store.open_mailbox(self.path)
+        self.addCleanup(other.close)
+        other.set_flags(1, {"S"})
+        self.assertChanges(self.mailbox.refresh)
+        self.assertChanges(self.mailbox.refresh, changes=False)
+
+    def test_new_uidvalidity(self) -> None:
+        """A new UID list that gives the same UIDs to the same files under a
+        new UIDVALIDITY changes it."""
+        # Opened again once the list exists (the first snapshot's disk
+        # state was taken before the list was written).
+        self.restart()
+        self.mailbox = self.store.open_mailbox(self.path)
+        self.addCleanup(self.mailbox.close)
+        validity = self.mailbox.uidvalidity
+        os.unlink(os.path.join(self.path, UIDLIST_NAME))
+        self.clock.advance(10)
+        self.assertChanges(self.mailbox.refresh)
+        self.assertNotEqual(self.mailbox.uidvalidity, validity)
+        self.assertEqual(self.mailbox.uids(), [1, 2, 3])

@@ -100,6 +100,9 @@ _SUBSCRIPTIONS = "subscriptions"
 # A directory mtime this close to the present may still change within the
 # same file system timestamp tick, so a scan made now is not trusted later.
 _MTIME_SLACK_NS = 2_000_000_000
+# The same for an mtime that shows a fine-grained file system (see
+# _settled): far more than the kernel's timestamp tick (at most 10 ms).
+_FINE_SLACK_NS = 100_000_000
 _TMP_MAX_AGE = 36 * 3600
 
 log = Logger()
@@ -309,6 +312,32 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def _settled(mtime_ns: int, before_ns: int) -> bool:
+    """Whether a directory whose time was C{mtime_ns} when it was looked at
+    (C{stat}, then list) cannot change again without its time changing, so
+    that the listing stays good while the time stays the same.
+
+    A change gets the kernel's coarse clock time (behind the real time by
+    at most one tick, 1 to 10 ms), cut to the file system's granularity.
+    Any change after the look therefore gets a time past C{mtime_ns} when
+    the look began (C{before_ns}, taken before the C{stat}) more than a
+    tick and a granule after it.  The granularity is known fine when the
+    time is not a whole millisecond: file systems keep times in
+    nanoseconds, 100 ns or microseconds, or in whole 10 ms, seconds or two
+    seconds (FAT, ext3, HFS+), and a file system's own clock may be ahead
+    (a time in the future).  Otherwise a time counts as settled only two
+    seconds away from C{before_ns} in either direction.
+
+    @param mtime_ns: the directory's C{st_mtime_ns}.
+    @param before_ns: the clock's time in nanoseconds, taken before the
+        C{stat}.
+    """
+    age = before_ns - mtime_ns
+    if age >= _MTIME_SLACK_NS or age <= -_MTIME_SLACK_NS:
+        return True
+    return age >= _FINE_SLACK_NS and mtime_ns % 1_000_000 != 0
 
 
 def _default_opener(path: str) -> IO[bytes]:
@@ -773,8 +802,11 @@ class Mailbox:
         self._suffixes: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         # The list last remembered (the store holds lists weakly).
         self._list_ref: UIDList | None = None
-        # The last listing of new/ and cur/ with the directory's time then.
-        self._listed: dict[str, tuple[int, dict[str, str]]] = {}
+        # The last listing of new/ and cur/ with the directory's time then,
+        # and whether that time can be trusted (see _scan_one).
+        self._listed: dict[str, tuple[int, dict[str, str], bool]] = {}
+        # Changes whenever the snapshot does (see generation).
+        self._generation = 0
         # Keeps the snapshot this mailbox published or adopted alive for
         # other mailboxes of the folder (the store holds it weakly).
         self._shared: _Shared | None = None
@@ -790,6 +822,15 @@ class Mailbox:
     def next_uid(self) -> int:
         """UIDNEXT as of the last refresh."""
         return self._uidlist.next_uid
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever the snapshot changes: a refresh
+        that finds a change (messages, file names, keywords, UIDVALIDITY),
+        a flag change, an expunge, a message claimed as recent.  Whoever
+        saw the snapshot at one generation has nothing new to learn from it
+        while the number stays the same (IMAP's poll then stops early)."""
+        return self._generation
 
     def __len__(self) -> int:
         """How many messages the snapshot holds."""
@@ -902,8 +943,10 @@ class Mailbox:
 
     def changed_on_disk(self) -> bool:
         """Whether the folder may have changed since the snapshot (a few
-        ``stat`` calls; True when that cannot be told: a change within the
-        last two seconds, or the folder gone)."""
+        ``stat`` calls; True when that cannot be told: a change so recent
+        that another may follow within the same timestamp tick (the last
+        0.1 s on a file system with fine time stamps, else the last two
+        seconds; L{_settled}), or the folder gone)."""
         try:
             signature = self._disk_signature()
         except NoSuchFolderError:
@@ -912,12 +955,13 @@ class Mailbox:
 
     def _disk_signature(self) -> tuple[object, ...] | None:
         parts: list[object] = []
+        before = self._now_ns()
         for sub in ("new", "cur"):
             try:
                 st = os.stat(os.path.join(self.path, sub))
             except FileNotFoundError:
                 raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
-            if self._recent(st.st_mtime_ns):
+            if not _settled(st.st_mtime_ns, before):
                 return None
             parts.append(st.st_mtime_ns)
         for name in (UIDLIST_NAME, "twistedmail-keywords"):
@@ -929,7 +973,10 @@ class Mailbox:
         return tuple(parts)
 
     def _recent(self, mtime_ns: int) -> bool:
-        return abs(int(self.store.now() * 1e9) - mtime_ns) < _MTIME_SLACK_NS
+        return abs(self._now_ns() - mtime_ns) < _MTIME_SLACK_NS
+
+    def _now_ns(self) -> int:
+        return int(self.store.now() * 1e9)
 
     def _list_stat(self) -> tuple[int, int, int] | None:
         # The list is replaced by rename (a new inode) or appended to (a
@@ -947,9 +994,10 @@ class Mailbox:
         ``new/`` is read before ``cur/`` so a message moving from one to the
         other during the scan is seen at least once (``cur/`` wins when it
         is seen in both).  A directory whose time has not changed since it
-        was last listed (and was not too recent then) is not listed again:
-        a delivery into ``new/`` of a 100,000-message folder lists only
-        ``new/``.
+        was last listed (and was settled then, L{_settled}) is not listed
+        again: a delivery into ``new/`` of a 100,000-message folder lists
+        only ``new/``.  One listed again with the same names as last time
+        keeps the part made then (compared, not parsed again).
 
         @param cached: whether unchanged directories may be taken from the
             last listing.
@@ -966,12 +1014,13 @@ class Mailbox:
     def _scan_one(self, sub: str, cached: bool) -> dict[str, str]:
         """One directory's part of L{_scan} (never to be changed)."""
         directory = os.path.join(self.path, sub)
+        before = self._now_ns()
         try:
             mtime = os.stat(directory).st_mtime_ns
         except FileNotFoundError:
             raise NoSuchFolderError(f"folder {self.name!r} is gone") from None
         known = self._listed.get(sub)
-        if cached and known is not None and known[0] == mtime:
+        if cached and known is not None and known[2] and known[0] == mtime:
             return known[1]
         try:
             names = os.listdir(directory)
@@ -988,14 +1037,24 @@ class Mailbox:
             joined = "/".join(names) + "/"
         part: dict[str, str] = {}
         if names:
-            # One pass in C: each match is one name, its group the base.
-            bases = _BASE.findall(joined)
-            part = dict(zip(bases, map((sub + "/").__add__, names), strict=True))
-        if self._recent(mtime):
-            # It may change again within this timestamp tick, unseen.
-            self._listed.pop(sub, None)
-        else:
-            self._listed[sub] = (mtime, part)
+            filenames = list(map((sub + "/").__add__, names))
+            if (
+                known is not None
+                and len(known[1]) == len(filenames)
+                and list(known[1].values()) == filenames
+            ):
+                # The same names as last time (a directory listed again
+                # within its timestamp tick, usually unchanged): the same
+                # part, compared in C instead of parsed again.  The same
+                # object also tells _found that nothing moved.
+                part = known[1]
+            else:
+                # One pass in C: each match is one name, its group the base.
+                bases = _BASE.findall(joined)
+                part = dict(zip(bases, filenames, strict=True))
+        # A directory time too recent may change again within this
+        # timestamp tick, unseen: the listing is kept only to be compared.
+        self._listed[sub] = (mtime, part, _settled(mtime, before))
         return part
 
     def _candidate(self) -> UIDList | None:
@@ -1113,6 +1172,9 @@ class Mailbox:
         if keywords.names != self._keywords.names:
             self._suffixes = {}
             self._infos = None
+            self._generation += 1
+        if ul.uidvalidity != self._uidlist.uidvalidity:
+            self._generation += 1
         self._keywords = keywords
         self._uidlist = ul
         self._signature = signature
@@ -1162,7 +1224,9 @@ class Mailbox:
     def _adopt(self, shared: _Shared) -> bool:
         """Take another mailbox's snapshot of the same disk state."""
         changed = (
-            shared.columns.uids != self._columns.uids or shared.files != self._files
+            shared.columns.uids != self._columns.uids
+            or shared.files != self._files
+            or shared.uidlist.uidvalidity != self._uidlist.uidvalidity
         )
         self._uidlist = shared.uidlist
         self._uidlist_stat = shared.uidlist_stat
@@ -1175,6 +1239,8 @@ class Mailbox:
         self._files = list(shared.files)
         self._infos = None
         self._shared = shared
+        if changed:
+            self._generation += 1
         return changed
 
     def _sync(self, files: dict[str, str]) -> tuple[UIDList, dict[str, str]]:
@@ -1330,6 +1396,7 @@ class Mailbox:
         self._files = filenames
         if changed:
             self._infos = None
+            self._generation += 1
         return changed
 
     # Reading
@@ -1401,6 +1468,7 @@ class Mailbox:
         self._files[i] = info.filename
         if self._infos is not None:
             self._infos[i] = info
+        self._generation += 1
 
     def _letters(self, keywords: Iterable[str]) -> frozenset[str]:
         keywords = list(keywords)
@@ -1413,6 +1481,7 @@ class Mailbox:
             kmap.save(self.path)
         self._keywords = kmap
         self._suffixes = {}
+        self._generation += 1
         return frozenset(cast(list[str], letters))
 
     def set_flags(
@@ -1633,6 +1702,7 @@ class Mailbox:
         self._files = list(itertools.compress(self._files, keep))
         if self._infos is not None:
             self._infos = list(itertools.compress(self._infos, keep))
+        self._generation += 1
         self.store.notify(self.maildir, self.name)
         return sorted(removed)
 
