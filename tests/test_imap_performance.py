@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.imap_server_helpers import make_message, make_world, run_now
 from tests.maildir_helpers import make_store
+from twistedmail.imap._mailbox_view import MailboxView, Snapshot
 from twistedmail.imap._message import (
     CACHE_KEY,
     BatchedHeaders,
@@ -571,3 +572,185 @@ class InfosInThreadTests(SynchronousTestCase):
         client, made = self._selected()
         client.ok("CLOSE")
         self.assertEqual(made, ["thread"])
+
+
+#: A directory time with a part below the millisecond (a file system with
+#: fine time stamps), a hundred seconds after the test clocks' start.
+WINDOW_TIME = 1_790_000_100_123_456_789
+
+
+def into_window(folder: str, clock: Clock) -> None:
+    """Make a folder look changed 50 ms ago: too recent for the store to
+    trust its listing (another change in the same timestamp tick would not
+    change the directory's time)."""
+    for sub in ("new", "cur"):
+        os.utime(os.path.join(folder, sub), ns=(WINDOW_TIME, WINDOW_TIME))
+    clock.advance(WINDOW_TIME / 1e9 + 0.05 - clock.seconds())
+
+
+def flag_in_same_tick(folder: str) -> str:
+    """Another program sets \\Seen on the first message in cur/ by name,
+    and the directory keeps its time (as within one timestamp tick).
+    Returns the message's base name."""
+    cur = os.path.join(folder, "cur")
+    name = sorted(os.listdir(cur))[0]
+    base, _, info = name.partition(":")
+    os.rename(os.path.join(cur, name), os.path.join(cur, f"{base}:2,S"))
+    os.utime(cur, ns=(WINDOW_TIME, WINDOW_TIME))
+    return base
+
+
+class QuickPollTests(SynchronousTestCase):
+    """L{MailboxView.poll} when the store's snapshot is still the one the
+    view took: an unchanged snapshot, with no per-message object made and
+    no sync of the mod-sequence index; any change goes the full way."""
+
+    def setUp(self) -> None:
+        root = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(1_790_000_000)
+        self.store = make_store(root, self.clock)
+        self.path = os.path.join(root, "example.test", "alice")
+        for n in range(1, 4):
+            self.successResultOf(
+                self.store.deliver(self.path, make_message(n), f"Q{n}")
+            )
+        mailbox = self.store.open_mailbox(self.path)
+        mailbox.take_recent()
+        mailbox.close()
+        into_window(self.path, self.clock)
+        self.view = MailboxView(self.store.open_mailbox(self.path), False)
+        self.addCleanup(self.view.close)
+        self.view.open()
+
+    def apply(self, snap: Snapshot, allow_expunge: bool = True) -> list[bytes]:
+        return self.view.apply(
+            snap, allow_expunge=allow_expunge, condstore=False, qresync=False
+        )
+
+    def test_unchanged(self) -> None:
+        """Within the window the store cannot tell that nothing changed,
+        so the session polls; finding nothing, the poll makes nothing."""
+        self.assertTrue(self.view.mailbox.changed_on_disk())
+        highest = self.view.highest_modseq
+        snap = self.view.poll()
+        self.assertTrue(snap.unchanged)
+        self.assertFalse(self.view.infos_made)
+        self.assertEqual(self.apply(snap), [])
+        self.assertEqual(self.view.highest_modseq, highest)
+        self.assertEqual(self.view.uids, [1, 2, 3])
+
+    def test_same_tick_change_seen(self) -> None:
+        """A flag change by another program that keeps the directory's time
+        is found and told."""
+        base = flag_in_same_tick(self.path)
+        highest = self.view.highest_modseq
+        snap = self.view.poll()
+        self.assertFalse(snap.unchanged)
+        [uid] = [i.uid for i in snap.infos if i.base == base]
+        self.assertEqual(self.apply(snap), [b"* %d FETCH (FLAGS (\\Seen))\r\n" % uid])
+        self.assertEqual(self.view.highest_modseq, highest + 1)
+        self.assertTrue(self.view.poll().unchanged)
+
+    def test_held_expunge(self) -> None:
+        """An expunge held back (during FETCH, STORE or SEARCH) is told by a
+        later poll that finds nothing else, as the full way would."""
+        other = self.store.open_mailbox(self.path)
+        self.addCleanup(other.close)
+        other.expunge([2])
+        snap = self.view.poll()
+        self.assertFalse(snap.unchanged)
+        self.assertEqual(self.apply(snap, allow_expunge=False), [])
+        snap = self.view.poll()
+        self.assertTrue(snap.unchanged)
+        self.assertEqual(self.apply(snap, allow_expunge=False), [])
+        self.assertEqual(self.apply(self.view.poll()), [b"* 2 EXPUNGE\r\n"])
+        self.assertEqual(self.view.uids, [1, 3])
+
+    def test_own_change_goes_full_way(self) -> None:
+        """After a change made through the session's own mailbox the next
+        poll goes the full way (the store snapshot moved on)."""
+        self.view.mailbox.set_flags(1, {"F"})
+        self.assertFalse(self.view.poll().unchanged)
+
+    def test_index_written_elsewhere(self) -> None:
+        """When another connection wrote to the mod-sequence index, the
+        poll syncs it (HIGHESTMODSEQ comes from the file)."""
+        mailbox = self.store.open_mailbox(self.path)
+        self.addCleanup(mailbox.close)
+        other = ModSeqIndex(self.path)
+        self.addCleanup(other.close)
+        flagged = [i._replace(flags=frozenset("F")) for i in mailbox.messages()]
+        written = other.sync(mailbox.uidvalidity, flagged)
+        snap = self.view.poll()
+        self.assertFalse(snap.unchanged)
+        self.apply(snap)
+        self.assertEqual(self.view.highest_modseq, written + 1)
+
+    def test_unchanged_since_sync(self) -> None:
+        """L{ModSeqIndex.unchanged_since_sync}: False before a sync and
+        after another connection wrote, True after this index synced."""
+        index = ModSeqIndex(self.path)
+        self.assertFalse(index.unchanged_since_sync())
+        infos = self.view.mailbox.messages()
+        index.sync(self.view.mailbox.uidvalidity, infos)
+        self.assertTrue(index.unchanged_since_sync())
+        other = ModSeqIndex(self.path)
+        self.addCleanup(other.close)
+        flagged = [i._replace(flags=frozenset("F")) for i in infos]
+        other.sync(self.view.mailbox.uidvalidity, flagged)
+        self.assertFalse(index.unchanged_since_sync())
+        index.sync(self.view.mailbox.uidvalidity, infos)
+        self.assertTrue(index.unchanged_since_sync())
+        index.close()
+        self.assertFalse(index.unchanged_since_sync())
+
+
+class SelectInWindowTests(SynchronousTestCase):
+    """SELECT of a folder changed within the last moments (too recent for
+    the store to trust its listing) answers as any other SELECT, and a
+    change made meanwhile within the same timestamp tick is told before
+    SELECT's OK."""
+
+    def setUp(self) -> None:
+        self.armed: list[bool] = []
+
+        def runner(f: Callable[[], Any]) -> Deferred[Any]:
+            d = run_now(f)
+            if self.armed:
+                # Right after SELECT opened the folder.
+                self.armed.clear()
+                self.changed.append(flag_in_same_tick(self.world.maildir()))
+            return d
+
+        self.changed: list[str] = []
+        self.world = make_world(self.mktemp(), run_in_thread=runner)
+        for n in range(1, 4):
+            self.world.deliver(make_message(n))
+        self.client = self.world.logged_in()
+        # The first SELECT claims the messages as recent (moving them).
+        self.client.ok("SELECT INBOX")
+        self.client.ok("UNSELECT")
+        self.expected = self.client.ok("SELECT INBOX")
+        self.client.ok("UNSELECT")
+
+    def test_same_answer(self) -> None:
+        """The same lines as outside the window; the session's messages are
+        not made."""
+        into_window(self.world.maildir(), self.world.clock)
+        self.assertEqual(self.client.ok("SELECT INBOX"), self.expected)
+        view = self.client.proto._view
+        # The session looked again before the OK, and stopped early.
+        self.assertTrue(view.mailbox.changed_on_disk())
+        self.assertFalse(view.infos_made)
+
+    def test_same_tick_change_told(self) -> None:
+        """A flag change by another program while SELECT opens the folder,
+        with the directory's time unchanged, is told before the OK."""
+        into_window(self.world.maildir(), self.world.clock)
+        self.armed.append(True)
+        lines = self.client.ok("SELECT INBOX")
+        self.assertEqual(len(self.changed), 1)
+        self.assertEqual(lines[: len(self.expected)], self.expected)
+        self.assertEqual(len(lines), len(self.expected) + 1)
+        self.assertRegex(lines[-1], rb"^\* [1-3] FETCH \(FLAGS \(\\Seen\)\)$")

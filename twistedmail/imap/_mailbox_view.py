@@ -101,12 +101,19 @@ class UIDValidityChanged(Exception):
 @dataclass(frozen=True)
 class Snapshot:
     """What L{MailboxView.poll} found: the store's messages, the ones this
-    session claimed as recent, and HIGHESTMODSEQ."""
+    session claimed as recent, and HIGHESTMODSEQ.
+
+    @ivar generation: the store snapshot's L{Mailbox.generation}.
+    @ivar unchanged: nothing changed since the view last took the store's
+        snapshot (C{infos} is then empty, not made).
+    """
 
     infos: list[MessageInfo]
     recent: list[int]
     highest: int
     uidvalidity: int
+    generation: int = -1
+    unchanged: bool = False
 
 
 class MailboxView:
@@ -131,6 +138,9 @@ class MailboxView:
         self.uidvalidity = mailbox.uidvalidity
         self.gone: set[int] = set()
         self._last_sent_highest = 0
+        # The store snapshot's generation the view last took in full (-1:
+        # none yet).
+        self._generation = -1
         #: The first unseen message's sequence number when opened.
         self.first_unseen: int | None = None
 
@@ -139,15 +149,37 @@ class MailboxView:
     def poll(self, force: bool = False) -> Snapshot:
         """Refresh the store snapshot and the mod-sequences (blocking).
 
-        The session's own messages (L{infos}) are made here too when
-        SELECT left them for later: L{apply}, on the reactor thread, needs
-        them."""
+        When the store's snapshot is still the one the view last took
+        (same L{Mailbox.generation}, no message claimed as recent) and no
+        other connection wrote to the mod-sequence index since, the
+        answer is an C{unchanged} snapshot: no per-message object is made
+        and the index is not synced (a SELECT within two seconds of a
+        change, which must look again before its OK, then costs a listing
+        of the folder and little more).
+
+        Otherwise the session's own messages (L{infos}) are made here too
+        when SELECT left them for later: L{apply}, on the reactor thread,
+        needs them."""
+        mailbox = self.mailbox
+        mailbox.refresh(force)
+        recent = [] if self.read_only else mailbox.take_recent()
+        if (
+            not recent
+            and mailbox.generation == self._generation
+            and self.modseqs.unchanged_since_sync()
+        ):
+            return Snapshot(
+                [],
+                [],
+                self.highest_modseq,
+                mailbox.uidvalidity,
+                mailbox.generation,
+                unchanged=True,
+            )
         self.infos  # noqa: B018 (made now, in this thread)
-        self.mailbox.refresh(force)
-        recent = [] if self.read_only else self.mailbox.take_recent()
-        infos = self.mailbox.messages()
-        highest = self.modseqs.sync(self.mailbox.uidvalidity, infos)
-        return Snapshot(infos, recent, highest, self.mailbox.uidvalidity)
+        infos = mailbox.messages()
+        highest = self.modseqs.sync(mailbox.uidvalidity, infos)
+        return Snapshot(infos, recent, highest, mailbox.uidvalidity, mailbox.generation)
 
     def open(self) -> None:
         """Take the first snapshot (blocking; SELECT) from the mailbox as
@@ -174,6 +206,7 @@ class MailboxView:
         self._infos = None
         self.recent = set(recent)
         self.uidvalidity = mailbox.uidvalidity
+        self._generation = mailbox.generation
         unseen = {s for s, (f, _) in parsed.items() if "S" not in f}
         self.first_unseen = _first_of(suffixes, unseen)
 
@@ -265,6 +298,12 @@ class MailboxView:
         """
         if snap.uidvalidity != self.uidvalidity:
             raise UIDValidityChanged()
+        if snap.unchanged:
+            # What the full way below would give for the same snapshot.
+            if allow_expunge and self.gone:
+                return self._expunge_lines(qresync)
+            return []
+        self._generation = snap.generation
         out: list[bytes] = []
         current = dict(zip(map(_uid, snap.infos), snap.infos, strict=True))
         self.recent.update(snap.recent)

@@ -338,6 +338,16 @@ class ModSeqIndex:
         self._version = db.execute("PRAGMA data_version").fetchone()[0]
         return self.highest
 
+    def unchanged_since_sync(self) -> bool:
+        """Whether no other connection wrote to the file since this index
+        last synced or read it (one query; blocking), so that a L{sync} of
+        the snapshot it last synced would change nothing.  False when it
+        cannot tell (not synced yet, or closed)."""
+        if self._db is None or self._version is None:
+            return False
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        return bool(version == self._version)
+
     def modseq(self, uid: int) -> int:
         """A message's mod-sequence as of the last L{sync} (1 if unknown).
 
