@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import cast
 
+from twisted.application.service import Application, IServiceCollection, MultiService
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogLevel
 from twisted.python import usage
+from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from twistedmail.tap import Options
+from twistedmail.logs import TextLogObserver
+from twistedmail.service import MailService
+from twistedmail.tap import Options, TwistdService, text_log_observer
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,6 +49,102 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             str(cm.exception), f"{path}: [server] hostname: must be a string"
         )
+
+
+class _Reactor:
+    """Runs what is handed over from another thread (a signal handler) at once."""
+
+    def callFromThread(self, f: Callable[[], object]) -> None:
+        """Call C{f} now."""
+        f()
+
+
+class TextLogTests(SynchronousTestCase):
+    """The plugin gives twistd a TextLogObserver where twistd would write text."""
+
+    def _options(self, *twistd_args: str) -> Options:
+        """Our options, parsed by twistd as its subcommand's."""
+        config = ServerOptions()
+        config.parseOptions([*twistd_args, "twistedmail"])
+        options = config.subOptions
+        assert isinstance(options, Options)
+        return options
+
+    def _keep_sigusr1(self) -> None:
+        """Put back the SIGUSR1 handler as it was after the test."""
+        self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
+
+    def test_logfile(self) -> None:
+        """--logfile: lines go to that file, and SIGUSR1 rotates it."""
+        self._keep_sigusr1()
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        path = os.path.abspath(self.mktemp())
+        options = self._options("-n", "--logfile", path)
+        observer = text_log_observer(options, _Reactor())
+        self.assertIsInstance(observer, TextLogObserver)
+        assert observer is not None
+        observer(
+            {
+                "log_format": "hello",
+                "log_time": 0.0,
+                "log_level": LogLevel.info,
+                "log_namespace": "ns",
+            }
+        )
+        with open(path) as f:
+            self.assertEqual(f.read(), "1970-01-01T00:00:00+0000 [ns#info] hello\n")
+        handler = signal.getsignal(signal.SIGUSR1)
+        assert callable(handler)
+        handler(signal.SIGUSR1, None)
+        self.assertTrue(os.path.exists(path + ".1"))
+        observer({"log_format": "again", "log_time": 0.0, "log_system": "s"})
+        with open(path) as f:
+            self.assertEqual(f.read(), "1970-01-01T00:00:00+0000 [s] again\n")
+
+    def test_sigusr1_kept(self) -> None:
+        """A SIGUSR1 handler already in place is left alone, as twistd does."""
+        self._keep_sigusr1()
+
+        def mine(signum: int, frame: object) -> None:
+            """Someone else's handler."""
+
+        signal.signal(signal.SIGUSR1, mine)
+        path = os.path.abspath(self.mktemp())
+        text_log_observer(self._options("--logfile", path), Clock())
+        self.assertIs(signal.getsignal(signal.SIGUSR1), mine)
+
+    def test_stdout(self) -> None:
+        """-n without --logfile, or --logfile -, writes to standard output."""
+        for args in (["-n"], ["-n", "--logfile", "-"]):
+            observer = text_log_observer(self._options(*args), Clock())
+            self.assertIsInstance(observer, TextLogObserver)
+
+    def test_twistd_choice_stands(self) -> None:
+        """--logger, --syslog, a daemon on stdout, or no twistd: no observer."""
+        cases = [
+            ["-n", "--logger", "twistedmail.logs.json_observer"],
+            ["-n", "--syslog"],
+            ["--logfile", "-"],
+        ]
+        for args in cases:
+            self.assertIsNone(text_log_observer(self._options(*args), Clock()), args)
+        alone = Options()
+        alone.parseOptions([])
+        self.assertIsNone(text_log_observer(alone, Clock()))
+
+    def test_application_component(self) -> None:
+        """Joining the application sets the observer as its ILogObserver."""
+        observer = TextLogObserver(sys.stdout)
+        mail = cast(MailService, MultiService())
+        application = Application("twistedmail")
+        service = TwistdService(mail, observer)
+        service.setServiceParent(application)
+        self.assertIs(application.getComponent(ILogObserver), observer)
+        self.assertIs(service.mail, mail)
+        self.assertIn(service, list(IServiceCollection(application)))
+        bare = Application("twistedmail")
+        TwistdService(mail, None).setServiceParent(bare)
+        self.assertIsNone(bare.getComponent(ILogObserver))
 
 
 class PluginTests(SynchronousTestCase):
