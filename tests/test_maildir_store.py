@@ -939,6 +939,30 @@ class ChangeWindowTests(StoreCase):
         self.assertEqual(self.seen(mailbox), [renamed])
         self.assertNotEqual(mailbox.generation, generation)
 
+    def test_own_change_undone_outside(self) -> None:
+        """A flag change made through the mailbox and undone by another
+        program within the same tick is seen, though the folder then holds
+        the same names as when it was last listed."""
+        self.set_times(FINE_TIME, 0.05)
+        mailbox = self.open()
+        info = mailbox.messages()[0]
+        changed = mailbox.set_flags(info.uid, {"F"})
+        os.rename(
+            os.path.join(self.path, changed.filename),
+            os.path.join(self.path, info.filename),
+        )
+        # A delivery that another mailbox gives a UID (appended to the
+        # list: only the new rows would need looking up).
+        self.deliver(b"Subject: 4\r\n\r\nbody\r\n", "Q4")
+        other = self.open()
+        self.assertEqual(len(other), 4)
+        for sub in ("new", "cur"):
+            os.utime(os.path.join(self.path, sub), ns=(FINE_TIME, FINE_TIME))
+        self.assertTrue(mailbox.changed_on_disk())
+        self.assertTrue(mailbox.refresh())
+        self.assertEqual(mailbox.get(info.uid), info)
+        self.assertEqual(len(mailbox), 4)
+
     def test_same_names_listed_again(self) -> None:
         """Within the window every look lists the folder again; finding the
         same names changes nothing (not the generation either)."""

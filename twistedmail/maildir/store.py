@@ -1468,6 +1468,14 @@ class Mailbox:
         self._files[i] = info.filename
         if self._infos is not None:
             self._infos[i] = info
+        self._changed_here()
+
+    def _changed_here(self) -> None:
+        """The snapshot's file names were changed by this mailbox: the
+        last listings no longer match them, even if the folder comes to
+        hold the same names again (another program undoing the change):
+        _found must not take a listing's part for the snapshot's."""
+        self._listed.clear()
         self._generation += 1
 
     def _letters(self, keywords: Iterable[str]) -> frozenset[str]:
@@ -1702,7 +1710,7 @@ class Mailbox:
         self._files = list(itertools.compress(self._files, keep))
         if self._infos is not None:
             self._infos = list(itertools.compress(self._infos, keep))
-        self._generation += 1
+        self._changed_here()
         self.store.notify(self.maildir, self.name)
         return sorted(removed)
 
