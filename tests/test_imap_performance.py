@@ -704,6 +704,14 @@ class QuickPollTests(SynchronousTestCase):
         self.assertTrue(index.unchanged_since_sync())
         index.close()
         self.assertFalse(index.unchanged_since_sync())
+        # Rows read after a write elsewhere do not count as a sync.
+        fresh = ModSeqIndex(self.path)
+        self.addCleanup(fresh.close)
+        fresh.sync(self.view.mailbox.uidvalidity, infos)
+        self.assertTrue(fresh.unchanged_since_sync())
+        other.sync(self.view.mailbox.uidvalidity, flagged)
+        fresh.modseq(1)
+        self.assertFalse(fresh.unchanged_since_sync())
 
 
 class SelectInWindowTests(SynchronousTestCase):

@@ -130,6 +130,8 @@ class ModSeqIndex:
         self._modseqs: list[int] = []
         self._sigs: list[str] = []
         self._version: int | None = None
+        # The file's data_version when the last sync ended (None: unknown).
+        self._synced_version: int | None = None
         # Whether the columns hold the rows (see _unchanged).
         self._loaded = False
         # The file's digest and the HIGHESTMODSEQ it was written with.
@@ -281,6 +283,12 @@ class ModSeqIndex:
             return self._sync(uidvalidity, uids, sigs)
 
     def _sync(self, uidvalidity: int, uids: list[int], sigs: list[str]) -> int:
+        self._synced_version = None
+        highest = self._sync_rows(uidvalidity, uids, sigs)
+        self._synced_version = self._version
+        return highest
+
+    def _sync_rows(self, uidvalidity: int, uids: list[int], sigs: list[str]) -> int:
         digest = _digest(uidvalidity, uids, sigs)
         db = self._connect()
         if not self._loaded and self._unchanged(db, uidvalidity, digest):
@@ -340,13 +348,13 @@ class ModSeqIndex:
 
     def unchanged_since_sync(self) -> bool:
         """Whether no other connection wrote to the file since this index
-        last synced or read it (one query; blocking), so that a L{sync} of
-        the snapshot it last synced would change nothing.  False when it
-        cannot tell (not synced yet, or closed)."""
-        if self._db is None or self._version is None:
+        last synced (one query; blocking), so that a L{sync} of the
+        snapshot it last synced would change nothing.  False when it cannot
+        tell (not synced yet, the last sync failed, or closed)."""
+        if self._db is None or self._synced_version is None:
             return False
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        return bool(version == self._version)
+        return bool(version == self._synced_version)
 
     def modseq(self, uid: int) -> int:
         """A message's mod-sequence as of the last L{sync} (1 if unknown).
@@ -372,6 +380,7 @@ class ModSeqIndex:
         """Close the database connection."""
         db, self._db = self._db, None
         self._version = None
+        self._synced_version = None
         self._loaded = False
         if db is not None:
             db.close()
