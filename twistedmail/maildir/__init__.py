@@ -32,7 +32,8 @@ Public names (stable):
   C{cache_get_many(bases, key)}, C{cache_put(base, key, value, fields)},
   C{cache_put_fields(entries)}, C{cache_match(field, needle, bases)} (the
   header-field index that SEARCH uses), C{columns()}, C{uids()},
-  C{flag_sets()}, C{messages_later()}, C{close()}.
+  C{flag_sets()}, C{messages_later()}, C{generation} (changes with the
+  snapshot), C{changed_on_disk()}, C{close()}.
 
 - L{MessageInfo}: C{uid, base, filename, size, internal_date, flags,
   keywords, recent}.

@@ -320,15 +320,17 @@ def _settled(mtime_ns: int, before_ns: int) -> bool:
     that the listing stays good while the time stays the same.
 
     A change gets the kernel's coarse clock time (behind the real time by
-    at most one tick, 1 to 10 ms), cut to the file system's granularity.
-    Any change after the look therefore gets a time past C{mtime_ns} when
-    the look began (C{before_ns}, taken before the C{stat}) more than a
-    tick and a granule after it.  The granularity is known fine when the
-    time is not a whole millisecond: file systems keep times in
-    nanoseconds, 100 ns or microseconds, or in whole 10 ms, seconds or two
-    seconds (FAT, ext3, HFS+), and a file system's own clock may be ahead
-    (a time in the future).  Otherwise a time counts as settled only two
-    seconds away from C{before_ns} in either direction.
+    at most one tick, 1 to 10 ms) cut to the file system's granularity, so
+    a change after the look began (at C{before_ns}, taken before the
+    C{stat}) gets a time later than C{mtime_ns} once C{before_ns} is more
+    than a tick and a granule past it: 0.1 s is allowed.  The granularity
+    is known to be fine when the time is not a whole millisecond (file
+    systems keep nanoseconds, 100 ns or microseconds, or whole 10 ms,
+    seconds or two seconds: exFAT, ext3, HFS+, FAT).  Any other time, and
+    a time ahead of the clock (a file server's clock), counts as settled
+    only two seconds away from C{before_ns}, as it always did.  Both rules
+    take the file system's clock to be this machine's, or one kept close
+    to it (a file server's, within the allowance).
 
     @param mtime_ns: the directory's C{st_mtime_ns}.
     @param before_ns: the clock's time in nanoseconds, taken before the
