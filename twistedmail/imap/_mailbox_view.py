@@ -153,9 +153,10 @@ class MailboxView:
         (same L{Mailbox.generation}, no message claimed as recent) and no
         other connection wrote to the mod-sequence index since, the
         answer is an C{unchanged} snapshot: no per-message object is made
-        and the index is not synced (a SELECT within two seconds of a
-        change, which must look again before its OK, then costs a listing
-        of the folder and little more).
+        and the index is not synced (a SELECT so soon after a change that
+        the store cannot tell whether another followed, which must look
+        again before its OK, then costs a listing of the folder and little
+        more).
 
         Otherwise the session's own messages (L{infos}) are made here too
         when SELECT left them for later: L{apply}, on the reactor thread,
