@@ -667,6 +667,43 @@ class QuickPollTests(SynchronousTestCase):
         self.assertEqual(self.apply(self.view.poll()), [b"* 2 EXPUNGE\r\n"])
         self.assertEqual(self.view.uids, [1, 3])
 
+    def test_same_as_full_way(self) -> None:
+        """An unchanged snapshot leaves a view as the full way leaves
+        another view of the same folder: the same responses (a held
+        expunge), UIDs, flags and HIGHESTMODSEQ."""
+        full = MailboxView(self.store.open_mailbox(self.path), False)
+        self.addCleanup(full.close)
+        full.open()
+        self.view.mailbox.set_flags(3, {"F"})
+        other = self.store.open_mailbox(self.path)
+        self.addCleanup(other.close)
+        other.expunge([2])
+        for view in (self.view, full):
+            snap = view.poll()
+            self.assertFalse(snap.unchanged)
+            view.apply(snap, allow_expunge=False, condstore=False, qresync=False)
+        quick = self.view.poll()
+        self.assertTrue(quick.unchanged)
+        # A write by another connection sends the other view the full way.
+        db = sqlite3.connect(os.path.join(self.path, MODSEQ_NAME))
+        self.addCleanup(db.close)
+        db.execute("DELETE FROM meta WHERE key = 'digest'")
+        db.commit()
+        slow = full.poll()
+        self.assertFalse(slow.unchanged)
+        self.assertEqual(
+            self.apply(quick),
+            full.apply(slow, allow_expunge=True, condstore=False, qresync=False),
+        )
+        self.assertEqual(self.view.uids, full.uids)
+        self.assertEqual(self.view.highest_modseq, full.highest_modseq)
+        self.assertEqual(
+            [self.view.flags_of(u) for u in self.view.uids],
+            [full.flags_of(u) for u in full.uids],
+        )
+        self.assertEqual(full.uids, [1, 3])
+        self.assertEqual(full.flags_of(3), ["\\Flagged"])
+
     def test_own_change_goes_full_way(self) -> None:
         """After a change made through the session's own mailbox the next
         poll goes the full way (the store snapshot moved on)."""
