@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import smtplib
 import socket
 import ssl
@@ -26,9 +27,16 @@ MESSAGE = b"From: a@remote.example\r\nSubject: test\r\n\r\nHello.\r\n.leading do
 
 
 class _TrackingFactory(SMTPServerFactory):
-    """Fires waiters when every connection has closed."""
+    """Fires waiters when every connection has closed; keeps its protocols."""
 
     waiters: list[Deferred[None]]
+    built: list[SMTPServerProtocol]
+
+    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
+        protocol = super().buildProtocol(addr)
+        assert isinstance(protocol, SMTPServerProtocol)
+        self.built.append(protocol)
+        return protocol
 
     def connection_closed(self, ip: str) -> None:
         super().connection_closed(ip)
@@ -58,7 +66,9 @@ class _SmallSendBufferFactory(_TrackingFactory):
     """Builds L{_SmallSendBufferProtocol}s."""
 
     def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
-        return _SmallSendBufferProtocol(self)
+        protocol = _SmallSendBufferProtocol(self)
+        self.built.append(protocol)
+        return protocol
 
 
 class LoopbackTests(TestCase):
@@ -93,6 +103,8 @@ class LoopbackTests(TestCase):
             tls=tls,
         )
         factory.waiters = []
+        factory.built = []
+        self.factory = factory
         listening = tls.wrap_implicit(factory, reactor) if implicit_tls else factory
         port = reactor.listenTCP(0, listening, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(factory.all_closed)
@@ -129,6 +141,28 @@ class LoopbackTests(TestCase):
         )
         self.assertTrue(msg.data.endswith(MESSAGE))
         self.assertIsNone(msg.envelope.tls)
+
+    @inlineCallbacks
+    def test_direct_send_only_on_plain_tcp(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        """Replies go straight to the socket on plain TCP, not under TLS."""
+        for implicit_tls in (False, True):
+            port, _ = self.serve(implicit_tls=implicit_tls)
+
+            def client(port: int, tls: bool, context: ssl.SSLContext) -> int:
+                cls = smtplib.SMTP_SSL if tls else smtplib.SMTP
+                kwargs: dict[str, Any] = {"context": context} if tls else {}
+                with cls("127.0.0.1", port, timeout=10, **kwargs) as s:
+                    return s.ehlo("client.example")[0]
+
+            context = self.client_context()
+            code = yield self.in_thread(
+                functools.partial(client, port, implicit_tls, context)
+            )
+            self.assertEqual(code, 250)
+            (protocol,) = self.factory.built
+            self.assertEqual(protocol._direct, not implicit_tls)
 
     @inlineCallbacks
     def test_refusals(self) -> Generator[Deferred[Any], Any, None]:

@@ -44,12 +44,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from twistedmail.address import Address, AddressError
 from twistedmail.aliases.expander import Destination, LocalMailbox
 from twistedmail.interfaces import Envelope, IPerRecipientDeliveryAgent, Recipient
+from twistedmail.logs import FastLogger
 from twistedmail.replies import (
     UNKNOWN_USER,
     MailError,
@@ -62,7 +62,7 @@ from twistedmail.spool.store import Spool, SpoolDeliveryAgent
 
 __all__ = ["BAD_ADDRESS", "DELIVERY_ERROR", "LOOKUP_FAILED", "LMTPDeliveryAgent"]
 
-log = Logger()
+log = FastLogger()
 
 BAD_ADDRESS = Reply(550, "5.1.3", "Bad recipient address syntax")
 LOOKUP_FAILED = Reply(451, "4.3.0", "Temporary lookup failure")

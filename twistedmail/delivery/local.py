@@ -44,7 +44,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistedmail.aliases.directory import default_mailbox
@@ -56,6 +55,7 @@ from twistedmail.aliases.expander import (
 )
 from twistedmail.config import DeliverySettings
 from twistedmail.interfaces import User
+from twistedmail.logs import FastLogger
 from twistedmail.replies import (
     MAILBOX_UNAVAILABLE,
     MailError,
@@ -79,7 +79,7 @@ __all__ = [
     "unique_name",
 ]
 
-log = Logger()
+log = FastLogger()
 
 LOOP_DETECTED = Reply(554, "5.4.6", "Mail loop detected")
 COMMAND_TIMEOUT = Reply(451, "4.3.0", "Command time limit exceeded")

@@ -51,7 +51,6 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistedmail.address import Address, AddressError, normalize_domain
@@ -66,6 +65,7 @@ from twistedmail.interfaces import (
     Recipient,
 )
 from twistedmail.logs import (
+    FastLogger,
     log_connection_closed,
     log_connection_opened,
     new_session_id,
@@ -113,7 +113,19 @@ NO_POSTMASTER = Reply(451, "4.3.5", "No postmaster mailbox configured")
 
 _HELO_TOKEN = re.compile(r"[A-Za-z0-9.\-_:\[\]]{1,255}\Z")
 
-_log = Logger()
+_log = FastLogger()
+
+#: The attributes of Twisted's TCP transport that L{SMTPServerProtocol}
+#: reads to decide whether a reply may go straight to the socket.
+_DIRECT_SEND_STATE = (
+    "TLS",
+    "dataBuffer",
+    "_tempDataBuffer",
+    "connected",
+    "disconnecting",
+    "_writeDisconnected",
+    "socket",
+)
 
 
 def received_header(
@@ -195,6 +207,7 @@ class SMTPServerProtocol(Protocol):
         self._logouts: list[Callable[[], None]] = []
         self._peer = ""
         self._peer_address: IAddress | None = None
+        self._direct = False
         # The transaction's bare <Postmaster>: (the machine's address for it,
         # the address it is delivered to).
         self._postmaster: tuple[str, Address] | None = None
@@ -221,6 +234,7 @@ class SMTPServerProtocol(Protocol):
             self._transport.loseConnection()
             return
         self._counted = True
+        self._direct = self._can_send_direct(self.transport)
         tls_active = ISSLTransport.providedBy(self._transport)
         self._machine = SMTPMachine(
             f.machine_config(tls_active),
@@ -370,19 +384,17 @@ class SMTPServerProtocol(Protocol):
         everything, on any error, for the transport to find and report)
         goes the usual way, behind nothing, so the order is kept.
         """
-        t = self._transport
-        if type(t) is not tcp.Server:
+        if not self._direct:
             return data
-        # Twisted's own state, read with defaults: should a later Twisted
-        # rename any of it, every reply takes the usual path.
+        t = self._transport
         if (
-            getattr(t, "TLS", True)
-            or getattr(t, "dataBuffer", True)
-            or getattr(t, "_tempDataBuffer", True)
-            or not getattr(t, "connected", False)
-            or getattr(t, "disconnecting", True)
-            or getattr(t, "_writeDisconnected", True)
-            or getattr(t, "socket", None) is None
+            t.TLS
+            or t.dataBuffer
+            or t._tempDataBuffer
+            or not t.connected
+            or t.disconnecting
+            or t._writeDisconnected
+            or t.socket is None
         ):
             return data
         try:
@@ -390,6 +402,16 @@ class SMTPServerProtocol(Protocol):
         except OSError:
             return data
         return data[sent:]
+
+    @staticmethod
+    def _can_send_direct(transport: object) -> bool:
+        """Whether replies may go straight to this transport's socket: a
+        plain TCP server connection with all of Twisted's state that
+        L{_send_direct} reads (should a later Twisted rename any of it,
+        every reply takes the usual path)."""
+        return type(transport) is tcp.Server and all(
+            hasattr(transport, name) for name in _DIRECT_SEND_STATE
+        )
 
     def _send_now(self) -> None:
         """Hand what was written since the last call to the socket now, not

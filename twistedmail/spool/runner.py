@@ -64,7 +64,6 @@ from twisted.internet.defer import (
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from twistedmail.address import Address, AddressError
 from twistedmail.aliases.expander import (
@@ -76,7 +75,7 @@ from twistedmail.aliases.expander import (
 )
 from twistedmail.config import SpoolSettings
 from twistedmail.delivery.local import destination_key
-from twistedmail.logs import preformatted
+from twistedmail.logs import FastLogger, preformatted
 from twistedmail.replies import MailError, Reply
 from twistedmail.spool.store import (
     DEFERRED,
@@ -99,7 +98,7 @@ __all__ = [
     "SettledHook",
 ]
 
-log = Logger()
+log = FastLogger()
 
 BAD_ADDRESS = Reply(550, "5.1.3", "Bad recipient address syntax")
 LOOKUP_FAILED = Reply(451, "4.3.0", "Temporary lookup failure")

@@ -82,11 +82,11 @@ from typing import IO, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedmail.interfaces import Envelope, IDeliveryAgent, Recipient
+from twistedmail.logs import FastLogger
 from twistedmail.replies import PermanentError, Reply, TemporaryError
 
 __all__ = [
@@ -113,7 +113,7 @@ __all__ = [
     "submit_incoming",
 ]
 
-log = Logger()
+log = FastLogger()
 
 FORMAT_VERSION = 1
 _ENTRY_MAGIC = b"TWISTEDMAIL-QUEUE"
