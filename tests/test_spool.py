@@ -21,6 +21,7 @@ from twistedmail.spool.store import (
     _OPEN_FILES,
     DEFERRED,
     FAILED,
+    MAX_SPARES,
     QueueEntry,
     RecipientRecord,
     Spool,
@@ -330,6 +331,79 @@ class DurabilityTests(SpoolTestCase):
         self.assertIn(f"{queue_id}.status", self.files("queue"))
         self.successResultOf(self.spool.remove(queue_id))
         self.assertEqual(self.files("queue"), [])
+
+
+class SpareTests(SpoolTestCase):
+    """Removed entry files are kept in spare/ and overwritten by new ones."""
+
+    def entry_file(self, queue_id: str) -> str:
+        """The path of an entry's file."""
+        return os.path.join(self.path, "queue", queue_id)
+
+    def test_removed_entry_becomes_spare(self) -> None:
+        """remove() renames the entry file into spare/ (its status file goes)."""
+        queue_id = self.commit()
+        self.spool.update_status(queue_id, [RecipientRecord("x@example.com")])
+        self.clock.advance(0)
+        inode = os.stat(self.entry_file(queue_id)).st_ino
+        self.successResultOf(self.spool.remove(queue_id))
+        self.assertEqual(self.files("queue"), [])
+        self.assertEqual(self.files("spare"), [queue_id])
+        self.assertEqual(os.stat(self.path + "/spare/" + queue_id).st_ino, inode)
+
+    def test_new_entry_overwrites_spare(self) -> None:
+        """The next entry is the spare's file, cut to its own length, fsynced,
+        and reads back exactly."""
+        big = self.commit(body=(b"x" * 5000 + b"\r\n",))
+        inode = os.stat(self.entry_file(big)).st_ino
+        self.successResultOf(self.spool.remove(big))
+        fsyncs = self.fsync.events.count("file")
+        small = self.commit()
+        self.assertEqual(self.files("spare"), [])
+        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(os.stat(self.entry_file(small)).st_ino, inode)
+        self.assertEqual(self.fsync.events.count("file"), fsyncs + 1)
+        fresh = Spool(self.path, self.clock)
+        self.assertEqual(self.successResultOf(fresh.read_message(small)), MESSAGE)
+        entry, _ = read_entry_file(self.entry_file(small))
+        self.assertEqual(entry.queue_id, small)
+        with open(self.entry_file(small), "rb") as f:
+            self.assertTrue(f.read().endswith(b"END %d\n" % len(MESSAGE)))
+
+    def test_vanished_spare(self) -> None:
+        """A spare someone removed meanwhile: the entry is a new file."""
+        first = self.commit()
+        self.successResultOf(self.spool.remove(first))
+        os.unlink(os.path.join(self.path, "spare", first))
+        second = self.commit()
+        fresh = Spool(self.path, self.clock)
+        self.assertEqual(self.successResultOf(fresh.read_message(second)), MESSAGE)
+
+    def test_at_most_max_spares(self) -> None:
+        """Beyond MAX_SPARES, removed entry files are unlinked."""
+        ds = [_commit(self.spool) for _ in range(MAX_SPARES + 3)]
+        self.clock.advance(0)
+        ids = [self.successResultOf(d) for d in ds]
+        for queue_id in ids:
+            self.successResultOf(self.spool.remove(queue_id))
+        self.assertEqual(len(self.files("spare")), MAX_SPARES)
+        self.assertEqual(self.files("queue"), [])
+
+    def test_spares_of_an_earlier_run(self) -> None:
+        """A new spool uses the spares an earlier one left, and unlinks those
+        beyond MAX_SPARES."""
+        spare = os.path.join(self.path, "spare")
+        for n in range(MAX_SPARES + 2):
+            with open(os.path.join(spare, f"old{n}"), "wb") as f:
+                f.write(b"spent")
+        later = Spool(self.path, self.clock, fsync=self.fsync)
+        later.prepare()
+        self.assertEqual(len(self.files("spare")), MAX_SPARES)
+        d = _commit(later)
+        self.clock.advance(0)
+        queue_id = self.successResultOf(d)
+        self.assertEqual(len(self.files("spare")), MAX_SPARES - 1)
+        self.assertEqual(self.successResultOf(later.read_message(queue_id)), MESSAGE)
 
 
 class GroupCommitTests(SpoolTestCase):
