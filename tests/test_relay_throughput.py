@@ -1,11 +1,10 @@
 """Tests for the relay's throughput paths: results written while the
 connection goes on, connections kept while more jobs may come, a bounded
-number of entries examined at once, message text read ahead, and the
+number of entries examined at once, and the
 ESMTP client's fast paths for message text that needs no rewriting."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -65,18 +64,11 @@ class RelaySetup:
     """A spool with a held runner, a fake transport and a relay, on a fake
     clock; no local runner (entries are queued with remote records)."""
 
-    def __init__(
-        self,
-        path: str,
-        settings: QueueSettings,
-        *,
-        cache_bytes: int = 16 * 1024 * 1024,
-        **kw: Any,
-    ) -> None:
+    def __init__(self, path: str, settings: QueueSettings, **kw: Any) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.runner = HeldRunner()
-        self.spool = Spool(path, self.clock, self.runner, cache_bytes=cache_bytes)
+        self.spool = Spool(path, self.clock, self.runner)
         self.spool.prepare()
         self.transport = FakeTransport()
         notifier = Notifier(
@@ -428,118 +420,3 @@ class FlushWhileExaminedTests(SynchronousTestCase):
         s.clock.advance(3600)
         s.turn()
         self.assertEqual(s.transport.recipients_sent(), ["bob@b.test"])
-
-
-class ReadAheadTests(SynchronousTestCase):
-    """A small message's text is read while its attempt record is written,
-    within a bound on the bytes read ahead; the text sent is the same."""
-
-    def setup(self, **kw: Any) -> RelaySetup:
-        """A relay whose spool caches no message text (as after a restart),
-        so every send needs the text from disk."""
-        settings = QueueSettings(max_concurrency=1, max_per_domain=1)
-        s = RelaySetup(self.mktemp(), settings, cache_bytes=0, **kw)
-        self.addCleanup(s.stop)
-        return s
-
-    def examine_first(self, s: RelaySetup) -> None:
-        """Start the relay with the spool's thread jobs held, and let the
-        first one (the entries' loads) run."""
-        s.relay.startService()
-        s.runner.held = True
-        s.turn()
-        self.assertEqual(len(s.runner.waiting), 1)
-        s.runner.run_next()
-        s.turn()
-
-    def test_read_with_attempt_record(self) -> None:
-        """The read goes to the thread pool with the attempt record's write,
-        and the message sent is the spooled one."""
-        s = self.setup()
-        s.queue("bob@b.test")
-        self.examine_first(s)
-        self.assertEqual(len(s.runner.waiting), 2)
-        self.assertEqual(s.relay.read_ahead, len(MESSAGE))
-        s.runner.release_all()
-        s.turn()
-        self.assertEqual([m.data for _, m in s.transport.sent], [MESSAGE])
-        self.assertEqual(s.relay.read_ahead, 0)
-        self.assertEqual(s.queue_ids(), [])
-
-    def test_large_message_read_when_sent(self) -> None:
-        """A message over the size limit is read when a connection takes it
-        (the slow path), with the same text sent."""
-        s = self.setup(read_ahead_size=len(MESSAGE) - 1)
-        s.queue("bob@b.test")
-        self.examine_first(s)
-        self.assertEqual(len(s.runner.waiting), 1)
-        self.assertEqual(s.relay.read_ahead, 0)
-        s.runner.release_all()
-        s.turn()
-        self.assertEqual([m.data for _, m in s.transport.sent], [MESSAGE])
-        self.assertEqual(s.queue_ids(), [])
-
-    def test_bytes_bounded(self) -> None:
-        """Beyond the read-ahead bytes, jobs read their text when sent; every
-        message goes out with its own text, and the count drops to zero."""
-        s = self.setup(read_ahead_bytes=len(MESSAGE))
-        s.transport.hold = True
-        for address in ("bob@b.test", "carol@b.test", "dave@b.test"):
-            s.queue(address)
-        self.examine_first(s)
-        self.assertEqual(s.relay.read_ahead, len(MESSAGE))
-        s.runner.release_all()
-        s.turn()
-        while s.transport.held:
-            s.transport.release_one()
-            s.turn()
-        self.assertEqual(
-            [m.data for _, m in s.transport.sent], [MESSAGE, MESSAGE, MESSAGE]
-        )
-        self.assertEqual(
-            sorted(s.transport.recipients_sent()),
-            ["bob@b.test", "carol@b.test", "dave@b.test"],
-        )
-        self.assertEqual(s.relay.read_ahead, 0)
-        self.assertEqual(s.queue_ids(), [])
-
-    def test_deleted_while_waiting(self) -> None:
-        """An entry deleted while its job waits for a connection is not sent
-        from the text in memory."""
-        s = self.setup()
-        s.transport.hold = True
-        s.queue("bob@b.test")
-        second = s.queue("carol@b.test")
-        s.relay.startService()
-        s.turn()
-        self.assertEqual(s.transport.recipients_sent(), ["bob@b.test"])
-        s.result(s.relay.delete(second))
-        s.transport.release_one()
-        s.turn()
-        self.assertEqual(s.transport.recipients_sent(), ["bob@b.test"])
-        self.assertEqual(s.relay.read_ahead, 0)
-        self.assertEqual(s.queue_ids(), [])
-
-    def test_read_fails(self) -> None:
-        """When the read ahead fails, the job reads the message itself when
-        sent; an entry whose file is gone is dropped as before."""
-        s = self.setup()
-        queue_id = s.queue("bob@b.test")
-        self.examine_first(s)
-        os.unlink(s.spool.entry_path(queue_id))
-        s.runner.release_all()
-        s.turn()
-        self.assertEqual(s.transport.sent, [])
-        self.assertEqual(s.relay.read_ahead, 0)
-
-    def test_released_on_stop(self) -> None:
-        """Jobs dropped by a stop give back their read-ahead bytes."""
-        s = self.setup()
-        s.transport.hold = True
-        s.queue("bob@b.test")
-        s.queue("carol@b.test")
-        s.relay.startService()
-        s.turn()
-        self.assertEqual(s.relay.read_ahead, len(MESSAGE))
-        s.relay.stopService()
-        self.assertEqual(s.relay.read_ahead, 0)

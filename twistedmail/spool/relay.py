@@ -37,10 +37,7 @@ stay in flight, so they are not sent again, until they are written).
 The active set is bounded: at most ``examine_limit`` entries are being
 examined (read, attempt recorded) at once, so a flush of a long queue
 turns into a steady stream of small spool batches and sends, not one huge
-batch of status writes before the first message leaves.  A small message's
-text is read while its attempt record is written (L{READ_AHEAD_SIZE}, at
-most L{READ_AHEAD_BYTES} in all), so a connection that takes the job sends
-at once instead of waiting for a read of its own.
+batch of status writes before the first message leaves.
 
 Per-recipient results are applied under the lock again: a 2xx reply makes
 the record ``delivered`` (it is never sent again), a 5xx one ``failed``
@@ -115,8 +112,6 @@ __all__ = [
     "EXAMINE_LIMIT",
     "IDLE_TIME",
     "JITTER_FRACTION",
-    "READ_AHEAD_BYTES",
-    "READ_AHEAD_SIZE",
     "Connection",
     "DeliveryReport",
     "Kick",
@@ -142,15 +137,6 @@ EXAMINE_LIMIT = 32
 #: Seconds an open connection waits for another job while entries are
 #: being examined (Postfix's smtp_connection_cache_time_limit is 2 s too).
 IDLE_TIME = 2.0
-
-#: Messages up to this many bytes are read while their attempt record is
-#: written (in the same thread-pool trip as other reads), so a connection
-#: that takes the job sends at once instead of waiting for a read.
-READ_AHEAD_SIZE = 256 * 1024
-
-#: At most this many bytes of message text read ahead and not yet sent;
-#: beyond it, a job's message is read when a connection takes it.
-READ_AHEAD_BYTES = 16 * 1024 * 1024
 
 BAD_ADDRESS = Reply(550, "5.1.3", "Bad recipient address syntax")
 
@@ -369,56 +355,6 @@ class Kick(Protocol):
         """Look at the entry (or at every waiting one) now."""
 
 
-class _Text:
-    """An entry's message text, read ahead for its jobs.
-
-    Fires the Deferreds handed out by L{get} with the bytes, or with None
-    when the read failed or the text was dropped (the job then reads the
-    message itself, and sees why).
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        #: Jobs that hold this text.
-        self.users = 0
-        self.data: bytes | None = None
-        self.done = False
-        self._waiting: list[Deferred[bytes | None]] = []
-
-    def read(self, d: Deferred[bytes]) -> None:
-        """Take the result of the read."""
-
-        def got(data: bytes) -> None:
-            self._finish(data)
-
-        def failed(_: Failure) -> None:
-            self._finish(None)
-
-        d.addCallbacks(got, failed)
-
-    def drop(self) -> None:
-        """Forget the text (the entry was deleted)."""
-        self._finish(None)
-        self.data = None
-
-    def _finish(self, data: bytes | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.data = data
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(data)
-
-    def get(self) -> Deferred[bytes | None]:
-        """The text, or None when it is not to be had."""
-        if self.done:
-            return succeed(self.data)
-        d: Deferred[bytes | None] = Deferred()
-        self._waiting.append(d)
-        return d
-
-
 @dataclass
 class _Job:
     """Some of one entry's remote records, for one domain and sender."""
@@ -429,8 +365,6 @@ class _Job:
     indexes: list[int]
     records: list[RecipientRecord]
     entry: QueueEntry
-    #: The message text read ahead, or None (read when sent).
-    text: _Text | None = None
 
 
 @dataclass
@@ -483,10 +417,6 @@ class RelayRunner(Service):
         is more.
     @param idle_time: seconds a connection with nothing to send waits for
         a job while entries are being examined.
-    @param read_ahead_size: messages up to this size are read while their
-        attempt record is written (L{READ_AHEAD_SIZE}).
-    @param read_ahead_bytes: at most this many bytes of text read ahead and
-        not yet sent (L{READ_AHEAD_BYTES}).
     """
 
     def __init__(
@@ -505,8 +435,6 @@ class RelayRunner(Service):
         poll_interval: float = 1.0,
         examine_limit: int | None = None,
         idle_time: float = IDLE_TIME,
-        read_ahead_size: int = READ_AHEAD_SIZE,
-        read_ahead_bytes: int = READ_AHEAD_BYTES,
     ) -> None:
         self._spool = spool
         self._transport = transport
@@ -533,11 +461,6 @@ class RelayRunner(Service):
         self._domains: collections.OrderedDict[str, _Domain] = collections.OrderedDict()
         self._connections = 0
         self._work: set[Deferred[None]] = set()
-        #: Message text read ahead, by queue id, and its bytes in all.
-        self._texts: dict[str, _Text] = {}
-        self._read_ahead = 0
-        self._read_ahead_size = read_ahead_size
-        self._read_ahead_bytes = read_ahead_bytes
         self._loop: LoopingCall | None = None
         self._soon: IDelayedCall | None = None
         #: Fires when the start-up scan is done.
@@ -568,8 +491,6 @@ class RelayRunner(Service):
         self._soon = None
         self._waiting.clear()
         for domain in self._domains.values():
-            for job in domain.jobs:
-                self._release(job)
             domain.jobs.clear()
             self._wake(domain, False)
         d = DeferredList(list(self._work), consumeErrors=True)
@@ -589,12 +510,6 @@ class RelayRunner(Service):
         """How many entries are being examined now (at most the examine
         limit; for tests and statistics)."""
         return len(self._examining)
-
-    @property
-    def read_ahead(self) -> int:
-        """Bytes of message text read ahead and not yet sent (for tests and
-        statistics)."""
-        return self._read_ahead
 
     def backoff(self, attempts: int) -> float:
         """The retry delay after C{attempts} attempts, jitter drawn now (the
@@ -665,11 +580,6 @@ class RelayRunner(Service):
 
         async def go() -> None:
             await self._spool.load(queue_id)
-            text = self._texts.get(queue_id)
-            if text is not None:
-                # Jobs still queued must not send it from memory: they read
-                # the (missing) file instead and drop out.
-                text.drop()
             await self._spool.remove(queue_id)
             self._waiting.pop(queue_id, None)
 
@@ -782,15 +692,8 @@ class RelayRunner(Service):
         entry = replace(entry, recipients=tuple(records))
         if any(r.status == FAILED for r in entry.recipients):
             entry = await self._notifier.settle(entry)
-        # The text is read while the attempt record is written.
-        text = self._read_text(entry) if jobs else None
-        try:
-            if entry != before:
-                await self._spool.update(entry)
-        except BaseException:
-            if text is not None:
-                self._unuse(queue_id, text)
-            raise
+        if entry != before:
+            await self._spool.update(entry)
         if back_home and self._kick is not None:
             self._kick(queue_id)
         for (domain, sender), indexes in jobs.items():
@@ -804,49 +707,11 @@ class RelayRunner(Service):
                 [entry.recipients[i] for i in indexes],
                 entry,
             )
-            if text is not None:
-                text.users += 1
-                job.text = text
             self._domains.setdefault(self._queue_name(domain), _Domain()).jobs.append(
                 job
             )
-        if text is not None:
-            # The examination's own hold on it.
-            self._unuse(queue_id, text)
         if not jobs:
             self._reschedule(entry)
-
-    def _read_text(self, entry: QueueEntry) -> _Text | None:
-        """Start reading an entry's message for its jobs, when it is small
-        enough and the read-ahead bytes allow; the caller holds one use of
-        it."""
-        text = self._texts.get(entry.queue_id)
-        if text is None:
-            size = entry.size
-            if (
-                size > self._read_ahead_size
-                or self._read_ahead + size > self._read_ahead_bytes
-            ):
-                return None
-            text = _Text(size)
-            self._texts[entry.queue_id] = text
-            self._read_ahead += size
-            text.read(self._spool.read_message(entry.queue_id))
-        text.users += 1
-        return text
-
-    def _unuse(self, queue_id: str, text: _Text) -> None:
-        """One holder of the text is done with it; the last frees it."""
-        text.users -= 1
-        if text.users <= 0 and self._texts.get(queue_id) is text:
-            del self._texts[queue_id]
-            self._read_ahead -= text.size
-
-    def _release(self, job: _Job) -> None:
-        """The job needs its read-ahead text no more."""
-        if job.text is not None:
-            text, job.text = job.text, None
-            self._unuse(job.queue_id, text)
 
     def _queue_name(self, domain: str) -> str:
         """The queue a domain's jobs wait in: its next hop's when the
@@ -1026,23 +891,17 @@ class RelayRunner(Service):
         if not jobs:
             return
         for job in jobs:
-            self._release(job)
             outcomes = {r.address: reply for r in job.records}
             await self._apply(job, outcomes, "", False, reason)
 
     async def _send(self, connection: Connection, job: _Job) -> bool:
         """Send one job; return whether the connection may be used again."""
-        data: bytes | None = None
-        if job.text is not None:
-            data = await job.text.get()
-            self._release(job)
-        if data is None:
-            try:
-                data = await self._spool.read_message(job.queue_id)
-            except Exception:
-                # Deleted meanwhile (queue delete) or unreadable.
-                self._done_with(job)
-                return True
+        try:
+            data = await self._spool.read_message(job.queue_id)
+        except Exception:
+            # Deleted meanwhile (queue delete) or unreadable.
+            self._done_with(job)
+            return True
         entry = job.entry
         message = OutboundMessage(
             sender=job.sender,
