@@ -1,10 +1,12 @@
 """Tests for the relay's throughput paths: results written while the
 connection goes on, connections kept while more jobs may come, a bounded
-number of entries examined at once, and the
-ESMTP client's fast paths for message text that needs no rewriting."""
+number of entries examined at once, attempt records written over spare
+files, and the ESMTP client's fast paths for message text that needs no
+rewriting."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -420,3 +422,35 @@ class FlushWhileExaminedTests(SynchronousTestCase):
         s.clock.advance(3600)
         s.turn()
         self.assertEqual(s.transport.recipients_sent(), ["bob@b.test"])
+
+
+class AttemptRecordSpareTests(SynchronousTestCase):
+    """The relay's attempt record (a status rewrite per message sent)
+    overwrites a spare file instead of creating one."""
+
+    def test_status_rewrite_uses_a_spare(self) -> None:
+        """After a removal left a spare, the next status rewrite is that
+        file, cut to its length, and reads back exactly."""
+        s = RelaySetup(self.mktemp(), QueueSettings())
+        first = s.queue("bob@b.test")
+        second = s.queue("carol@b.test")
+        inode = os.stat(s.spool.entry_path(first)).st_ino
+        s.result(s.spool.remove(first))
+        spare = os.path.join(s.spool.path, "spare")
+        self.assertEqual(len(os.listdir(spare)), 1)
+        record = RecipientRecord("carol@b.test", status=REMOTE, attempts=1)
+        s.result(s.spool.update_status(second, [record]))
+        self.assertEqual(os.stat(s.spool.status_path(second)).st_ino, inode)
+        self.assertEqual(os.listdir(spare), [])
+        self.assertEqual(os.listdir(os.path.join(s.spool.path, "tmp")), [])
+        fresh = Spool(s.spool.path, s.clock)
+        self.assertEqual(s.result(fresh.read_status(second)), ((record,), False))
+
+    def test_no_spare(self) -> None:
+        """With no spare the status file is a new file, as before."""
+        s = RelaySetup(self.mktemp(), QueueSettings())
+        queue_id = s.queue("bob@b.test")
+        record = RecipientRecord("bob@b.test", status=REMOTE, attempts=1)
+        s.result(s.spool.update_status(queue_id, [record]))
+        fresh = Spool(s.spool.path, s.clock)
+        self.assertEqual(s.result(fresh.read_status(queue_id)), ((record,), False))

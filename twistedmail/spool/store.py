@@ -967,12 +967,14 @@ class Spool:
 
     def update(self, entry: QueueEntry) -> Deferred[None]:
         """Rewrite an entry's status record atomically (temp, fsync, rename,
-        folder fsync)."""
+        folder fsync); the temporary file is a spare when there is one (the
+        relay rewrites a status file per message sent)."""
         tmp = self.tmp_path(entry.queue_id + ".status")
         self._no_status.discard(entry.queue_id)
         return self._committer.commit(
             [(tmp, self.status_path(entry.queue_id))],
             writes=[(tmp, _status_bytes(entry))],
+            spare=self._spares.pop() if self._spares else None,
         )
 
     def update_status(
