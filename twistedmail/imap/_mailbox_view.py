@@ -17,19 +17,22 @@ knows them) until a later command allows them.
 from __future__ import annotations
 
 import bisect
+import itertools
 import operator
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from twistedmail.imap._format import format_flags
+from twistedmail.imap._format import format_date_times, format_flags
 from twistedmail.imap._modseq import ModSeqIndex, signature_of
 from twistedmail.imap._sequence import SequenceSet
+from twistedmail.imap._types import FetchItem
 from twistedmail.maildir import Mailbox, MessageInfo
 
 __all__ = [
     "LETTER_FLAGS",
     "FLAG_LETTERS",
+    "METADATA_ITEMS",
     "MailboxView",
     "Snapshot",
     "UIDValidityChanged",
@@ -54,11 +57,39 @@ FLAG_LETTERS = {name.upper(): letter for letter, name in LETTER_FLAGS.items()}
 
 def imap_flags(info: MessageInfo, recent: bool = False) -> list[str]:
     """A message's IMAP flags, system flags first."""
-    names = [LETTER_FLAGS[c] for c in sorted(info.flags) if c in LETTER_FLAGS]
-    names.extend(sorted(info.keywords))
+    return _flag_names(info.flags, info.keywords, recent)
+
+
+def _flag_names(
+    flags: frozenset[str], keywords: frozenset[str], recent: bool
+) -> list[str]:
+    names = [LETTER_FLAGS[c] for c in sorted(flags) if c in LETTER_FLAGS]
+    names.extend(sorted(keywords))
     if recent:
         names.append("\\Recent")
     return names
+
+
+#: The FETCH items L{MailboxView.metadata_lines} formats (what the store
+#: knows of a message without reading it), and each one's part of the
+#: response line.
+METADATA_ITEMS: dict[FetchItem, bytes] = {
+    FetchItem.UID: b"UID %d",
+    FetchItem.FLAGS: b"FLAGS %s",
+    FetchItem.INTERNALDATE: b"INTERNALDATE %s",
+    FetchItem.RFC822_SIZE: b"RFC822.SIZE %d",
+    FetchItem.MODSEQ: b"MODSEQ (%d)",
+}
+
+
+class _FlagLists(dict[tuple[frozenset[str], frozenset[str], bool], bytes]):
+    """The FLAGS list of each distinct (letters, keywords, recent), made
+    on first use: a folder's messages share a few."""
+
+    def __missing__(self, key: tuple[frozenset[str], frozenset[str], bool]) -> bytes:
+        text = format_flags(_flag_names(*key))
+        self[key] = text
+        return text
 
 
 def split_flags(flags: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
@@ -83,6 +114,10 @@ def ranges_to_set(numbers: Sequence[int]) -> bytes:
 
 
 _uid = operator.attrgetter("uid")
+_size = operator.attrgetter("size")
+_internal_date = operator.attrgetter("internal_date")
+_flags = operator.attrgetter("flags")
+_keywords = operator.attrgetter("keywords")
 
 
 def _first_of(suffixes: list[str], unseen: set[str]) -> int | None:
@@ -269,6 +304,66 @@ class MailboxView:
         if not sequence_set.is_within(len(self.uids)):
             raise ValueError("no such message")
         return [self.uids[n - 1] for n in sequence_set.iter_numbers(len(self.uids))]
+
+    def metadata_lines(
+        self, uids: list[int], items: Sequence[FetchItem]
+    ) -> list[bytes]:
+        """The ``* n FETCH (...)`` lines of a FETCH of these messages (UIDs
+        of this view) whose items are all L{METADATA_ITEMS}, in the order
+        given: the same octets as formatting each message item by item,
+        made column by column (passes in C; each distinct flag set,
+        and each day of the internal dates, formatted once) for a FETCH
+        of a whole folder of 100,000 messages.
+
+        The messages (L{infos}) are made first if no command needed them
+        since SELECT: call it in a thread then.  Their internal dates must
+        be known (L{Mailbox.with_dates}).
+        """
+        if not uids:
+            return []
+        infos = self.infos
+        chosen = list(map(infos.__getitem__, uids))
+        view_uids = self.uids
+        seqs: Iterable[int]
+        if len(uids) == len(view_uids) and uids == view_uids:
+            seqs = range(1, len(uids) + 1)
+        else:
+            seqs = [s or 0 for s in map(self.seq_of, uids)]
+        columns: list[Iterable[object]] = [seqs]
+        flag_lists: _FlagLists | None = None
+        dates: list[bytes] | None = None
+        for item in items:
+            if item is FetchItem.UID:
+                columns.append(uids)
+            elif item is FetchItem.FLAGS:
+                if flag_lists is None:
+                    flag_lists = _FlagLists()
+                recent = self.recent
+                marks = (
+                    map(recent.__contains__, uids)
+                    if recent
+                    else itertools.repeat(False, len(uids))
+                )
+                keys = zip(
+                    map(_flags, chosen), map(_keywords, chosen), marks, strict=True
+                )
+                columns.append(list(map(flag_lists.__getitem__, keys)))
+            elif item is FetchItem.INTERNALDATE:
+                if dates is None:
+                    dates = format_date_times(list(map(_internal_date, chosen)))
+                columns.append(dates)
+            elif item is FetchItem.RFC822_SIZE:
+                columns.append(list(map(_size, chosen)))
+            elif item is FetchItem.MODSEQ:
+                columns.append(list(map(self.modseq_of, uids)))
+            else:
+                raise ValueError(f"not a metadata item: {item}")
+        template = (
+            b"* %d FETCH ("
+            + b" ".join(METADATA_ITEMS[item] for item in items)
+            + b")\r\n"
+        )
+        return list(map(template.__mod__, zip(*columns, strict=True)))
 
     def flag_line(self, uid: int, *, condstore: bool, with_uid: bool) -> bytes:
         """An unsolicited ``* n FETCH (FLAGS ...)`` line."""
