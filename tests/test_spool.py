@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from twistedmail.spool.store import (
     QueueEntry,
     RecipientRecord,
     Spool,
+    fast_replace,
     make_queue_id,
     read_entry_file,
     submit_incoming,
@@ -583,3 +585,76 @@ class SweepTests(SpoolTestCase):
         self.assertEqual(self.successResultOf(self.spool.sweep_tmp(3600)), 1)
         self.assertEqual(self.files("tmp"), ["new"])
         self.assertEqual(self.files("quarantine"), ["old"])
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A dataclass whose __post_init__ must run on every copy."""
+
+    n: int
+    seen: list[int] = field(default_factory=list, compare=False)
+
+    def __post_init__(self) -> None:
+        self.seen.append(self.n)
+
+
+@dataclass(frozen=True, slots=True)
+class _Slotted:
+    """A dataclass without an instance dict."""
+
+    a: int
+    b: str = ""
+
+
+class FastReplaceTests(SynchronousTestCase):
+    """fast_replace gives what dataclasses.replace gives."""
+
+    @given(
+        address=st.text(max_size=5),
+        attempts=st.integers(0, 9),
+        last=st.one_of(st.none(), st.floats(allow_nan=False)),
+        done=st.lists(st.text(max_size=3), max_size=3).map(tuple),
+    )
+    def test_records(
+        self, address: str, attempts: int, last: float | None, done: tuple[str, ...]
+    ) -> None:
+        """Recipient records and entries: equal to replace(), same type."""
+        record = RecipientRecord(address, attempts=attempts)
+        for changes in (
+            {},
+            {"attempts": attempts + 1, "last_attempt": last},
+            {"done": done, "status": DEFERRED},
+        ):
+            fast = fast_replace(record, **changes)
+            self.assertEqual(fast, replace(record, **changes))
+            self.assertIs(type(fast), RecipientRecord)
+            self.assertEqual(hash(fast), hash(replace(record, **changes)))
+        entry = QueueEntry.new("Q1", replace(ENVELOPE, recipients=()))
+        for changes in ({"size": attempts}, {"recipients": (record,), "held": True}):
+            self.assertEqual(fast_replace(entry, **changes), replace(entry, **changes))
+        self.assertEqual(
+            fast_replace(ENVELOPE, sender=address), replace(ENVELOPE, sender=address)
+        )
+
+    def test_original_unchanged(self) -> None:
+        """The copy is a new object; the original keeps its values."""
+        record = RecipientRecord("a@example.org")
+        copy = fast_replace(record, attempts=3)
+        self.assertIsNot(copy, record)
+        self.assertEqual(record.attempts, 0)
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            copy.attempts = 4  # type: ignore[misc]
+
+    def test_not_a_field(self) -> None:
+        """A change naming no field fails as replace() fails."""
+        record = RecipientRecord("a@example.org")
+        with self.assertRaises(TypeError):
+            fast_replace(record, nonsense=1)
+
+    def test_other_dataclasses(self) -> None:
+        """__post_init__ still runs, and slots dataclasses still copy."""
+        checked = _Checked(1)
+        copy = fast_replace(checked, n=2)
+        self.assertEqual(copy.n, 2)
+        self.assertEqual(checked.seen, [1, 2])
+        self.assertEqual(fast_replace(_Slotted(1, "x"), b="y"), _Slotted(1, "y"))

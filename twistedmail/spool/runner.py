@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from twisted.application.service import Service
@@ -87,6 +87,7 @@ from twistedmail.spool.store import (
     QueueEntry,
     RecipientRecord,
     Spool,
+    fast_replace,
 )
 
 __all__ = [
@@ -415,14 +416,14 @@ class QueueRunner(Service):
         records = list(entry.recipients)
         for i in due:
             r = records[i]
-            records[i] = replace(r, attempts=r.attempts + 1, last_attempt=now)
+            records[i] = fast_replace(r, attempts=r.attempts + 1, last_attempt=now)
         if self._must_record(entry, outcomes):
-            entry = replace(entry, recipients=tuple(records))
+            entry = fast_replace(entry, recipients=tuple(records))
             await self._spool.update(entry)
 
         await self._deliver(entry, outcomes, message)
         records = self._results(entry, records, outcomes, now)
-        entry = replace(entry, recipients=tuple(records))
+        entry = fast_replace(entry, recipients=tuple(records))
         if self._settled is not None:
             entry = await self._settled(entry)
         if entry.is_done:
@@ -573,7 +574,7 @@ class QueueRunner(Service):
                     )
             if temporary:
                 reply, reason = temporary[0]
-                records[o.index] = replace(
+                records[o.index] = fast_replace(
                     r,
                     status=DEFERRED,
                     reply=reply,
@@ -583,7 +584,7 @@ class QueueRunner(Service):
                 )
             elif permanent:
                 reply, reason = permanent[0]
-                records[o.index] = replace(
+                records[o.index] = fast_replace(
                     r,
                     status=FAILED,
                     reply=reply,
@@ -595,7 +596,7 @@ class QueueRunner(Service):
                 status = (
                     REMOTE if itself_remote else DELIVERED if delivered else EXPANDED
                 )
-                records[o.index] = replace(
+                records[o.index] = fast_replace(
                     r,
                     status=status,
                     reply=None,
@@ -605,7 +606,7 @@ class QueueRunner(Service):
                 )
                 if status == REMOTE:
                     # From here on the attempts counted are the relay's.
-                    records[o.index] = replace(
+                    records[o.index] = fast_replace(
                         records[o.index], attempts=0, last_attempt=None
                     )
         return records + children

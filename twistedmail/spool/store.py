@@ -85,13 +85,14 @@ fsync, the fsyncs that follow find most of the journal work done (see
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import itertools
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import IO, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import IO, Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -118,6 +119,7 @@ __all__ = [
     "REMOTE",
     "Spool",
     "SpoolDeliveryAgent",
+    "fast_replace",
     "ThreadRunner",
     "make_queue_id",
     "read_entry_file",
@@ -518,6 +520,52 @@ def _write_file(
 
 #: The most files a group commit batch keeps open at once.
 _OPEN_FILES = 256
+
+_D = TypeVar("_D")
+
+#: Per class: its field names when L{fast_replace} may copy them, else None.
+_PLAIN_FIELDS: dict[type, frozenset[str] | None] = {}
+
+
+def _plain_fields(cls: type) -> frozenset[str] | None:
+    """The field names of a dataclass whose instances are just their fields
+    (no C{__post_init__}, no C{__slots__}, no init-only or class
+    variables, every field set by C{__init__}); None for anything else."""
+    if not dataclasses.is_dataclass(cls) or hasattr(cls, "__post_init__"):
+        return None
+    if "__slots__" in vars(cls):
+        return None
+    fields = dataclasses.fields(cls)
+    if len(fields) != len(cls.__dataclass_fields__) or not all(f.init for f in fields):
+        return None
+    return frozenset(f.name for f in fields)
+
+
+def fast_replace(obj: _D, /, **changes: Any) -> _D:
+    """L{dataclasses.replace}, cheaper for plain dataclasses.
+
+    C{dataclasses.replace} reads every field and calls C{__init__} again
+    (7 to 11 us for the queue's records); for a dataclass whose instances
+    are nothing but their fields (see L{_plain_fields}) this copies the
+    fields and sets the changed ones (2 to 3 us).  Anything else, and any
+    change naming something that is not a field, goes to
+    C{dataclasses.replace}.
+    """
+    cls = type(obj)
+    try:
+        names = _PLAIN_FIELDS[cls]
+    except KeyError:
+        names = _PLAIN_FIELDS[cls] = _plain_fields(cls)
+    if names is None or not changes.keys() <= names:
+        return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+    state = obj.__dict__
+    new = object.__new__(cls)
+    values = new.__dict__
+    for name in names:
+        values[name] = state[name]
+    values.update(changes)
+    return new
+
 
 #: Spent entry files kept in ``spare/`` for reuse (see the module docstring).
 MAX_SPARES = 64
@@ -988,7 +1036,7 @@ class Spool:
 
         async def go() -> QueueEntry:
             entry = await self.load(queue_id)
-            new = replace(
+            new = fast_replace(
                 entry,
                 recipients=tuple(recipients),
                 held=entry.held if held is None else held,
@@ -1075,7 +1123,7 @@ class Spool:
             # rather than lose the message; the status file goes aside.
             self._quarantine(self.status_path(queue_id), str(e))
             return entry
-        return replace(entry, recipients=recipients, held=held)
+        return fast_replace(entry, recipients=recipients, held=held)
 
     def open_entries(self) -> Deferred[list[QueueEntry]]:
         """Every readable entry, oldest first; broken files are quarantined,
@@ -1278,7 +1326,7 @@ class _Transaction:
     def freeze(self) -> QueueEntry:
         """The entry record; fixed once the first bytes are written."""
         if self.entry is None:
-            envelope = replace(self.envelope, recipients=tuple(self.recipients))
+            envelope = fast_replace(self.envelope, recipients=tuple(self.recipients))
             self.entry = QueueEntry.new(self.queue_id, envelope)
             self.header = _entry_header(self.entry)
             self.tmp = self.spool.tmp_path(self.queue_id)
@@ -1426,7 +1474,7 @@ class SpoolDeliveryAgent:
             tx.discard()
             return _failed(PermanentError(NO_RECIPIENTS, "commit without recipients"))
         write, message = tx.finish()
-        entry = replace(tx.freeze(), size=tx.size)
+        entry = fast_replace(tx.freeze(), size=tx.size)
         spool = self._spool
 
         async def go() -> str:
