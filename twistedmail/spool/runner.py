@@ -479,7 +479,11 @@ class QueueRunner(Service):
                 if isinstance(dest, RemoteAddress) or destination_key(dest) in done:
                     continue
                 jobs.append(self._deliver_one(entry, dest, message, o.results))
-        if jobs:
+        if len(jobs) == 1:
+            # The usual single destination: what the DeferredList below
+            # does for it (errors consumed), without making one.
+            await jobs[0].addErrback(lambda _: None)
+        elif jobs:
             await DeferredList(jobs, consumeErrors=True)
 
     def _deliver_one(
