@@ -33,6 +33,7 @@ __all__ = [
     "LETTER_FLAGS",
     "FLAG_LETTERS",
     "METADATA_ITEMS",
+    "MetadataLines",
     "MailboxView",
     "Snapshot",
     "UIDValidityChanged",
@@ -310,60 +311,12 @@ class MailboxView:
     ) -> list[bytes]:
         """The ``* n FETCH (...)`` lines of a FETCH of these messages (UIDs
         of this view) whose items are all L{METADATA_ITEMS}, in the order
-        given: the same octets as formatting each message item by item,
-        made column by column (passes in C; each distinct flag set,
-        and each day of the internal dates, formatted once) for a FETCH
-        of a whole folder of 100,000 messages.
+        given (see L{MetadataLines}; blocking when the messages are not
+        made yet).
 
-        The messages (L{infos}) are made first if no command needed them
-        since SELECT: call it in a thread then.  Their internal dates must
-        be known (L{Mailbox.with_dates}).
+        @raise ValueError: for an item that is not one of them.
         """
-        if not uids:
-            return []
-        infos = self.infos
-        chosen = list(map(infos.__getitem__, uids))
-        view_uids = self.uids
-        seqs: Iterable[int]
-        if len(uids) == len(view_uids) and uids == view_uids:
-            seqs = range(1, len(uids) + 1)
-        else:
-            seqs = [s or 0 for s in map(self.seq_of, uids)]
-        columns: list[Iterable[object]] = [seqs]
-        flag_lists: _FlagLists | None = None
-        dates: list[bytes] | None = None
-        for item in items:
-            if item is FetchItem.UID:
-                columns.append(uids)
-            elif item is FetchItem.FLAGS:
-                if flag_lists is None:
-                    flag_lists = _FlagLists()
-                recent = self.recent
-                marks = (
-                    map(recent.__contains__, uids)
-                    if recent
-                    else itertools.repeat(False, len(uids))
-                )
-                keys = zip(
-                    map(_flags, chosen), map(_keywords, chosen), marks, strict=True
-                )
-                columns.append(list(map(flag_lists.__getitem__, keys)))
-            elif item is FetchItem.INTERNALDATE:
-                if dates is None:
-                    dates = format_date_times(list(map(_internal_date, chosen)))
-                columns.append(dates)
-            elif item is FetchItem.RFC822_SIZE:
-                columns.append(list(map(_size, chosen)))
-            elif item is FetchItem.MODSEQ:
-                columns.append(list(map(self.modseq_of, uids)))
-            else:
-                raise ValueError(f"not a metadata item: {item}")
-        template = (
-            b"* %d FETCH ("
-            + b" ".join(METADATA_ITEMS[item] for item in items)
-            + b")\r\n"
-        )
-        return list(map(template.__mod__, zip(*columns, strict=True)))
+        return MetadataLines(self, uids, items).lines(0, len(uids))
 
     def flag_line(self, uid: int, *, condstore: bool, with_uid: bool) -> bytes:
         """An unsolicited ``* n FETCH (FLAGS ...)`` line."""
@@ -451,3 +404,94 @@ class MailboxView:
             self.infos.pop(uid, None)
             self.recent.discard(uid)
         return out
+
+
+class MetadataLines:
+    """The ``* n FETCH (...)`` lines of a FETCH whose items are all
+    L{METADATA_ITEMS} (in the order given), made part by part so that the
+    first part can go to the client while the next is made: the same
+    octets as formatting each message item by item, made column by column
+    (passes in C; each distinct flag set, and each day of the internal
+    dates, formatted once) for a FETCH of a whole folder of 100,000
+    messages.
+
+    The view's messages (L{MailboxView.infos}) are made by the first
+    L{lines} if no command needed them since SELECT: call it in a thread
+    then.  Their internal dates must be known (L{Mailbox.with_dates}).
+    The view must not change while the parts are made (the session runs
+    one command at a time).
+
+    @param view: the session's view of the folder.
+    @param uids: UIDs of the view, ascending.
+    @param items: the FETCH items.
+    @raise ValueError: for an item that is not one of L{METADATA_ITEMS}.
+    """
+
+    def __init__(
+        self, view: MailboxView, uids: list[int], items: Sequence[FetchItem]
+    ) -> None:
+        for item in items:
+            if item not in METADATA_ITEMS:
+                raise ValueError(f"not a metadata item: {item}")
+        self._view = view
+        self._uids = uids
+        self._items = list(map(FetchItem, items))
+        self._template = (
+            b"* %d FETCH ("
+            + b" ".join(METADATA_ITEMS[item] for item in items)
+            + b")\r\n"
+        )
+        # Made by the first part (a pass over the view's UIDs).
+        self._seqs: Sequence[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._uids)
+
+    def _sequence_numbers(self) -> Sequence[int]:
+        seqs = self._seqs
+        if seqs is None:
+            view, uids = self._view, self._uids
+            if len(uids) == len(view.uids) and uids == view.uids:
+                seqs = range(1, len(uids) + 1)
+            else:
+                seqs = [s or 0 for s in map(view.seq_of, uids)]
+            self._seqs = seqs
+        return seqs
+
+    def lines(self, start: int, stop: int) -> list[bytes]:
+        """The lines of the messages from position C{start} to C{stop}
+        (excluded) of the UIDs (blocking the first time, see above)."""
+        view = self._view
+        uids = self._uids[start:stop]
+        if not uids:
+            return []
+        infos = view.infos
+        chosen = list(map(infos.__getitem__, uids))
+        columns: list[Iterable[object]] = [self._sequence_numbers()[start:stop]]
+        flag_lists: _FlagLists | None = None
+        dates: list[bytes] | None = None
+        for item in self._items:
+            if item is FetchItem.UID:
+                columns.append(uids)
+            elif item is FetchItem.FLAGS:
+                if flag_lists is None:
+                    flag_lists = _FlagLists()
+                recent = view.recent
+                marks = (
+                    map(recent.__contains__, uids)
+                    if recent
+                    else itertools.repeat(False, len(uids))
+                )
+                keys = zip(
+                    map(_flags, chosen), map(_keywords, chosen), marks, strict=True
+                )
+                columns.append(list(map(flag_lists.__getitem__, keys)))
+            elif item is FetchItem.INTERNALDATE:
+                if dates is None:
+                    dates = format_date_times(list(map(_internal_date, chosen)))
+                columns.append(dates)
+            elif item is FetchItem.RFC822_SIZE:
+                columns.append(list(map(_size, chosen)))
+            else:
+                columns.append(list(map(view.modseq_of, uids)))
+        return list(map(self._template.__mod__, zip(*columns, strict=True)))

@@ -68,6 +68,7 @@ from twistedmail.imap._mailbox_view import (
     LETTER_FLAGS,
     METADATA_ITEMS,
     MailboxView,
+    MetadataLines,
     UIDValidityChanged,
     imap_flags,
     ranges_to_set,
@@ -563,10 +564,13 @@ class IMAPServerProtocol(Protocol):
 
     @ivar state: the RFC 3501 state.
     @ivar session_id: names the connection in every log line.
+    @ivar fetch_part: messages per part of a large FETCH of metadata only,
+        made in a thread and sent part by part (L{MetadataLines}).
     """
 
     factory: IMAPServerFactory
     session_id: str = ""
+    fetch_part: int = 5000
 
     def __init__(self) -> None:
         self.state = State.NOT_AUTHENTICATED
@@ -1636,9 +1640,7 @@ class IMAPServerProtocol(Protocol):
         )
         result: tuple[list[bytes], list[MessageInfo], bool]
         if needs_data or sets_seen or len(uids) > _INLINE_FETCH or not view.infos_made:
-            result = await self._in_thread(
-                self._fetch_blocking, view, uids, attributes, sets_seen
-            )
+            result = await self._fetch_in_thread(view, uids, attributes, sets_seen)
         else:
             result = self._fetch_blocking(view, uids, attributes, False)
         lines, seen, missing = result
@@ -1650,6 +1652,30 @@ class IMAPServerProtocol(Protocol):
                 command.tag, "Some messages were expunged meanwhile", "EXPUNGEISSUED"
             )
         return _ok(command.tag, "FETCH completed")
+
+    async def _fetch_in_thread(
+        self,
+        view: MailboxView,
+        uids: list[int],
+        attributes: list[Any],
+        sets_seen: bool,
+    ) -> tuple[list[bytes], list[MessageInfo], bool]:
+        """L{_fetch_blocking} in a thread.  A FETCH of metadata only goes
+        part by part instead, each part sent as soon as it is made, so the
+        client reads the first while the next is made; its lines are then
+        sent already (the answer has none)."""
+        if sets_seen or not all(a in METADATA_ITEMS for a in attributes):
+            return await self._in_thread(
+                self._fetch_blocking, view, uids, attributes, sets_seen
+            )
+        fetch = MetadataLines(view, uids, attributes)
+        part = self.fetch_part
+        for start in range(0, len(uids), part):
+            lines = await self._in_thread(fetch.lines, start, start + part)
+            if self._gone or self._view is not view:
+                break
+            self._send_lines(lines)
+        return [], [], False
 
     def _fetch_blocking(
         self,
