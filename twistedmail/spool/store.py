@@ -65,8 +65,9 @@ directory fsync and one trip to the thread pool, not one each.
 
 Spare files: a removed entry's file is renamed into ``spare/`` (up to
 L{MAX_SPARES} of them) instead of being unlinked, and the next new entry
-file written whole is a spare renamed into ``tmp/`` and overwritten
-(then cut to its length, fsynced and renamed into ``queue/`` as any new
+file written whole, or the temporary file of the next status rewrite (the
+relay's attempt record), is a spare renamed into ``tmp/`` and overwritten
+(then cut to its length, fsynced and renamed into place as any new
 file).  Creating a file costs the kernel an inode allocation, and on ext4
 without a journal that allocation skips every inode freed in the last few
 minutes one by one, which on a busy queue (a file created and one deleted
