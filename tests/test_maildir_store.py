@@ -65,7 +65,7 @@ class MailboxTests(StoreCase):
             os.path.join(self.path, "new", bases[1]), (1_700_000_000, 1_700_000_000)
         )
         mailbox = self.store.open_mailbox(self.path)
-        infos = mailbox.messages()
+        infos = mailbox.with_dates(mailbox.messages())
         self.assertEqual([i.uid for i in infos], [1, 2, 3])
         self.assertEqual([i.base for i in infos], bases)
         self.assertEqual([i.size for i in infos], [2, 2, 2])
@@ -700,7 +700,8 @@ class FirstIndexTests(StoreCase):
         restart."""
         self.make_folder(self.NAMES)
         mailbox = self.store.open_mailbox(self.path)
-        got = [(i.base, i.internal_date, i.size) for i in mailbox.messages()]
+        dated = mailbox.with_dates(mailbox.messages())
+        got = [(i.base, i.internal_date, i.size) for i in dated]
         self.assertEqual(got, self.expected(self.NAMES))
         self.assertEqual([i.uid for i in mailbox.messages()], list(range(1, 10)))
         self.restart()
@@ -717,7 +718,7 @@ class FirstIndexTests(StoreCase):
                 os.path.join(self.path, "new", base), b"y" * (i + 1), 1_600_000_100
             )
         mailbox.refresh(force=True)
-        infos = mailbox.messages()
+        infos = mailbox.with_dates(mailbox.messages())
         self.assertEqual([i.uid for i in infos], list(range(1, 7)))
         later = [(b, 1_600_000_100, s) for b, _, s in self.expected(self.NAMES[3:6])]
         self.assertEqual(
@@ -865,7 +866,7 @@ class RealMigrationTests(StoreCase):
         for name in os.listdir(os.path.join(self.path, "new")):
             os.utime(os.path.join(self.path, "new", name), (1_700_000_000,) * 2)
         mailbox = self.store.open_mailbox(self.path)
-        infos = mailbox.messages()
+        infos = mailbox.with_dates(mailbox.messages())
         self.assertEqual([i.uid for i in infos], [1, 2, 3])
         self.assertEqual(
             [i.filename for i in infos], sorted(p for p in before if "new/" in p)

@@ -90,6 +90,7 @@ from twistedmail.imap._search import (
     format_search,
     highest_modseq,
     search_cost,
+    uses_internal_date,
     uses_modseq,
 )
 from twistedmail.imap._sequence import SequenceSet
@@ -156,6 +157,7 @@ from twistedmail.maildir import (
     MessageInfo,
     NoSuchFolderError,
     NoSuchMessageError,
+    dates_unknown,
 )
 from twistedmail.maildir.delivery import ensure_maildir
 from twistedmail.tls import ServerTLS
@@ -1527,6 +1529,18 @@ class IMAPServerProtocol(Protocol):
             await self._in_thread(_made_infos, view)
         return view.infos
 
+    async def _dated(self, view: MailboxView, uids: Iterable[int]) -> None:
+        """Make the internal dates of the view's messages with these UIDs
+        known: those a folder's first indexing left unknown are taken in a
+        thread (L{Mailbox.with_dates}: once for the whole folder) and kept
+        in the view."""
+        infos = await self._view_infos(view)
+        chosen = [infos[u] for u in uids if u in infos]
+        if dates_unknown(chosen):
+            dated = await self._in_thread(view.mailbox.with_dates, chosen)
+            for info in dated:
+                view.changed(info)
+
     async def _do_close(self, command: Close) -> bytes:
         view = self._view
         if view is not None and not view.read_only:
@@ -1629,6 +1643,10 @@ class IMAPServerProtocol(Protocol):
             or a in (FetchItem.RFC822, FetchItem.RFC822_TEXT)
             for a in attributes
         )
+        if FetchItem.INTERNALDATE in attributes:
+            await self._dated(view, uids)
+            if self._gone:
+                return _ok(command.tag, "gone")
         result: tuple[list[bytes], list[MessageInfo], bool]
         if needs_data or sets_seen:
             result = await self._in_thread(
@@ -1914,6 +1932,8 @@ class IMAPServerProtocol(Protocol):
         if with_modseq:
             self._enabled.add("CONDSTORE")
         mailbox = view.mailbox
+        if uses_internal_date(command.key):
+            await self._dated(view, view.uids)
         infos = await self._view_infos(view)
         if self._gone:
             return _ok(command.tag, "gone")

@@ -32,10 +32,12 @@ Public names (stable):
   C{cache_get_many(bases, key)}, C{cache_put(base, key, value, fields)},
   C{cache_put_fields(entries)}, C{cache_match(field, needle, bases)} (the
   header-field index that SEARCH uses), C{columns()}, C{uids()},
-  C{flag_sets()}, C{messages_later()}, C{close()}.
+  C{flag_sets()}, C{messages_later()}, C{with_dates(infos) -> list[MessageInfo]}
+  (internal dates not known yet taken and kept), C{close()}.
 
 - L{MessageInfo}: C{uid, base, filename, size, internal_date, flags,
-  keywords, recent}.
+  keywords, recent}; C{internal_date} is L{UNKNOWN_DATE} (0) until
+  C{with_dates} gives it (L{dates_unknown}C{(infos) -> bool} tells).
 
 - L{Flag} (Maildir letters), L{IMAP_SYSTEM_FLAGS} (IMAP name to letter).
 
@@ -61,7 +63,9 @@ from twistedmail.maildir.store import (
     MessageInfo,
     NoSuchFolderError,
     NoSuchMessageError,
+    dates_unknown,
 )
+from twistedmail.maildir.uidlist import UNKNOWN_DATE
 
 __all__ = [
     "Flag",
@@ -75,4 +79,6 @@ __all__ = [
     "MessageInfo",
     "NoSuchFolderError",
     "NoSuchMessageError",
+    "UNKNOWN_DATE",
+    "dates_unknown",
 ]

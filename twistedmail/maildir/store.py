@@ -71,6 +71,7 @@ from twistedmail.maildir.names import (
 )
 from twistedmail.maildir.uidlist import (
     UIDLIST_NAME,
+    UNKNOWN_DATE,
     UIDEntry,
     UIDList,
     UIDListError,
@@ -91,6 +92,7 @@ __all__ = [
     "MessageInfo",
     "NoSuchFolderError",
     "NoSuchMessageError",
+    "dates_unknown",
     "gc_paused",
 ]
 
@@ -126,7 +128,9 @@ class MessageInfo(NamedTuple):
     @ivar filename: ``new/<name>`` or ``cur/<name>``, relative to the folder.
     @ivar size: octets in the file.
     @ivar internal_date: POSIX seconds (IMAP INTERNALDATE; the file's mtime
-        when it was first seen).
+        when it was first seen), or L{UNKNOWN_DATE} for a message found by
+        listing the folder whose file was not ``stat``-ed yet: what clients
+        see goes through L{Mailbox.with_dates}.
     @ivar flags: Maildir flag letters (L{names.Flag}).
     @ivar keywords: keyword names (``$Junk``...).
     """
@@ -158,6 +162,15 @@ _starts_new = operator.methodcaller("startswith", "new/")
 _SUFFIX = re.compile(r"^[^:\n]*(.*)$", re.MULTILINE)
 #: The base name of each ``/``-terminated file name.
 _BASE = re.compile(r"([^/:]*)[^/]*/")
+
+
+_info_date = operator.attrgetter("internal_date")
+
+
+def dates_unknown(infos: Iterable[MessageInfo]) -> bool:
+    """Whether some of these messages have an unknown internal date
+    (L{Mailbox.with_dates} gives them theirs)."""
+    return UNKNOWN_DATE in map(_info_date, infos)
 
 
 def _parse_suffix(
@@ -891,6 +904,112 @@ class Mailbox:
             raise NoSuchMessageError(f"no message with UID {uid}")
         return self._info_at(i)
 
+    def with_dates(self, infos: Iterable[MessageInfo]) -> list[MessageInfo]:
+        """These messages with their internal dates known (blocking).
+
+        A message found by a listing (a folder's first indexing) has
+        L{UNKNOWN_DATE} until its date is needed: then every message of
+        the snapshot still without one gets its file's mtime (one ``stat``
+        each, once per folder), and the dates are written into the UID
+        list.  What IMAP shows (FETCH INTERNALDATE, SEARCH BEFORE/ON/SINCE)
+        and COPY must come through here.
+
+        @return: the messages in the same order, those with an unknown date
+            replaced by copies with it.
+        """
+        infos = list(infos)
+        if not dates_unknown(infos):
+            return infos
+        known = self._known_dates()
+        out = []
+        for info in infos:
+            if info.internal_date == UNKNOWN_DATE:
+                date = known.get(info.base)
+                if date is None:
+                    # Not in the snapshot (gone since the caller's).
+                    date = self._stat_date(info.base, info.filename)
+                info = info._replace(internal_date=date)
+            out.append(info)
+        return out
+
+    def _known_dates(self) -> dict[str, int]:
+        """Base name to internal date of every message of the snapshot,
+        resolving the unknown ones first (L{with_dates})."""
+        c = self._columns
+        if UNKNOWN_DATE not in c.dates:
+            return dict(zip(c.bases, c.dates, strict=True))
+        dates = list(c.dates)
+        # Another mailbox of this process may have resolved them already.
+        newest = self.store._lists.get(self.path)
+        if newest is not None and newest is not c.source:
+            listed = dict(zip(newest.bases, newest.dates, strict=True))
+            dates = list(map(listed.get, c.bases, dates))
+        stated: dict[str, int] = {}
+        if UNKNOWN_DATE in dates:
+            with gc_paused():
+                stated = self._stat_dates(c.bases, dates)
+        columns = _Columns(c.uids, c.bases, dates, c.sizes, c.source)
+        columns.cur = c.cur
+        columns.in_new = c.in_new
+        self._columns = columns
+        self._infos = None
+        if any(stated.values()):
+            self._persist_dates(stated)
+        return dict(zip(c.bases, dates, strict=True))
+
+    def _stat_dates(self, bases: list[str], dates: list[int]) -> dict[str, int]:
+        """Fill in C{dates} where unknown with each file's mtime (a file
+        renamed meanwhile is looked up again); the dates found by base."""
+        positions = [i for i, d in enumerate(dates) if d == UNKNOWN_DATE]
+        found: dict[str, int] = {}
+        missing: list[int] = []
+        folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            stat = functools.partial(os.stat, dir_fd=folder)
+            files = self._files
+            for i in positions:
+                try:
+                    dates[i] = found[bases[i]] = int(stat(files[i]).st_mtime)
+                except FileNotFoundError:
+                    missing.append(i)
+            if missing:
+                # Renamed since the snapshot (flag changes): list once.
+                now = self._scan(cached=False)
+                for i in missing:
+                    date = self._stat_date(bases[i], now.get(bases[i]))
+                    dates[i] = found[bases[i]] = date
+        finally:
+            os.close(folder)
+        return found
+
+    def _stat_date(self, base: str, filename: str | None) -> int:
+        """One message's file's mtime; a message whose file is gone
+        (expunged) gets the time in its name (its delivery time)."""
+        if filename is not None:
+            try:
+                return int(os.stat(os.path.join(self.path, filename)).st_mtime)
+            except FileNotFoundError:
+                pass
+        return delivery_order(base, UNKNOWN_DATE)[0]
+
+    def _persist_dates(self, found: Mapping[str, int]) -> None:
+        """Write dates taken by ``stat`` into the UID list (rewritten whole,
+        under the lock), unless the list is gone or broken meanwhile (a
+        later listing makes a new one)."""
+        with self._lock():
+            try:
+                ul = self._read_list()
+            except UIDListError:
+                return
+            if ul is None or UNKNOWN_DATE not in ul.dates:
+                return
+            dates = list(map(found.get, ul.bases, ul.dates))
+            if dates == ul.dates:
+                return
+            ul = ul.copy()
+            ul.dates = dates
+            self._save(ul, True)
+
     def keywords(self) -> list[str]:
         """The keyword names this folder has letters for."""
         return [n for _, n in sorted(self._keywords.names.items())]
@@ -1248,47 +1367,33 @@ class Mailbox:
         meanwhile (the caller then goes file by file).
 
         What the file-by-file way gives, made by passes in C for 100,000
-        messages: each file's mtime (one ``stat``, relative to the
-        folder's descriptor), its size from ``,S=`` (else the file's), and
-        the order of L{delivery_order}.
+        messages, but with the internal date left unknown
+        (L{UNKNOWN_DATE}: L{with_dates} takes it when it is first needed):
+        each size from ``,S=`` and the order of L{delivery_order} from the
+        name.  Only a file whose name lacks either is ``stat``-ed (relative
+        to the folder's descriptor); its date is then known too.
         """
         # Sorted as text first: names of one form then sort in delivery
         # order already, and the sort by key below finds one run.
         bases = sorted(files.keys() - listed)
         if not bases:
             return [], [], []
-        folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            stats = list(
-                map(
-                    functools.partial(os.stat, dir_fd=folder),
-                    map(files.__getitem__, bases),
-                )
-            )
-        except FileNotFoundError:
-            return None
-        finally:
-            os.close(folder)
         joined = "\n".join(bases)
         size_texts = _SIZES.findall(joined)
         orders = _ORDERS.findall(joined)
         if len(size_texts) != len(bases) or len(orders) != len(bases):
             return None  # cannot happen: one match per line
-        dates = list(map(int, map(_st_mtime, stats)))
-        if all(size_texts):
-            sizes = list(map(int, size_texts))
-        else:
-            sizes = [
-                int(t) if t else st
-                for t, st in zip(size_texts, map(_st_size, stats), strict=True)
-            ]
-        del stats
         secs, usecs, counters = zip(*orders, strict=True)
         del orders
-        if all(secs):
+        dates = [UNKNOWN_DATE] * len(bases)
+        if all(size_texts) and all(secs):
+            sizes = list(map(int, size_texts))
             firsts = list(map(int, secs))
         else:
-            firsts = [int(t) if t else d for t, d in zip(secs, dates, strict=True)]
+            stated = self._stat_unnamed(bases, files, size_texts, secs, dates)
+            if stated is None:
+                return None
+            sizes, firsts = stated
         # The key of delivery_order, then the columns (base names are
         # unique, so the sort never compares past them).
         rows = sorted(
@@ -1304,6 +1409,38 @@ class Mailbox:
         )
         _, _, _, ordered, dates_in_order, sizes_in_order = zip(*rows, strict=True)
         return list(ordered), list(dates_in_order), list(sizes_in_order)
+
+    def _stat_unnamed(
+        self,
+        bases: list[str],
+        files: dict[str, str],
+        size_texts: list[str],
+        secs: Sequence[str],
+        dates: list[int],
+    ) -> tuple[list[int], list[int]] | None:
+        """Sizes and delivery seconds for L{_fresh_columns} when some names
+        lack them: those files are ``stat``-ed (their dates are set in
+        C{dates}); None when one vanished."""
+        sizes: list[int] = []
+        firsts: list[int] = []
+        folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for i, (base, size, sec) in enumerate(
+                zip(bases, size_texts, secs, strict=True)
+            ):
+                if size and sec:
+                    sizes.append(int(size))
+                    firsts.append(int(sec))
+                    continue
+                st = os.stat(files[base], dir_fd=folder)
+                dates[i] = int(st.st_mtime)
+                sizes.append(int(size) if size else st.st_size)
+                firsts.append(int(sec) if sec else dates[i])
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(folder)
+        return sizes, firsts
 
     def _rebuild(self, ul: UIDList, found: list[str | None]) -> bool:
         """Make the snapshot from the UID list and each listed message's
@@ -1326,9 +1463,13 @@ class Mailbox:
         columns.cur = None if listed is None else listed[1]
         columns.in_new = _in_new(filenames)
         changed = columns.uids != self._columns.uids or filenames != self._files
+        # Dates found since (L{with_dates}) are no change a client sees.
+        dated = columns.dates is not self._columns.dates and (
+            columns.dates != self._columns.dates
+        )
         self._columns = columns
         self._files = filenames
-        if changed:
+        if changed or dated:
             self._infos = None
         return changed
 
@@ -1558,11 +1699,10 @@ class Mailbox:
         """
         added: list[tuple[int, str, int, int]] = []
         sub = "new" if recent else "cur"
-        for uid in sorted(set(uids)):
-            i = self._position(uid)
-            if i is None:
-                continue
-            info = self._info_at(i)
+        positions = (self._position(uid) for uid in sorted(set(uids)))
+        chosen = [self._info_at(i) for i in positions if i is not None]
+        for info in self.with_dates(chosen):
+            uid = info.uid
             letters = target._letters(info.keywords)
             base = self.store.new_base(info.size)
             dst = os.path.join(
