@@ -13,6 +13,7 @@ from tests.maildir_helpers import CountingOpener, make_store, write_file
 from tests.test_maildir_names import BAD_FOLDER_NAMES
 from twistedmail.imap._message import CACHE_KEY, Structure, cached_structure
 from twistedmail.maildir import (
+    UNKNOWN_DATE,
     FolderExistsError,
     FolderNameError,
     KeywordError,
@@ -20,9 +21,10 @@ from twistedmail.maildir import (
     MaildirError,
     NoSuchFolderError,
     NoSuchMessageError,
+    dates_unknown,
 )
 from twistedmail.maildir.names import delivery_order, size_from_base
-from twistedmail.maildir.uidlist import UIDLIST_NAME, read_uidlist
+from twistedmail.maildir.uidlist import UIDLIST_NAME, read_uidlist, read_uidlist_token
 
 
 class StoreCase(SynchronousTestCase):
@@ -729,6 +731,199 @@ class FirstIndexTests(StoreCase):
         # Only messages after the first are in new/: they are found.
         self.assertEqual(mailbox.take_recent(), [4, 5, 6])
         self.assertEqual(mailbox.take_recent(), [])
+
+
+class LazyDateTests(StoreCase):
+    """A folder's first indexing leaves internal dates unknown (no
+    ``stat``); L{Mailbox.with_dates} takes them (the files' mtimes, whole
+    seconds, what the indexing used to record) and keeps them in the UID
+    list."""
+
+    NAMES = tuple(f"17000000{i:02d}.M{i}P1Q{i}.host,S={i + 1}" for i in range(6))
+
+    def make_folder(self, names: tuple[str, ...] = NAMES) -> None:
+        os.makedirs(self.path)
+        for sub in ("cur", "new", "tmp"):
+            os.mkdir(os.path.join(self.path, sub))
+        for i, base in enumerate(names):
+            write_file(
+                os.path.join(self.path, "cur", f"{base}:2,S"),
+                b"x" * (i + 1),
+                1_600_000_000.75 + i,
+            )
+
+    def mtimes(self) -> dict[str, int]:
+        """Each message's file's mtime in whole seconds, by base name."""
+        out = {}
+        for name in os.listdir(os.path.join(self.path, "cur")):
+            st = os.stat(os.path.join(self.path, "cur", name))
+            out[name.partition(":")[0]] = int(st.st_mtime)
+        return out
+
+    def listed_dates(self) -> list[int]:
+        ul = read_uidlist(self.path)
+        assert ul is not None
+        return ul.dates
+
+    def test_first_index_leaves_dates_unknown(self) -> None:
+        """Names with their time and size are not stat-ed: the messages and
+        the UID list on disk have L{UNKNOWN_DATE} (0, which older versions
+        parse)."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        infos = mailbox.messages()
+        self.assertTrue(dates_unknown(infos))
+        self.assertEqual({i.internal_date for i in infos}, {UNKNOWN_DATE})
+        self.assertEqual(self.listed_dates(), [0] * 6)
+        with open(os.path.join(self.path, UIDLIST_NAME), "rb") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(lines[1], b"1 0 1 " + self.NAMES[0].encode())
+        self.assertEqual(mailbox.get(1).internal_date, UNKNOWN_DATE)
+
+    def test_names_without_time_or_size_are_stated(self) -> None:
+        """A name without its delivery time or size is stat-ed as before,
+        and its date is known at once."""
+        self.make_folder(("weird", "1700000000.x", "1700000001.M1.h,S=2"))
+        mailbox = self.store.open_mailbox(self.path)
+        got = {i.base: i.internal_date for i in mailbox.messages()}
+        self.assertEqual(
+            got,
+            {
+                "weird": 1_600_000_000,
+                "1700000000.x": 1_600_000_001,
+                "1700000001.M1.h,S=2": UNKNOWN_DATE,
+            },
+        )
+
+    def test_with_dates(self) -> None:
+        """with_dates gives the files' mtimes (whole seconds), for all or
+        some messages, in the order given; known dates are kept."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        mtimes = self.mtimes()
+        infos = mailbox.messages()
+        dated = mailbox.with_dates(infos)
+        self.assertEqual(
+            [i.internal_date for i in dated], [mtimes[b] for b in self.NAMES]
+        )
+        self.assertEqual([i._replace(internal_date=0) for i in dated], infos)
+        self.assertFalse(dates_unknown(dated))
+        some = mailbox.with_dates([infos[4], infos[1]])
+        self.assertEqual(
+            [i.internal_date for i in some],
+            [mtimes[self.NAMES[4]], mtimes[self.NAMES[1]]],
+        )
+        self.assertEqual(mailbox.with_dates(dated), dated)
+        # The snapshot has them now too.
+        self.assertEqual(mailbox.messages(), dated)
+        self.assertEqual(mailbox.get(3), dated[2])
+
+    def test_dates_persisted(self) -> None:
+        """The dates taken go into the UID list (rewritten once): after a
+        restart they are known without asking, and a file's mtime changed
+        later does not change them; UIDVALIDITY and UIDs stay."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        validity = mailbox.uidvalidity
+        dated = mailbox.with_dates(mailbox.messages())
+        token = read_uidlist_token(self.path)
+        self.assertEqual(self.listed_dates(), [i.internal_date for i in dated])
+        mailbox.with_dates(mailbox.messages())
+        self.assertEqual(read_uidlist_token(self.path), token)
+        for name in os.listdir(os.path.join(self.path, "cur")):
+            os.utime(os.path.join(self.path, "cur", name), (1_000, 1_000))
+        self.restart()
+        again = self.store.open_mailbox(self.path)
+        self.assertEqual(again.uidvalidity, validity)
+        self.assertEqual(again.messages(), dated)
+        self.assertEqual(again.with_dates(again.messages()), dated)
+
+    def test_other_mailbox_takes_persisted_dates(self) -> None:
+        """A second mailbox of the folder, opened before the dates were
+        taken, gets them from the list the first one wrote (no stat: a
+        file's mtime changed meanwhile does not show); after its next
+        refresh its own snapshot has them."""
+        self.make_folder()
+        first = self.store.open_mailbox(self.path)
+        second = self.store.open_mailbox(self.path)
+        dated = first.with_dates(first.messages())
+        for name in os.listdir(os.path.join(self.path, "cur")):
+            os.utime(os.path.join(self.path, "cur", name), (1_000, 1_000))
+        self.assertEqual(second.with_dates(second.messages()), dated)
+        third = self.store.open_mailbox(self.path)
+        third.refresh(force=True)
+        self.assertEqual(third.messages(), dated)
+
+    def test_lines_appended_meanwhile_kept(self) -> None:
+        """Messages added to the list by others since the snapshot are kept
+        when the dates are written (their own dates too)."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        other = self.store.open_mailbox(self.path)
+        uid = other.add(b"appended", internal_date=1_234_567_890)
+        dated = mailbox.with_dates(mailbox.messages())
+        self.restart()
+        again = self.store.open_mailbox(self.path)
+        infos = again.messages()
+        self.assertEqual(infos[:6], dated)
+        self.assertEqual((infos[6].uid, infos[6].internal_date), (uid, 1_234_567_890))
+
+    def test_renamed_and_gone_files(self) -> None:
+        """A file renamed since the snapshot (a flag change by another
+        program) is found again; one deleted gets the time in its name."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        mtimes = self.mtimes()
+        cur = os.path.join(self.path, "cur")
+        os.rename(
+            os.path.join(cur, f"{self.NAMES[1]}:2,S"),
+            os.path.join(cur, f"{self.NAMES[1]}:2,FS"),
+        )
+        os.unlink(os.path.join(cur, f"{self.NAMES[2]}:2,S"))
+        dated = mailbox.with_dates(mailbox.messages())
+        self.assertEqual(dated[1].internal_date, mtimes[self.NAMES[1]])
+        self.assertEqual(dated[2].internal_date, 1_700_000_002)
+        self.assertEqual(dated[3].internal_date, mtimes[self.NAMES[3]])
+
+    def test_epoch_mtime(self) -> None:
+        """A file whose mtime is the epoch keeps date 0 (it is what the
+        file says) and the list is not rewritten for it again and again."""
+        self.make_folder(self.NAMES[:2])
+        os.utime(os.path.join(self.path, "cur", f"{self.NAMES[0]}:2,S"), (0, 0))
+        mailbox = self.store.open_mailbox(self.path)
+        dated = mailbox.with_dates(mailbox.messages())
+        self.assertEqual(dated[0].internal_date, 0)
+        self.assertEqual(dated[1].internal_date, 1_600_000_001)
+        token = read_uidlist_token(self.path)
+        self.assertEqual(mailbox.with_dates(mailbox.messages()), dated)
+        self.assertEqual(read_uidlist_token(self.path), token)
+
+    def test_list_lost_meanwhile(self) -> None:
+        """When the UID list is gone before the dates are written, they are
+        still given but no list is made (that is for the next listing, which
+        then picks a new UIDVALIDITY)."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        os.unlink(os.path.join(self.path, UIDLIST_NAME))
+        dated = mailbox.with_dates(mailbox.messages())
+        self.assertFalse(dates_unknown(dated))
+        self.assertFalse(os.path.exists(os.path.join(self.path, UIDLIST_NAME)))
+
+    def test_copy_takes_dates(self) -> None:
+        """COPY gives the copies their real dates in the target's list,
+        also when the source's were unknown."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        self.store.create_folder(self.path, "Archive")
+        target = self.store.open_mailbox(self.path, "Archive")
+        mapping = mailbox.copy([2, 5], target)
+        target.refresh()
+        mtimes = self.mtimes()
+        self.assertEqual(
+            [i.internal_date for i in target.messages()],
+            [mtimes[self.NAMES[1]], mtimes[self.NAMES[4]]],
+        )
+        self.assertEqual(sorted(mapping), [2, 5])
 
 
 class MigrationTests(StoreCase):
