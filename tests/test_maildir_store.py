@@ -909,6 +909,22 @@ class LazyDateTests(StoreCase):
         self.assertFalse(dates_unknown(dated))
         self.assertFalse(os.path.exists(os.path.join(self.path, UIDLIST_NAME)))
 
+    def test_unchanged_after_first_index(self) -> None:
+        """The UID list the first indexing wrote is no change on disk for
+        the mailbox that wrote it (a session would look again at once);
+        one appended by another afterwards is."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertFalse(mailbox.changed_on_disk())
+        self.assertFalse(mailbox.refresh())
+        other = self.restarted_mailbox()
+        other.add(b"appended")
+        self.assertTrue(mailbox.changed_on_disk())
+
+    def restarted_mailbox(self) -> Mailbox:
+        """The folder opened through another store (another process)."""
+        return make_store(self.root, self.clock, self.opener).open_mailbox(self.path)
+
     def test_copy_takes_dates(self) -> None:
         """COPY gives the copies their real dates in the target's list,
         also when the source's were unknown."""

@@ -1198,8 +1198,8 @@ class Mailbox:
                 return self._adopt(shared)
         with gc_paused():
             changed = self._refresh(signature, force)
-        if signature is not None:
-            self._publish(signature)
+        if self._signature is not None:
+            self._publish(self._signature)
         return changed
 
     def _refresh(self, signature: tuple[object, ...] | None, force: bool) -> bool:
@@ -1228,6 +1228,11 @@ class Mailbox:
         if ul is None or found is None:
             ul, files = self._sync(files)
             found = list(map(files.get, ul.bases))
+            if signature is not None and self._uidlist_stat is not None:
+                # The list as read or written under the lock (by a first
+                # indexing, say): the snapshot is of that list, so the
+                # signature taken before must not call it a change.
+                signature = (*signature[:2], self._uidlist_stat, *signature[3:])
         keywords = KeywordMap.load(self.path)
         if keywords.names != self._keywords.names:
             self._suffixes = {}
