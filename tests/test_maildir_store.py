@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -709,6 +711,32 @@ class FirstIndexTests(StoreCase):
         self.restart()
         again = self.store.open_mailbox(self.path).messages()
         self.assertEqual([(i.base, i.internal_date, i.size) for i in again], got)
+
+    @settings(max_examples=30, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(1_699_999_998, 1_700_000_001),
+                st.text(alphabet="MPQ0123456789", max_size=8),
+                st.sampled_from(["", ",S=7", ",S=12,W=13"]),
+            ),
+            unique=True,
+            min_size=1,
+            max_size=8,
+        )
+    )
+    def test_order_generated(self, parts: list[tuple[int, str, str]]) -> None:
+        """For generated names (in delivery order as text or not), the
+        first indexing's UID order and sizes are what delivery_order and
+        size_from_base give name by name."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.restart()
+        names = tuple(f"{sec}.{mid}.h{size}" for sec, mid, size in parts)
+        self.make_folder(names)
+        mailbox = self.store.open_mailbox(self.path)
+        got = [(i.base, i.size) for i in mailbox.messages()]
+        self.assertEqual(got, [(b, s) for b, _, s in self.expected(names)])
+        mailbox.close()
 
     def test_new_messages_later(self) -> None:
         """Messages found later (new/ and cur/) get the next UIDs in

@@ -157,6 +157,8 @@ _make_info = cast(
 )
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
+_third = operator.itemgetter(2)
+_fourth = operator.itemgetter(3)
 _starts_new = operator.methodcaller("startswith", "new/")
 #: The info part of each line of file names (``:2,S``, or empty).
 _SUFFIX = re.compile(r"^[^:\n]*(.*)$", re.MULTILINE)
@@ -1379,8 +1381,8 @@ class Mailbox:
         to the folder's descriptor); its date is then known too.
         """
         # Sorted as text first: names of one form then sort in delivery
-        # order already, and the sort by key below finds one run.
-        bases = sorted(files.keys() - listed)
+        # order already, and the sort by key below is not needed.
+        bases = sorted(files.keys() - listed if listed else files)
         if not bases:
             return [], [], []
         joined = "\n".join(bases)
@@ -1388,7 +1390,10 @@ class Mailbox:
         orders = _ORDERS.findall(joined)
         if len(size_texts) != len(bases) or len(orders) != len(bases):
             return None  # cannot happen: one match per line
-        secs, usecs, counters = zip(*orders, strict=True)
+        # Columns by item getters: zip(*rows) over 100,000 rows is slower.
+        secs = list(map(_first, orders))
+        usecs = list(map(_second, orders))
+        counters = list(map(_third, orders))
         del orders
         dates = [UNKNOWN_DATE] * len(bases)
         if all(size_texts) and all(secs):
@@ -1399,21 +1404,25 @@ class Mailbox:
             if stated is None:
                 return None
             sizes, firsts = stated
-        # The key of delivery_order, then the columns (base names are
-        # unique, so the sort never compares past them).
-        rows = sorted(
+        # The key of delivery_order but for the base name: the names are
+        # in text order, so when the keys are too, so is the whole key.
+        keys = list(
             zip(
                 firsts,
                 map(int, map("0".__add__, usecs)),
                 map(int, map("0".__add__, counters)),
-                bases,
-                dates,
-                sizes,
                 strict=True,
             )
         )
-        _, _, _, ordered, dates_in_order, sizes_in_order = zip(*rows, strict=True)
-        return list(ordered), list(dates_in_order), list(sizes_in_order)
+        if all(map(operator.le, keys, itertools.islice(keys, 1, None))):
+            return bases, dates, sizes
+        # Base names are unique: the sort never compares past them.
+        rows = sorted(zip(keys, bases, dates, sizes, strict=True))
+        return (
+            list(map(_second, rows)),
+            list(map(_third, rows)),
+            list(map(_fourth, rows)),
+        )
 
     def _stat_unnamed(
         self,
