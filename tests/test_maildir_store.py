@@ -913,6 +913,25 @@ class LazyDateTests(StoreCase):
         self.assertEqual(dated[2].internal_date, 1_700_000_002)
         self.assertEqual(dated[3].internal_date, mtimes[self.NAMES[3]])
 
+    def test_messages_not_in_snapshot(self) -> None:
+        """Messages the snapshot no longer has (expunged by another since
+        the caller took them) get the time in their names."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        infos = mailbox.messages()
+        self.restarted_mailbox().expunge([2])
+        mailbox.refresh(force=True)
+        mtimes = self.mtimes()
+        dated = mailbox.with_dates(infos)
+        self.assertEqual(
+            [i.internal_date for i in dated],
+            [
+                mtimes[self.NAMES[0]],
+                1_700_000_001,
+                *(mtimes[b] for b in self.NAMES[2:]),
+            ],
+        )
+
     def test_epoch_mtime(self) -> None:
         """A file whose mtime is the epoch keeps date 0 (it is what the
         file says) and the list is not rewritten for it again and again."""

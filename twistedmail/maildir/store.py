@@ -923,16 +923,15 @@ class Mailbox:
         if not dates_unknown(infos):
             return infos
         known = self._known_dates()
-        out = []
-        for info in infos:
-            if info.internal_date == UNKNOWN_DATE:
-                date = known.get(info.base)
-                if date is None:
-                    # Not in the snapshot (gone since the caller's).
-                    date = self._stat_date(info.base, info.filename)
-                info = info._replace(internal_date=date)
-            out.append(info)
-        return out
+        # Column by column (passes in C): a FETCH may ask for 100,000.
+        fields = [list(map(operator.itemgetter(k), infos)) for k in range(7)]
+        bases = fields[1]
+        dates = fields[4] = list(map(known.get, bases, fields[4]))
+        for i, date in enumerate(dates):
+            if date == UNKNOWN_DATE and bases[i] not in known:
+                # Not in the snapshot (gone since the caller's).
+                dates[i] = self._stat_date(bases[i], fields[2][i])
+        return list(map(_make_info, zip(*fields, strict=True)))
 
     def _known_dates(self) -> dict[str, int]:
         """Base name to internal date of every message of the snapshot,
