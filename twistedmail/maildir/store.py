@@ -922,16 +922,17 @@ class Mailbox:
         infos = list(infos)
         if not dates_unknown(infos):
             return infos
-        known = self._known_dates()
-        # Column by column (passes in C): a FETCH may ask for 100,000.
-        fields = [list(map(operator.itemgetter(k), infos)) for k in range(7)]
-        bases = fields[1]
-        dates = fields[4] = list(map(known.get, bases, fields[4]))
-        for i, date in enumerate(dates):
-            if date == UNKNOWN_DATE and bases[i] not in known:
-                # Not in the snapshot (gone since the caller's).
-                dates[i] = self._stat_date(bases[i], fields[2][i])
-        return list(map(_make_info, zip(*fields, strict=True)))
+        with gc_paused():
+            known = self._known_dates()
+            # Column by column (passes in C): a FETCH may ask for 100,000.
+            fields = [list(map(operator.itemgetter(k), infos)) for k in range(7)]
+            bases = fields[1]
+            dates = fields[4] = list(map(known.get, bases, fields[4]))
+            for i, date in enumerate(dates):
+                if date == UNKNOWN_DATE and bases[i] not in known:
+                    # Not in the snapshot (gone since the caller's).
+                    dates[i] = self._stat_date(bases[i], fields[2][i])
+            return list(map(_make_info, zip(*fields, strict=True)))
 
     def _known_dates(self) -> dict[str, int]:
         """Base name to internal date of every message of the snapshot,
@@ -947,8 +948,7 @@ class Mailbox:
             dates = list(map(listed.get, c.bases, dates))
         stated: dict[str, int] = {}
         if UNKNOWN_DATE in dates:
-            with gc_paused():
-                stated = self._stat_dates(c.bases, dates)
+            stated = self._stat_dates(c.bases, dates)
         columns = _Columns(c.uids, c.bases, dates, c.sizes, c.source)
         columns.cur = c.cur
         columns.in_new = c.in_new
