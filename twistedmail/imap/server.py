@@ -1535,6 +1535,8 @@ class IMAPServerProtocol(Protocol):
         thread (L{Mailbox.with_dates}: once for the whole folder) and kept
         in the view."""
         infos = await self._view_infos(view)
+        if not dates_unknown(infos.values()):
+            return  # the usual case, once a folder's dates were taken
         chosen = [infos[u] for u in uids if u in infos]
         if dates_unknown(chosen):
             dated = await self._in_thread(view.mailbox.with_dates, chosen)
