@@ -655,6 +655,27 @@ class FolderTests(StoreCase):
         with open(os.path.join(self.path, "subscriptions"), "rb") as f:
             self.assertEqual(f.read(), b"INBOX\n")
 
+    def test_subscriptions_many(self) -> None:
+        """set_subscribed_many changes several names in one write, in
+        order, INBOX in any case; a bad name changes none; nothing to
+        change writes nothing."""
+        many = self.store.set_subscribed_many
+        many(self.path, ["Sent", "inbox", "Trash", "Sent"], True)
+        self.assertEqual(
+            self.store.subscriptions(self.path), ["Sent", "INBOX", "Trash"]
+        )
+        self.assertRaises(FolderNameError, many, self.path, ["Junk", "a..b"], True)
+        self.assertEqual(
+            self.store.subscriptions(self.path), ["Sent", "INBOX", "Trash"]
+        )
+        subscriptions = os.path.join(self.path, "subscriptions")
+        inode = os.stat(subscriptions).st_ino
+        many(self.path, ["Sent", "Trash"], True)
+        many(self.path, ["Junk"], False)
+        self.assertEqual(os.stat(subscriptions).st_ino, inode)
+        many(self.path, ["Trash", "INBOX", "Junk"], False)
+        self.assertEqual(self.store.subscriptions(self.path), ["Sent"])
+
 
 class FirstIndexTests(StoreCase):
     """The first indexing of a folder gives its messages UIDs in delivery

@@ -338,8 +338,7 @@ def prepare_account(store: MaildirStore, path: str) -> None:
                 store.create_folder(path, name)
             except FolderExistsError:
                 pass
-        store.set_subscribed(path, name, True)
-    store.set_subscribed(path, "INBOX", True)
+    store.set_subscribed_many(path, [*SPECIAL_USE, "INBOX"], True)
     with open(marker, "wb"):
         pass
 

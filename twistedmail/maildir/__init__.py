@@ -16,7 +16,8 @@ Public names (stable):
   - C{open_mailbox(path, folder="INBOX") -> Mailbox};
   - C{list_folders(path)}, C{create_folder(path, name)},
     C{delete_folder(path, name)}, C{rename_folder(path, old, new)},
-    C{subscriptions(path)}, C{set_subscribed(path, name, bool)};
+    C{subscriptions(path)}, C{set_subscribed(path, name, bool)},
+    C{set_subscribed_many(path, names, bool)};
   - C{subscribe(path, folder, callback) -> unsubscribe}: change
     notification, also of other programs' changes while the folder has
     listeners when a watcher is given (L{watch.make_watcher}); C{notify(path,

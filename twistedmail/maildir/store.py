@@ -737,17 +737,31 @@ class MaildirStore:
 
         @raise FolderNameError: for a name that is not allowed.
         """
-        self.folder_path(path, folder)
-        if folder.upper() == "INBOX":
-            folder = "INBOX"
+        self.set_subscribed_many(path, [folder], subscribed)
+
+    def set_subscribed_many(
+        self, path: str, folders: Iterable[str], subscribed: bool
+    ) -> None:
+        """L{set_subscribed} for several folders with one write of the
+        subscriptions file (a first IMAP login subscribes six).
+
+        @raise FolderNameError: for a name that is not allowed (then none
+            is changed).
+        """
+        wanted = []
+        for folder in folders:
+            self.folder_path(path, folder)
+            wanted.append("INBOX" if folder.upper() == "INBOX" else folder)
         ensure_maildir(path)
         with FolderLock(os.path.join(path, _LOCK_NAME)):
             names = self.subscriptions(path)
-            if subscribed and folder not in names:
-                names.append(folder)
-            elif not subscribed and folder in names:
-                names.remove(folder)
-            else:
+            before = list(names)
+            for folder in wanted:
+                if subscribed and folder not in names:
+                    names.append(folder)
+                elif not subscribed and folder in names:
+                    names.remove(folder)
+            if names == before:
                 return
             data = "".join(n + "\n" for n in names).encode()
             write_file_atomic(os.path.join(path, _SUBSCRIPTIONS), data)
