@@ -867,6 +867,37 @@ class LazyDateTests(StoreCase):
         self.assertEqual(mailbox.messages(), dated)
         self.assertEqual(mailbox.get(3), dated[2])
 
+    def test_own_rewrite_no_change(self) -> None:
+        """The list rewritten with the dates is this mailbox's own: no
+        change on disk for it (a session would look again for nothing);
+        another mailbox of the folder in this process adopts it."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        other = self.store.open_mailbox(self.path)
+        dated = mailbox.with_dates(mailbox.messages())
+        self.assertFalse(mailbox.changed_on_disk())
+        self.assertFalse(mailbox.refresh())
+        self.assertEqual(mailbox.messages(), dated)
+        self.assertTrue(other.changed_on_disk())
+        self.assertFalse(other.refresh())
+        self.assertEqual(other.messages(), dated)
+
+    def test_some_dates_known(self) -> None:
+        """A snapshot with some dates known (names without their time) and
+        others not: only the unknown ones are taken."""
+        names = ("weird", *self.NAMES[:3])
+        self.make_folder(names)
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(
+            [i.internal_date for i in mailbox.messages()][1:], [UNKNOWN_DATE] * 3
+        )
+        mtimes = self.mtimes()
+        dated = mailbox.with_dates(mailbox.messages())
+        self.assertEqual(
+            {i.base: i.internal_date for i in dated}, {b: mtimes[b] for b in names}
+        )
+        self.assertEqual(sorted(self.listed_dates()), sorted(mtimes.values()))
+
     def test_dates_persisted(self) -> None:
         """The dates taken go into the UID list (rewritten once): after a
         restart they are known without asking, and a file's mtime changed

@@ -937,30 +937,35 @@ class Mailbox:
         if not dates_unknown(infos):
             return infos
         with gc_paused():
-            known = self._known_dates()
+            c = self._columns
+            column = self._resolve_dates()
             # Column by column (passes in C): a FETCH may ask for 100,000.
             fields = [list(map(operator.itemgetter(k), infos)) for k in range(7)]
-            bases = fields[1]
-            dates = fields[4] = list(map(known.get, bases, fields[4]))
-            for i, date in enumerate(dates):
-                if date == UNKNOWN_DATE and bases[i] not in known:
-                    # Not in the snapshot (gone since the caller's).
-                    dates[i] = self._stat_date(bases[i], fields[2][i])
+            if fields[0] == c.uids:
+                fields[4] = column  # the whole snapshot, in order
+            else:
+                known = dict(zip(c.bases, column, strict=True))
+                bases = fields[1]
+                dates = fields[4] = list(map(known.get, bases, fields[4]))
+                for i, date in enumerate(dates):
+                    if date == UNKNOWN_DATE and bases[i] not in known:
+                        # Not in the snapshot (gone since the caller's).
+                        dates[i] = self._stat_date(bases[i], fields[2][i])
             return list(map(_make_info, zip(*fields, strict=True)))
 
-    def _known_dates(self) -> dict[str, int]:
-        """Base name to internal date of every message of the snapshot,
-        resolving the unknown ones first (L{with_dates})."""
+    def _resolve_dates(self) -> list[int]:
+        """The snapshot's dates column with every unknown date taken
+        (L{with_dates}); the snapshot keeps it."""
         c = self._columns
         if UNKNOWN_DATE not in c.dates:
-            return dict(zip(c.bases, c.dates, strict=True))
+            return c.dates
         dates = list(c.dates)
-        # Another mailbox of this process may have resolved them already.
+        # Another mailbox of this process may have taken them already.
         newest = self.store._lists.get(self.path)
         if newest is not None and newest is not c.source:
             listed = dict(zip(newest.bases, newest.dates, strict=True))
             dates = list(map(listed.get, c.bases, dates))
-        stated: dict[str, int] = {}
+        stated = False
         if UNKNOWN_DATE in dates:
             stated = self._stat_dates(c.bases, dates)
         columns = _Columns(c.uids, c.bases, dates, c.sizes, c.source)
@@ -968,34 +973,40 @@ class Mailbox:
         columns.in_new = c.in_new
         self._columns = columns
         self._infos = None
-        if any(stated.values()):
-            self._persist_dates(stated)
-        return dict(zip(c.bases, dates, strict=True))
+        if stated:
+            self._persist_dates(columns)
+        return dates
 
-    def _stat_dates(self, bases: list[str], dates: list[int]) -> dict[str, int]:
+    def _stat_dates(self, bases: list[str], dates: list[int]) -> bool:
         """Fill in C{dates} where unknown with each file's mtime (a file
-        renamed meanwhile is looked up again); the dates found by base."""
-        positions = [i for i, d in enumerate(dates) if d == UNKNOWN_DATE]
-        found: dict[str, int] = {}
-        missing: list[int] = []
+        renamed meanwhile is looked up again); whether a date other than
+        the epoch was found (worth writing down)."""
+        files = self._files
         folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             stat = functools.partial(os.stat, dir_fd=folder)
-            files = self._files
+            if not any(dates):
+                # The usual case (a first indexing): all of them, in C.
+                try:
+                    dates[:] = map(int, map(_st_mtime, map(stat, files)))
+                    return any(dates)
+                except FileNotFoundError:
+                    pass
+            positions = [i for i, d in enumerate(dates) if d == UNKNOWN_DATE]
+            missing: list[int] = []
             for i in positions:
                 try:
-                    dates[i] = found[bases[i]] = int(stat(files[i]).st_mtime)
+                    dates[i] = int(stat(files[i]).st_mtime)
                 except FileNotFoundError:
                     missing.append(i)
             if missing:
                 # Renamed since the snapshot (flag changes): list once.
                 now = self._scan(cached=False)
                 for i in missing:
-                    date = self._stat_date(bases[i], now.get(bases[i]))
-                    dates[i] = found[bases[i]] = date
+                    dates[i] = self._stat_date(bases[i], now.get(bases[i]))
         finally:
             os.close(folder)
-        return found
+        return any(dates[i] for i in positions)
 
     def _stat_date(self, base: str, filename: str | None) -> int:
         """One message's file's mtime; a message whose file is gone
@@ -1007,10 +1018,12 @@ class Mailbox:
                 pass
         return delivery_order(base, UNKNOWN_DATE)[0]
 
-    def _persist_dates(self, found: Mapping[str, int]) -> None:
-        """Write dates taken by ``stat`` into the UID list (rewritten whole,
-        under the lock), unless the list is gone or broken meanwhile (a
-        later listing makes a new one)."""
+    def _persist_dates(self, columns: _Columns) -> None:
+        """Write the snapshot's dates (just taken by ``stat``) into the UID
+        list, rewritten whole under the lock, unless the list is gone or
+        broken meanwhile (a later listing makes a new one).  When the list
+        holds just the snapshot's messages, the snapshot takes the new list
+        as its own: the rewrite is no change on disk for this mailbox."""
         with self._lock():
             try:
                 ul = self._read_list()
@@ -1018,12 +1031,31 @@ class Mailbox:
                 return
             if ul is None or UNKNOWN_DATE not in ul.dates:
                 return
-            dates = list(map(found.get, ul.bases, ul.dates))
+            same = ul.uids == columns.uids and ul.bases == columns.bases
+            if same:
+                dates = list(columns.dates)
+            else:
+                found = dict(zip(columns.bases, columns.dates, strict=True))
+                dates = list(map(found.get, ul.bases, ul.dates))
             if dates == ul.dates:
                 return
             ul = ul.copy()
             ul.dates = dates
             self._save(ul, True)
+            written = self._list_stat()
+        if not same or self._columns is not columns:
+            return
+        adopted = _Columns(ul.uids, ul.bases, ul.dates, ul.sizes, ul)
+        adopted.cur = columns.cur
+        adopted.in_new = columns.in_new
+        self._columns = adopted
+        was = self._uidlist_stat
+        self._uidlist = ul
+        self._uidlist_stat = written
+        signature = self._signature
+        if signature is not None and signature[2] == was and written is not None:
+            self._signature = (*signature[:2], written, *signature[3:])
+            self._publish(self._signature)
 
     def keywords(self) -> list[str]:
         """The keyword names this folder has letters for."""
