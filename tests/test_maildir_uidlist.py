@@ -61,6 +61,13 @@ class FormatTests(SynchronousTestCase):
             data, b"twistedmail-uidlist 1 V7 N3\n1 0 3 a b\n2 1700000000 4 c\n"
         )
         self.assertEqual(UNKNOWN_DATE, 0)
+        unknown = UIDList(7, 1)
+        unknown.assign("a", UNKNOWN_DATE, 3)
+        unknown.assign("b c", UNKNOWN_DATE, 4)
+        self.assertEqual(
+            format_uidlist(unknown),
+            b"twistedmail-uidlist 1 V7 N3\n1 0 3 a\n2 0 4 b c\n",
+        )
         back = parse_uidlist(data)
         self.assertEqual(back.dates, [UNKNOWN_DATE, 1_700_000_000])
         self.assertEqual(back.uidvalidity, 7)

@@ -238,6 +238,16 @@ def _in_new(files: list[str]) -> list[int]:
     return list(itertools.compress(itertools.count(), map(_starts_new, files)))
 
 
+def _numbers(texts: list[str]) -> Iterable[int]:
+    """Digit strings as numbers, empty ones as 0 (a pass in C; none at
+    all when every one is empty, as counters in other programs' names)."""
+    if all(texts):
+        return map(int, texts)
+    if not any(texts):
+        return itertools.repeat(0, len(texts))
+    return map(int, map("0".__add__, texts))
+
+
 class _Columns:
     """A snapshot's columns, in UID order (never changed in place; the file
     names, which flag changes rename, are kept apart by each mailbox).
@@ -1451,14 +1461,7 @@ class Mailbox:
             sizes, firsts = stated
         # The key of delivery_order but for the base name: the names are
         # in text order, so when the keys are too, so is the whole key.
-        keys = list(
-            zip(
-                firsts,
-                map(int, map("0".__add__, usecs)),
-                map(int, map("0".__add__, counters)),
-                strict=True,
-            )
-        )
+        keys = list(zip(firsts, _numbers(usecs), _numbers(counters), strict=True))
         if all(map(operator.le, keys, itertools.islice(keys, 1, None))):
             return bases, dates, sizes
         # Base names are unique: the sort never compares past them.

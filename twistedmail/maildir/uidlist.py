@@ -391,7 +391,13 @@ def _format_rows(ul: UIDList, start: int = 0) -> str:
     columns = (ul.uids, ul.dates, ul.sizes, ul.bases)
     if start:
         columns = tuple(c[start:] for c in columns)  # type: ignore[assignment]
-    # One C-level pass over the columns.
+    uids, dates, sizes, bases = columns
+    # One C-level pass over the columns; a first indexing's dates are all
+    # unknown, and one field fewer to format is a fifth faster.
+    if not any(dates):
+        return "".join(
+            map("%d 0 %d %s\n".__mod__, zip(uids, sizes, bases, strict=True))
+        )
     return "".join(map("%d %d %d %s\n".__mod__, zip(*columns, strict=True)))
 
 
