@@ -655,6 +655,27 @@ class FolderTests(StoreCase):
         with open(os.path.join(self.path, "subscriptions"), "rb") as f:
             self.assertEqual(f.read(), b"INBOX\n")
 
+    def test_create_folders(self) -> None:
+        """create_folders makes the missing ones of several folders (each a
+        Maildir++ folder, as create_folder makes it) and names them; INBOX
+        and existing ones are skipped; a bad name stops it there (the ones
+        before it are made)."""
+        self.store.create_folder(self.path, "Sent")
+        made = self.store.create_folders(self.path, ["Sent", "Trash", "INBOX", "A.B"])
+        self.assertEqual(made, ["Trash", "A.B"])
+        self.assertEqual(
+            self.store.list_folders(self.path), ["INBOX", "A.B", "Sent", "Trash"]
+        )
+        for name in (".Trash", ".A.B"):
+            for sub in ("cur", "new", "tmp", "maildirfolder"):
+                self.assertTrue(os.path.exists(os.path.join(self.path, name, sub)))
+        self.assertRaises(
+            FolderNameError, self.store.create_folders, self.path, ["Junk", "a..b", "X"]
+        )
+        self.assertIn("Junk", self.store.list_folders(self.path))
+        self.assertNotIn("X", self.store.list_folders(self.path))
+        self.assertEqual(self.store.create_folders(self.path, ["Junk"]), [])
+
     def test_subscriptions_many(self) -> None:
         """set_subscribed_many changes several names in one write, in
         order, INBOX in any case; a bad name changes none; nothing to

@@ -332,12 +332,7 @@ def prepare_account(store: MaildirStore, path: str) -> None:
     if os.path.exists(marker):
         return
     existing = set(store.list_folders(path))
-    for name in SPECIAL_USE:
-        if name not in existing:
-            try:
-                store.create_folder(path, name)
-            except FolderExistsError:
-                pass
+    store.create_folders(path, [n for n in SPECIAL_USE if n not in existing])
     store.set_subscribed_many(path, [*SPECIAL_USE, "INBOX"], True)
     with open(marker, "wb"):
         pass

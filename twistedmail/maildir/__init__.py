@@ -15,6 +15,7 @@ Public names (stable):
     C{deliver_sync(...)} is the same, blocking, for threads;
   - C{open_mailbox(path, folder="INBOX") -> Mailbox};
   - C{list_folders(path)}, C{create_folder(path, name)},
+    C{create_folders(path, names) -> created},
     C{delete_folder(path, name)}, C{rename_folder(path, old, new)},
     C{subscriptions(path)}, C{set_subscribed(path, name, bool)},
     C{set_subscribed_many(path, names, bool)};

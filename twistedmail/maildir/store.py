@@ -656,6 +656,32 @@ class MaildirStore:
         @raise FolderNameError: for a name that is not allowed.
         @raise FolderExistsError: when it exists (INBOX always does).
         """
+        self._make_folder(path, folder)
+        fsync_directory(path)
+
+    def create_folders(self, path: str, folders: Iterable[str]) -> list[str]:
+        """Create the folders of these that do not exist yet, with one
+        ``fsync`` of the Maildir for all (a first IMAP login makes five).
+
+        @return: the names created, in order.
+        @raise FolderNameError: for a name that is not allowed (the names
+            before it are created).
+        """
+        made = []
+        try:
+            for folder in folders:
+                try:
+                    self._make_folder(path, folder)
+                except FolderExistsError:
+                    continue
+                made.append(folder)
+        finally:
+            if made:
+                fsync_directory(path)
+        return made
+
+    def _make_folder(self, path: str, folder: str) -> None:
+        """L{create_folder} but for the final ``fsync``."""
         directory = self.folder_path(path, folder)
         if directory == path:
             raise FolderExistsError("INBOX always exists")
@@ -667,7 +693,6 @@ class MaildirStore:
         ensure_maildir(directory)
         with open(os.path.join(directory, "maildirfolder"), "wb"):
             pass
-        fsync_directory(path)
 
     def delete_folder(self, path: str, folder: str) -> None:
         """Delete a folder and its messages (its subfolders stay).
