@@ -780,6 +780,37 @@ class FirstIndexTests(StoreCase):
         self.assertEqual(got, [(b, s) for b, _, s in self.expected(names)])
         mailbox.close()
 
+    @settings(max_examples=30, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(1_699_999_998, 1_700_000_001),
+                st.text(alphabet="0123456789", min_size=1, max_size=7),
+                st.sampled_from(["", "Q1", "Q10", "Q2Uab", "Q3U,S=9"]),
+                st.sampled_from([",S=7", ",S=12,W=13", ",S=5x,S=6"]),
+            ),
+            unique=True,
+            min_size=1,
+            max_size=8,
+        )
+    )
+    def test_order_generated_usual_form(
+        self, parts: list[tuple[int, str, str, str]]
+    ) -> None:
+        """Names of the usual form (read by one expression when all are)
+        give the UID order and sizes of delivery_order and size_from_base
+        too, microseconds padded or not."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.restart()
+        names = tuple(
+            f"{sec}.M{usec}P7{q}.h.example{size}" for sec, usec, q, size in parts
+        )
+        self.make_folder(names)
+        mailbox = self.store.open_mailbox(self.path)
+        got = [(i.base, i.size) for i in mailbox.messages()]
+        self.assertEqual(got, [(b, s) for b, _, s in self.expected(names)])
+        mailbox.close()
+
     def test_new_messages_later(self) -> None:
         """Messages found later (new/ and cur/) get the next UIDs in
         delivery order after the listed ones."""

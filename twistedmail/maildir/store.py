@@ -225,6 +225,16 @@ _ORDERS = re.compile(
     r"^(?:([0-9]+)\.(?:[^.\n]*?M([0-9]+))?(?:[^.\n]*?Q([0-9]+))?)?[^\n]*$",
     re.MULTILINE,
 )
+#: Per line of base names of the usual form (``<sec>.M<usec>P<pid>[Q<n>
+#: [U<token>]].<host>,S=<size>...``, ours and Dovecot's): what L{_ORDERS}
+#: and L{_SIZES} give for it, in one pass (a line of another form does not
+#: match: the first M and Q of the part after the seconds are the ones
+#: matched, and the first comma starts a well-formed ``,S=``).
+_COMMON = re.compile(
+    r"^([0-9]+)\.M([0-9]+)P[0-9]+(?:Q([0-9]+)(?:U[^.\n]*)?)?"
+    r"\.[^,\n]*?,S=([0-9]+)(?=,|$)",
+    re.MULTILINE,
+)
 _st_mtime = operator.attrgetter("st_mtime")
 _st_size = operator.attrgetter("st_size")
 
@@ -1466,8 +1476,15 @@ class Mailbox:
         if not bases:
             return [], [], []
         joined = "\n".join(bases)
-        size_texts = _SIZES.findall(joined)
-        orders = _ORDERS.findall(joined)
+        common = _COMMON.findall(joined)
+        if len(common) == len(bases):
+            # Every name has the usual form: one expression gives it all.
+            size_texts = list(map(_fourth, common))
+            orders = common
+        else:
+            size_texts = _SIZES.findall(joined)
+            orders = _ORDERS.findall(joined)
+        del common
         if len(size_texts) != len(bases) or len(orders) != len(bases):
             return None  # cannot happen: one match per line
         # Columns by item getters: zip(*rows) over 100,000 rows is slower.
