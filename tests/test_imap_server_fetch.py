@@ -703,3 +703,85 @@ class AppendTests(SynchronousTestCase):
         self.assertEqual(
             out, b"b BAD APPEND is not allowed in the not authenticated state\r\n"
         )
+
+
+class UnknownDateTests(SynchronousTestCase):
+    """A folder met for the first time is indexed without its files' dates
+    (L{twistedmail.maildir.uidlist.UNKNOWN_DATE}, 0); no client ever sees
+    that 0 as 1970: FETCH INTERNALDATE, SEARCH BEFORE/ON/SINCE (and SENT*
+    without a Date field) and COPY get the files' mtimes."""
+
+    #: 2020-09-13 12:26:40 UTC and a day later.
+    MTIMES = (1_600_000_000, 1_600_086_400)
+
+    def setUp(self) -> None:
+        self.world = make_world(self.mktemp())
+        cur = os.path.join(self.world.maildir(), "cur")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(self.world.maildir(), sub))
+        bodies = (make_message(1), b"Subject: no date field\r\n\r\nx\r\n")
+        for i, (mtime, body) in enumerate(zip(self.MTIMES, bodies, strict=True)):
+            name = os.path.join(cur, f"17000000{i}0.M{i}P1.host,S={len(body)}:2,S")
+            with open(name, "wb") as f:
+                f.write(body)
+            os.utime(name, (mtime, mtime))
+        self.client = self.world.logged_in()
+        self.client.ok("SELECT INBOX")
+
+    def assertNo1970(self, lines: list[bytes]) -> None:
+        for line in lines:
+            self.assertNotIn(b"1970", line)
+
+    def test_fetch(self) -> None:
+        """FETCH INTERNALDATE, the first and the next time."""
+        for _ in range(2):
+            lines = self.client.ok("FETCH 1:* (UID INTERNALDATE)")
+            self.assertEqual(
+                lines,
+                [
+                    b'* 1 FETCH (UID 1 INTERNALDATE "13-Sep-2020 12:26:40 +0000")',
+                    b'* 2 FETCH (UID 2 INTERNALDATE "14-Sep-2020 12:26:40 +0000")',
+                ],
+            )
+
+    def test_fetch_one_then_all(self) -> None:
+        """Asking for one message's date first, then another's, in another
+        session too."""
+        self.assertEqual(
+            self.client.ok("UID FETCH 2 INTERNALDATE"),
+            [b'* 2 FETCH (UID 2 INTERNALDATE "14-Sep-2020 12:26:40 +0000")'],
+        )
+        other = self.world.logged_in()
+        other.ok("EXAMINE INBOX")
+        self.assertEqual(
+            other.ok("FETCH 1 INTERNALDATE"),
+            [b'* 1 FETCH (INTERNALDATE "13-Sep-2020 12:26:40 +0000")'],
+        )
+
+    def test_search(self) -> None:
+        """SEARCH compares the files' dates, never 1970."""
+        cases = {
+            "SEARCH BEFORE 1-Jan-1971": b"* SEARCH",
+            "SEARCH ON 13-Sep-2020": b"* SEARCH 1",
+            "SEARCH SINCE 14-Sep-2020": b"* SEARCH 2",
+            "SEARCH NOT SINCE 1-Jan-2000": b"* SEARCH",
+            "SEARCH SENTBEFORE 1-Jan-1971": b"* SEARCH",
+            "SEARCH SENTON 14-Sep-2020": b"* SEARCH 2",
+        }
+        for command, expected in cases.items():
+            self.assertEqual(self.client.ok(command), [expected], command)
+
+    def test_copy(self) -> None:
+        """A copy keeps the file's date."""
+        self.client.ok("COPY 1:2 Archive")
+        self.client.ok("SELECT Archive")
+        lines = self.client.ok("FETCH 1:* INTERNALDATE")
+        self.assertNo1970(lines)
+        self.assertEqual(len(lines), 2)
+        self.assertIn(b"13-Sep-2020 12:26:40", lines[0])
+
+    def test_no_1970_anywhere(self) -> None:
+        """Every item that could show the date, in one go."""
+        lines = self.client.ok("FETCH 1:* (FLAGS INTERNALDATE RFC822.SIZE ENVELOPE)")
+        self.assertEqual(len(lines), 2)
+        self.assertNo1970(lines)

@@ -7,6 +7,8 @@ import os
 import shutil
 from collections.abc import Callable
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -14,6 +16,7 @@ from tests.maildir_helpers import CountingOpener, make_store, write_file
 from tests.test_maildir_names import BAD_FOLDER_NAMES
 from twistedmail.imap._message import CACHE_KEY, Structure, cached_structure
 from twistedmail.maildir import (
+    UNKNOWN_DATE,
     FolderExistsError,
     FolderNameError,
     KeywordError,
@@ -21,9 +24,10 @@ from twistedmail.maildir import (
     MaildirError,
     NoSuchFolderError,
     NoSuchMessageError,
+    dates_unknown,
 )
 from twistedmail.maildir.names import delivery_order, size_from_base
-from twistedmail.maildir.uidlist import UIDLIST_NAME, read_uidlist
+from twistedmail.maildir.uidlist import UIDLIST_NAME, read_uidlist, read_uidlist_token
 
 
 class StoreCase(SynchronousTestCase):
@@ -66,7 +70,7 @@ class MailboxTests(StoreCase):
             os.path.join(self.path, "new", bases[1]), (1_700_000_000, 1_700_000_000)
         )
         mailbox = self.store.open_mailbox(self.path)
-        infos = mailbox.messages()
+        infos = mailbox.with_dates(mailbox.messages())
         self.assertEqual([i.uid for i in infos], [1, 2, 3])
         self.assertEqual([i.base for i in infos], bases)
         self.assertEqual([i.size for i in infos], [2, 2, 2])
@@ -652,6 +656,48 @@ class FolderTests(StoreCase):
         with open(os.path.join(self.path, "subscriptions"), "rb") as f:
             self.assertEqual(f.read(), b"INBOX\n")
 
+    def test_create_folders(self) -> None:
+        """create_folders makes the missing ones of several folders (each a
+        Maildir++ folder, as create_folder makes it) and names them; INBOX
+        and existing ones are skipped; a bad name stops it there (the ones
+        before it are made)."""
+        self.store.create_folder(self.path, "Sent")
+        made = self.store.create_folders(self.path, ["Sent", "Trash", "INBOX", "A.B"])
+        self.assertEqual(made, ["Trash", "A.B"])
+        self.assertEqual(
+            self.store.list_folders(self.path), ["INBOX", "A.B", "Sent", "Trash"]
+        )
+        for name in (".Trash", ".A.B"):
+            for sub in ("cur", "new", "tmp", "maildirfolder"):
+                self.assertTrue(os.path.exists(os.path.join(self.path, name, sub)))
+        self.assertRaises(
+            FolderNameError, self.store.create_folders, self.path, ["Junk", "a..b", "X"]
+        )
+        self.assertIn("Junk", self.store.list_folders(self.path))
+        self.assertNotIn("X", self.store.list_folders(self.path))
+        self.assertEqual(self.store.create_folders(self.path, ["Junk"]), [])
+
+    def test_subscriptions_many(self) -> None:
+        """set_subscribed_many changes several names in one write, in
+        order, INBOX in any case; a bad name changes none; nothing to
+        change writes nothing."""
+        many = self.store.set_subscribed_many
+        many(self.path, ["Sent", "inbox", "Trash", "Sent"], True)
+        self.assertEqual(
+            self.store.subscriptions(self.path), ["Sent", "INBOX", "Trash"]
+        )
+        self.assertRaises(FolderNameError, many, self.path, ["Junk", "a..b"], True)
+        self.assertEqual(
+            self.store.subscriptions(self.path), ["Sent", "INBOX", "Trash"]
+        )
+        subscriptions = os.path.join(self.path, "subscriptions")
+        inode = os.stat(subscriptions).st_ino
+        many(self.path, ["Sent", "Trash"], True)
+        many(self.path, ["Junk"], False)
+        self.assertEqual(os.stat(subscriptions).st_ino, inode)
+        many(self.path, ["Trash", "INBOX", "Junk"], False)
+        self.assertEqual(self.store.subscriptions(self.path), ["Sent"])
+
 
 class FirstIndexTests(StoreCase):
     """The first indexing of a folder gives its messages UIDs in delivery
@@ -701,12 +747,70 @@ class FirstIndexTests(StoreCase):
         restart."""
         self.make_folder(self.NAMES)
         mailbox = self.store.open_mailbox(self.path)
-        got = [(i.base, i.internal_date, i.size) for i in mailbox.messages()]
+        dated = mailbox.with_dates(mailbox.messages())
+        got = [(i.base, i.internal_date, i.size) for i in dated]
         self.assertEqual(got, self.expected(self.NAMES))
         self.assertEqual([i.uid for i in mailbox.messages()], list(range(1, 10)))
         self.restart()
         again = self.store.open_mailbox(self.path).messages()
         self.assertEqual([(i.base, i.internal_date, i.size) for i in again], got)
+
+    @settings(max_examples=30, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(1_699_999_998, 1_700_000_001),
+                st.text(alphabet="MPQ0123456789", max_size=8),
+                st.sampled_from(["", ",S=7", ",S=12,W=13"]),
+            ),
+            unique=True,
+            min_size=1,
+            max_size=8,
+        )
+    )
+    def test_order_generated(self, parts: list[tuple[int, str, str]]) -> None:
+        """For generated names (in delivery order as text or not), the
+        first indexing's UID order and sizes are what delivery_order and
+        size_from_base give name by name."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.restart()
+        names = tuple(f"{sec}.{mid}.h{size}" for sec, mid, size in parts)
+        self.make_folder(names)
+        mailbox = self.store.open_mailbox(self.path)
+        got = [(i.base, i.size) for i in mailbox.messages()]
+        self.assertEqual(got, [(b, s) for b, _, s in self.expected(names)])
+        mailbox.close()
+
+    @settings(max_examples=30, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(1_699_999_998, 1_700_000_001),
+                st.text(alphabet="0123456789", min_size=1, max_size=7),
+                st.sampled_from(["", "Q1", "Q10", "Q2Uab", "Q3U,S=9"]),
+                st.sampled_from([",S=7", ",S=12,W=13", ",S=5x,S=6"]),
+            ),
+            unique=True,
+            min_size=1,
+            max_size=8,
+        )
+    )
+    def test_order_generated_usual_form(
+        self, parts: list[tuple[int, str, str, str]]
+    ) -> None:
+        """Names of the usual form (read by one expression when all are)
+        give the UID order and sizes of delivery_order and size_from_base
+        too, microseconds padded or not."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.restart()
+        names = tuple(
+            f"{sec}.M{usec}P7{q}.h.example{size}" for sec, usec, q, size in parts
+        )
+        self.make_folder(names)
+        mailbox = self.store.open_mailbox(self.path)
+        got = [(i.base, i.size) for i in mailbox.messages()]
+        self.assertEqual(got, [(b, s) for b, _, s in self.expected(names)])
+        mailbox.close()
 
     def test_new_messages_later(self) -> None:
         """Messages found later (new/ and cur/) get the next UIDs in
@@ -718,7 +822,7 @@ class FirstIndexTests(StoreCase):
                 os.path.join(self.path, "new", base), b"y" * (i + 1), 1_600_000_100
             )
         mailbox.refresh(force=True)
-        infos = mailbox.messages()
+        infos = mailbox.with_dates(mailbox.messages())
         self.assertEqual([i.uid for i in infos], list(range(1, 7)))
         later = [(b, 1_600_000_100, s) for b, _, s in self.expected(self.NAMES[3:6])]
         self.assertEqual(
@@ -729,6 +833,265 @@ class FirstIndexTests(StoreCase):
         # Only messages after the first are in new/: they are found.
         self.assertEqual(mailbox.take_recent(), [4, 5, 6])
         self.assertEqual(mailbox.take_recent(), [])
+
+
+class LazyDateTests(StoreCase):
+    """A folder's first indexing leaves internal dates unknown (no
+    ``stat``); L{Mailbox.with_dates} takes them (the files' mtimes, whole
+    seconds, what the indexing used to record) and keeps them in the UID
+    list."""
+
+    NAMES = tuple(f"17000000{i:02d}.M{i}P1Q{i}.host,S={i + 1}" for i in range(6))
+
+    def make_folder(self, names: tuple[str, ...] = NAMES) -> None:
+        os.makedirs(self.path)
+        for sub in ("cur", "new", "tmp"):
+            os.mkdir(os.path.join(self.path, sub))
+        for i, base in enumerate(names):
+            write_file(
+                os.path.join(self.path, "cur", f"{base}:2,S"),
+                b"x" * (i + 1),
+                1_600_000_000.75 + i,
+            )
+
+    def mtimes(self) -> dict[str, int]:
+        """Each message's file's mtime in whole seconds, by base name."""
+        out = {}
+        for name in os.listdir(os.path.join(self.path, "cur")):
+            st = os.stat(os.path.join(self.path, "cur", name))
+            out[name.partition(":")[0]] = int(st.st_mtime)
+        return out
+
+    def listed_dates(self) -> list[int]:
+        ul = read_uidlist(self.path)
+        assert ul is not None
+        return ul.dates
+
+    def test_first_index_leaves_dates_unknown(self) -> None:
+        """Names with their time and size are not stat-ed: the messages and
+        the UID list on disk have L{UNKNOWN_DATE} (0, which older versions
+        parse)."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        infos = mailbox.messages()
+        self.assertTrue(dates_unknown(infos))
+        self.assertEqual({i.internal_date for i in infos}, {UNKNOWN_DATE})
+        self.assertEqual(self.listed_dates(), [0] * 6)
+        with open(os.path.join(self.path, UIDLIST_NAME), "rb") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(lines[1], b"1 0 1 " + self.NAMES[0].encode())
+        self.assertEqual(mailbox.get(1).internal_date, UNKNOWN_DATE)
+
+    def test_names_without_time_or_size_are_stated(self) -> None:
+        """A name without its delivery time or size is stat-ed as before,
+        and its date is known at once."""
+        self.make_folder(("weird", "1700000000.x", "1700000001.M1.h,S=2"))
+        mailbox = self.store.open_mailbox(self.path)
+        got = {i.base: i.internal_date for i in mailbox.messages()}
+        self.assertEqual(
+            got,
+            {
+                "weird": 1_600_000_000,
+                "1700000000.x": 1_600_000_001,
+                "1700000001.M1.h,S=2": UNKNOWN_DATE,
+            },
+        )
+
+    def test_with_dates(self) -> None:
+        """with_dates gives the files' mtimes (whole seconds), for all or
+        some messages, in the order given; known dates are kept."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        mtimes = self.mtimes()
+        infos = mailbox.messages()
+        dated = mailbox.with_dates(infos)
+        self.assertEqual(
+            [i.internal_date for i in dated], [mtimes[b] for b in self.NAMES]
+        )
+        self.assertEqual([i._replace(internal_date=0) for i in dated], infos)
+        self.assertFalse(dates_unknown(dated))
+        some = mailbox.with_dates([infos[4], infos[1]])
+        self.assertEqual(
+            [i.internal_date for i in some],
+            [mtimes[self.NAMES[4]], mtimes[self.NAMES[1]]],
+        )
+        self.assertEqual(mailbox.with_dates(dated), dated)
+        # The snapshot has them now too.
+        self.assertEqual(mailbox.messages(), dated)
+        self.assertEqual(mailbox.get(3), dated[2])
+
+    def test_own_rewrite_no_change(self) -> None:
+        """The list rewritten with the dates is this mailbox's own: no
+        change on disk for it (a session would look again for nothing);
+        another mailbox of the folder in this process adopts it."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        other = self.store.open_mailbox(self.path)
+        dated = mailbox.with_dates(mailbox.messages())
+        self.assertFalse(mailbox.changed_on_disk())
+        self.assertFalse(mailbox.refresh())
+        self.assertEqual(mailbox.messages(), dated)
+        self.assertTrue(other.changed_on_disk())
+        self.assertFalse(other.refresh())
+        self.assertEqual(other.messages(), dated)
+
+    def test_some_dates_known(self) -> None:
+        """A snapshot with some dates known (names without their time) and
+        others not: only the unknown ones are taken."""
+        names = ("weird", *self.NAMES[:3])
+        self.make_folder(names)
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertEqual(
+            [i.internal_date for i in mailbox.messages()][1:], [UNKNOWN_DATE] * 3
+        )
+        mtimes = self.mtimes()
+        dated = mailbox.with_dates(mailbox.messages())
+        self.assertEqual(
+            {i.base: i.internal_date for i in dated}, {b: mtimes[b] for b in names}
+        )
+        self.assertEqual(sorted(self.listed_dates()), sorted(mtimes.values()))
+
+    def test_dates_persisted(self) -> None:
+        """The dates taken go into the UID list (rewritten once): after a
+        restart they are known without asking, and a file's mtime changed
+        later does not change them; UIDVALIDITY and UIDs stay."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        validity = mailbox.uidvalidity
+        dated = mailbox.with_dates(mailbox.messages())
+        token = read_uidlist_token(self.path)
+        self.assertEqual(self.listed_dates(), [i.internal_date for i in dated])
+        mailbox.with_dates(mailbox.messages())
+        self.assertEqual(read_uidlist_token(self.path), token)
+        for name in os.listdir(os.path.join(self.path, "cur")):
+            os.utime(os.path.join(self.path, "cur", name), (1_000, 1_000))
+        self.restart()
+        again = self.store.open_mailbox(self.path)
+        self.assertEqual(again.uidvalidity, validity)
+        self.assertEqual(again.messages(), dated)
+        self.assertEqual(again.with_dates(again.messages()), dated)
+
+    def test_other_mailbox_takes_persisted_dates(self) -> None:
+        """A second mailbox of the folder, opened before the dates were
+        taken, gets them from the list the first one wrote (no stat: a
+        file's mtime changed meanwhile does not show); after its next
+        refresh its own snapshot has them."""
+        self.make_folder()
+        first = self.store.open_mailbox(self.path)
+        second = self.store.open_mailbox(self.path)
+        dated = first.with_dates(first.messages())
+        for name in os.listdir(os.path.join(self.path, "cur")):
+            os.utime(os.path.join(self.path, "cur", name), (1_000, 1_000))
+        self.assertEqual(second.with_dates(second.messages()), dated)
+        third = self.store.open_mailbox(self.path)
+        third.refresh(force=True)
+        self.assertEqual(third.messages(), dated)
+
+    def test_lines_appended_meanwhile_kept(self) -> None:
+        """Messages added to the list by others since the snapshot are kept
+        when the dates are written (their own dates too)."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        other = self.store.open_mailbox(self.path)
+        uid = other.add(b"appended", internal_date=1_234_567_890)
+        dated = mailbox.with_dates(mailbox.messages())
+        self.restart()
+        again = self.store.open_mailbox(self.path)
+        infos = again.messages()
+        self.assertEqual(infos[:6], dated)
+        self.assertEqual((infos[6].uid, infos[6].internal_date), (uid, 1_234_567_890))
+
+    def test_renamed_and_gone_files(self) -> None:
+        """A file renamed since the snapshot (a flag change by another
+        program) is found again; one deleted gets the time in its name."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        mtimes = self.mtimes()
+        cur = os.path.join(self.path, "cur")
+        os.rename(
+            os.path.join(cur, f"{self.NAMES[1]}:2,S"),
+            os.path.join(cur, f"{self.NAMES[1]}:2,FS"),
+        )
+        os.unlink(os.path.join(cur, f"{self.NAMES[2]}:2,S"))
+        dated = mailbox.with_dates(mailbox.messages())
+        self.assertEqual(dated[1].internal_date, mtimes[self.NAMES[1]])
+        self.assertEqual(dated[2].internal_date, 1_700_000_002)
+        self.assertEqual(dated[3].internal_date, mtimes[self.NAMES[3]])
+
+    def test_messages_not_in_snapshot(self) -> None:
+        """Messages the snapshot no longer has (expunged by another since
+        the caller took them) get the time in their names."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        infos = mailbox.messages()
+        self.restarted_mailbox().expunge([2])
+        mailbox.refresh(force=True)
+        mtimes = self.mtimes()
+        dated = mailbox.with_dates(infos)
+        self.assertEqual(
+            [i.internal_date for i in dated],
+            [
+                mtimes[self.NAMES[0]],
+                1_700_000_001,
+                *(mtimes[b] for b in self.NAMES[2:]),
+            ],
+        )
+
+    def test_epoch_mtime(self) -> None:
+        """A file whose mtime is the epoch keeps date 0 (it is what the
+        file says) and the list is not rewritten for it again and again."""
+        self.make_folder(self.NAMES[:2])
+        os.utime(os.path.join(self.path, "cur", f"{self.NAMES[0]}:2,S"), (0, 0))
+        mailbox = self.store.open_mailbox(self.path)
+        dated = mailbox.with_dates(mailbox.messages())
+        self.assertEqual(dated[0].internal_date, 0)
+        self.assertEqual(dated[1].internal_date, 1_600_000_001)
+        token = read_uidlist_token(self.path)
+        self.assertEqual(mailbox.with_dates(mailbox.messages()), dated)
+        self.assertEqual(read_uidlist_token(self.path), token)
+
+    def test_list_lost_meanwhile(self) -> None:
+        """When the UID list is gone before the dates are written, they are
+        still given but no list is made (that is for the next listing, which
+        then picks a new UIDVALIDITY)."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        os.unlink(os.path.join(self.path, UIDLIST_NAME))
+        dated = mailbox.with_dates(mailbox.messages())
+        self.assertFalse(dates_unknown(dated))
+        self.assertFalse(os.path.exists(os.path.join(self.path, UIDLIST_NAME)))
+
+    def test_unchanged_after_first_index(self) -> None:
+        """The UID list the first indexing wrote is no change on disk for
+        the mailbox that wrote it (a session would look again at once);
+        one appended by another afterwards is."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        self.assertFalse(mailbox.changed_on_disk())
+        self.assertFalse(mailbox.refresh())
+        other = self.restarted_mailbox()
+        other.add(b"appended")
+        self.assertTrue(mailbox.changed_on_disk())
+
+    def restarted_mailbox(self) -> Mailbox:
+        """The folder opened through another store (another process)."""
+        return make_store(self.root, self.clock, self.opener).open_mailbox(self.path)
+
+    def test_copy_takes_dates(self) -> None:
+        """COPY gives the copies their real dates in the target's list,
+        also when the source's were unknown."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        self.store.create_folder(self.path, "Archive")
+        target = self.store.open_mailbox(self.path, "Archive")
+        mapping = mailbox.copy([2, 5], target)
+        target.refresh()
+        mtimes = self.mtimes()
+        self.assertEqual(
+            [i.internal_date for i in target.messages()],
+            [mtimes[self.NAMES[1]], mtimes[self.NAMES[4]]],
+        )
+        self.assertEqual(sorted(mapping), [2, 5])
 
 
 class MigrationTests(StoreCase):
@@ -866,7 +1229,7 @@ class RealMigrationTests(StoreCase):
         for name in os.listdir(os.path.join(self.path, "new")):
             os.utime(os.path.join(self.path, "new", name), (1_700_000_000,) * 2)
         mailbox = self.store.open_mailbox(self.path)
-        infos = mailbox.messages()
+        infos = mailbox.with_dates(mailbox.messages())
         self.assertEqual([i.uid for i in infos], [1, 2, 3])
         self.assertEqual(
             [i.filename for i in infos], sorted(p for p in before if "new/" in p)

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.maildir_helpers import CountingOpener, make_store
 from twistedmail.maildir.lock import FolderLock
 from twistedmail.maildir.uidlist import (
+    UNKNOWN_DATE,
     UIDEntry,
     UIDList,
     UIDListError,
@@ -21,24 +22,86 @@ from twistedmail.maildir.uidlist import (
     read_dovecot_uidlist,
     read_uidlist,
     read_uidlist_token,
+    save_uidlist,
     write_uidlist,
 )
 
 BASES = st.text(
     alphabet=st.sampled_from("abc0123456789.,=_- :"), min_size=1, max_size=20
 )
+DATES = st.integers(1, 2**40)
 
 
 class FormatTests(SynchronousTestCase):
     """The version-1 on-disk format."""
 
-    @given(st.integers(1, 2**32 - 1), st.lists(BASES, unique=True, max_size=20))
-    def test_round_trip(self, validity: int, bases: list[str]) -> None:
-        """parse(format(x)) == x."""
+    @given(
+        st.integers(1, 2**32 - 1),
+        st.lists(
+            st.tuples(BASES, st.one_of(st.just(UNKNOWN_DATE), DATES)),
+            unique_by=lambda row: row[0],
+            max_size=20,
+        ),
+    )
+    def test_round_trip(self, validity: int, rows: list[tuple[str, int]]) -> None:
+        """parse(format(x)) == x, with known and unknown (0) dates."""
         ul = UIDList(validity)
-        for i, b in enumerate(bases):
-            ul.assign(b, 1_700_000_000 + i, i)
+        for i, (b, date) in enumerate(rows):
+            ul.assign(b, date, i)
         self.assertEqual(parse_uidlist(format_uidlist(ul)), ul)
+
+    def test_unknown_date_line(self) -> None:
+        """An unknown internal date is written as 0, a date older parsers
+        read (so they keep the list and its UIDVALIDITY)."""
+        ul = UIDList(7, 1)
+        ul.assign("a b", UNKNOWN_DATE, 3)
+        ul.assign("c", 1_700_000_000, 4)
+        data = format_uidlist(ul)
+        self.assertEqual(
+            data, b"twistedmail-uidlist 1 V7 N3\n1 0 3 a b\n2 1700000000 4 c\n"
+        )
+        self.assertEqual(UNKNOWN_DATE, 0)
+        unknown = UIDList(7, 1)
+        unknown.assign("a", UNKNOWN_DATE, 3)
+        unknown.assign("b c", UNKNOWN_DATE, 4)
+        self.assertEqual(
+            format_uidlist(unknown),
+            b"twistedmail-uidlist 1 V7 N3\n1 0 3 a\n2 0 4 b c\n",
+        )
+        back = parse_uidlist(data)
+        self.assertEqual(back.dates, [UNKNOWN_DATE, 1_700_000_000])
+        self.assertEqual(back.uidvalidity, 7)
+
+    @given(
+        st.lists(
+            st.tuples(BASES, st.one_of(st.just(UNKNOWN_DATE), DATES)),
+            unique_by=lambda row: row[0],
+            min_size=1,
+            max_size=12,
+        ),
+        st.integers(0, 12),
+    )
+    def test_appended_unknown_dates(
+        self, rows: list[tuple[str, int]], cut: int
+    ) -> None:
+        """Rows with unknown dates appended to a written list read back the
+        same, whole or as the appended part only."""
+        folder = self.mktemp()
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        ul = UIDList(9)
+        for i, (b, date) in enumerate(rows[:cut]):
+            ul.assign(b, date, i)
+        write_uidlist(folder, ul)
+        known = read_uidlist(folder)
+        assert known is not None
+        grown = known.copy()
+        for i, (b, date) in enumerate(rows[cut:]):
+            grown.assign(b, date, i)
+        save_uidlist(folder, grown)
+        self.assertEqual(read_uidlist(folder, known), grown)
+        self.assertEqual(read_uidlist(folder), grown)
 
     def test_layout(self) -> None:
         """The documented layout: header with version, then one line each."""

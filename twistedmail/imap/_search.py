@@ -85,6 +85,7 @@ __all__ = [
     "format_search",
     "highest_modseq",
     "search_cost",
+    "uses_internal_date",
     "uses_modseq",
 ]
 
@@ -262,6 +263,21 @@ def uses_modseq(key: SearchKey) -> bool:
         return uses_modseq(key.left) or uses_modseq(key.right)
     if isinstance(key, SearchNot):
         return uses_modseq(key.key)
+    return False
+
+
+def uses_internal_date(key: SearchKey) -> bool:
+    """Whether the key may compare internal dates (BEFORE, ON, SINCE, and
+    the SENT ones, which fall back to it without a Date field): the
+    messages then need theirs known (L{Mailbox.with_dates})."""
+    if isinstance(key, SearchDate):
+        return True
+    if isinstance(key, SearchAnd):
+        return any(uses_internal_date(k) for k in key.keys)
+    if isinstance(key, SearchOr):
+        return uses_internal_date(key.left) or uses_internal_date(key.right)
+    if isinstance(key, SearchNot):
+        return uses_internal_date(key.key)
     return False
 
 

@@ -92,6 +92,7 @@ from twistedmail.imap._search import (
     format_search,
     highest_modseq,
     search_cost,
+    uses_internal_date,
     uses_modseq,
 )
 from twistedmail.imap._sequence import SequenceSet
@@ -158,6 +159,7 @@ from twistedmail.maildir import (
     MessageInfo,
     NoSuchFolderError,
     NoSuchMessageError,
+    dates_unknown,
 )
 from twistedmail.maildir.delivery import ensure_maildir
 from twistedmail.tls import ServerTLS
@@ -336,14 +338,8 @@ def prepare_account(store: MaildirStore, path: str) -> None:
     if os.path.exists(marker):
         return
     existing = set(store.list_folders(path))
-    for name in SPECIAL_USE:
-        if name not in existing:
-            try:
-                store.create_folder(path, name)
-            except FolderExistsError:
-                pass
-        store.set_subscribed(path, name, True)
-    store.set_subscribed(path, "INBOX", True)
+    store.create_folders(path, [n for n in SPECIAL_USE if n not in existing])
+    store.set_subscribed_many(path, [*SPECIAL_USE, "INBOX"], True)
     with open(marker, "wb"):
         pass
 
@@ -1536,6 +1532,20 @@ class IMAPServerProtocol(Protocol):
             await self._in_thread(_made_infos, view)
         return view.infos
 
+    async def _dated(self, view: MailboxView, uids: Iterable[int]) -> None:
+        """Make the internal dates of the view's messages with these UIDs
+        known: those a folder's first indexing left unknown are taken in a
+        thread (L{Mailbox.with_dates}: once for the whole folder) and kept
+        in the view."""
+        infos = await self._view_infos(view)
+        if not dates_unknown(infos.values()):
+            return  # the usual case, once a folder's dates were taken
+        chosen = [infos[u] for u in uids if u in infos]
+        if dates_unknown(chosen):
+            dated = await self._in_thread(view.mailbox.with_dates, chosen)
+            for info in dated:
+                view.changed(info)
+
     async def _do_close(self, command: Close) -> bytes:
         view = self._view
         if view is not None and not view.read_only:
@@ -1638,6 +1648,10 @@ class IMAPServerProtocol(Protocol):
             or a in (FetchItem.RFC822, FetchItem.RFC822_TEXT)
             for a in attributes
         )
+        if FetchItem.INTERNALDATE in attributes:
+            await self._dated(view, uids)
+            if self._gone:
+                return _ok(command.tag, "gone")
         result: tuple[list[bytes], list[MessageInfo], bool]
         if needs_data or sets_seen or len(uids) > _INLINE_FETCH or not view.infos_made:
             result = await self._fetch_in_thread(view, uids, attributes, sets_seen)
@@ -1949,6 +1963,8 @@ class IMAPServerProtocol(Protocol):
         if with_modseq:
             self._enabled.add("CONDSTORE")
         mailbox = view.mailbox
+        if uses_internal_date(command.key):
+            await self._dated(view, view.uids)
         infos = await self._view_infos(view)
         if self._gone:
             return _ok(command.tag, "gone")

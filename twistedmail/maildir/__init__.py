@@ -15,8 +15,10 @@ Public names (stable):
     C{deliver_sync(...)} is the same, blocking, for threads;
   - C{open_mailbox(path, folder="INBOX") -> Mailbox};
   - C{list_folders(path)}, C{create_folder(path, name)},
+    C{create_folders(path, names) -> created},
     C{delete_folder(path, name)}, C{rename_folder(path, old, new)},
-    C{subscriptions(path)}, C{set_subscribed(path, name, bool)};
+    C{subscriptions(path)}, C{set_subscribed(path, name, bool)},
+    C{set_subscribed_many(path, names, bool)};
   - C{subscribe(path, folder, callback) -> unsubscribe}: change
     notification, also of other programs' changes while the folder has
     listeners when a watcher is given (L{watch.make_watcher}); C{notify(path,
@@ -32,11 +34,13 @@ Public names (stable):
   C{cache_get_many(bases, key)}, C{cache_put(base, key, value, fields)},
   C{cache_put_fields(entries)}, C{cache_match(field, needle, bases)} (the
   header-field index that SEARCH uses), C{columns()}, C{uids()},
-  C{flag_sets()}, C{messages_later()}, C{generation} (changes with the
-  snapshot), C{changed_on_disk()}, C{close()}.
+  C{flag_sets()}, C{messages_later()}, C{with_dates(infos) -> list[MessageInfo]}
+  (internal dates not known yet taken and kept), C{generation} (changes with
+  the snapshot), C{changed_on_disk()}, C{close()}.
 
 - L{MessageInfo}: C{uid, base, filename, size, internal_date, flags,
-  keywords, recent}.
+  keywords, recent}; C{internal_date} is L{UNKNOWN_DATE} (0) until
+  C{with_dates} gives it (L{dates_unknown}C{(infos) -> bool} tells).
 
 - L{Flag} (Maildir letters), L{IMAP_SYSTEM_FLAGS} (IMAP name to letter).
 
@@ -62,7 +66,9 @@ from twistedmail.maildir.store import (
     MessageInfo,
     NoSuchFolderError,
     NoSuchMessageError,
+    dates_unknown,
 )
+from twistedmail.maildir.uidlist import UNKNOWN_DATE
 
 __all__ = [
     "Flag",
@@ -76,4 +82,6 @@ __all__ = [
     "MessageInfo",
     "NoSuchFolderError",
     "NoSuchMessageError",
+    "UNKNOWN_DATE",
+    "dates_unknown",
 ]

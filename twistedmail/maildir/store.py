@@ -71,6 +71,7 @@ from twistedmail.maildir.names import (
 )
 from twistedmail.maildir.uidlist import (
     UIDLIST_NAME,
+    UNKNOWN_DATE,
     UIDEntry,
     UIDList,
     UIDListError,
@@ -91,6 +92,7 @@ __all__ = [
     "MessageInfo",
     "NoSuchFolderError",
     "NoSuchMessageError",
+    "dates_unknown",
     "gc_paused",
 ]
 
@@ -129,7 +131,9 @@ class MessageInfo(NamedTuple):
     @ivar filename: ``new/<name>`` or ``cur/<name>``, relative to the folder.
     @ivar size: octets in the file.
     @ivar internal_date: POSIX seconds (IMAP INTERNALDATE; the file's mtime
-        when it was first seen).
+        when it was first seen), or L{UNKNOWN_DATE} for a message found by
+        listing the folder whose file was not ``stat``-ed yet: what clients
+        see goes through L{Mailbox.with_dates}.
     @ivar flags: Maildir flag letters (L{names.Flag}).
     @ivar keywords: keyword names (``$Junk``...).
     """
@@ -156,11 +160,22 @@ _make_info = cast(
 )
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
+_third = operator.itemgetter(2)
+_fourth = operator.itemgetter(3)
 _starts_new = operator.methodcaller("startswith", "new/")
 #: The info part of each line of file names (``:2,S``, or empty).
 _SUFFIX = re.compile(r"^[^:\n]*(.*)$", re.MULTILINE)
 #: The base name of each ``/``-terminated file name.
 _BASE = re.compile(r"([^/:]*)[^/]*/")
+
+
+_info_date = operator.attrgetter("internal_date")
+
+
+def dates_unknown(infos: Iterable[MessageInfo]) -> bool:
+    """Whether some of these messages have an unknown internal date
+    (L{Mailbox.with_dates} gives them theirs)."""
+    return UNKNOWN_DATE in map(_info_date, infos)
 
 
 def _parse_suffix(
@@ -213,6 +228,16 @@ _ORDERS = re.compile(
     r"^(?:([0-9]+)\.(?:[^.\n]*?M([0-9]+))?(?:[^.\n]*?Q([0-9]+))?)?[^\n]*$",
     re.MULTILINE,
 )
+#: Per line of base names of the usual form (``<sec>.M<usec>P<pid>[Q<n>
+#: [U<token>]].<host>,S=<size>...``, ours and Dovecot's): what L{_ORDERS}
+#: and L{_SIZES} give for it, in one pass (a line of another form does not
+#: match: the first M and Q of the part after the seconds are the ones
+#: matched, and the first comma starts a well-formed ``,S=``).
+_COMMON = re.compile(
+    r"^([0-9]+)\.M([0-9]+)P[0-9]+(?:Q([0-9]+)(?:U[^.\n]*)?)?"
+    r"\.[^,\n]*?,S=([0-9]+)(?=,|$)",
+    re.MULTILINE,
+)
 _st_mtime = operator.attrgetter("st_mtime")
 _st_size = operator.attrgetter("st_size")
 
@@ -224,6 +249,16 @@ def _in_new(files: list[str]) -> list[int]:
     if not files or ("\nnew/" not in "\n".join(files) and files[0][:4] != "new/"):
         return []
     return list(itertools.compress(itertools.count(), map(_starts_new, files)))
+
+
+def _numbers(texts: list[str]) -> Iterable[int]:
+    """Digit strings as numbers, empty ones as 0 (a pass in C; none at
+    all when every one is empty, as counters in other programs' names)."""
+    if all(texts):
+        return map(int, texts)
+    if not any(texts):
+        return itertools.repeat(0, len(texts))
+    return map(int, map("0".__add__, texts))
 
 
 class _Columns:
@@ -662,6 +697,32 @@ class MaildirStore:
         @raise FolderNameError: for a name that is not allowed.
         @raise FolderExistsError: when it exists (INBOX always does).
         """
+        self._make_folder(path, folder)
+        fsync_directory(path)
+
+    def create_folders(self, path: str, folders: Iterable[str]) -> list[str]:
+        """Create the folders of these that do not exist yet, with one
+        ``fsync`` of the Maildir for all (a first IMAP login makes five).
+
+        @return: the names created, in order.
+        @raise FolderNameError: for a name that is not allowed (the names
+            before it are created).
+        """
+        made = []
+        try:
+            for folder in folders:
+                try:
+                    self._make_folder(path, folder)
+                except FolderExistsError:
+                    continue
+                made.append(folder)
+        finally:
+            if made:
+                fsync_directory(path)
+        return made
+
+    def _make_folder(self, path: str, folder: str) -> None:
+        """L{create_folder} but for the final ``fsync``."""
         directory = self.folder_path(path, folder)
         if directory == path:
             raise FolderExistsError("INBOX always exists")
@@ -673,7 +734,6 @@ class MaildirStore:
         ensure_maildir(directory)
         with open(os.path.join(directory, "maildirfolder"), "wb"):
             pass
-        fsync_directory(path)
 
     def delete_folder(self, path: str, folder: str) -> None:
         """Delete a folder and its messages (its subfolders stay).
@@ -753,17 +813,31 @@ class MaildirStore:
 
         @raise FolderNameError: for a name that is not allowed.
         """
-        self.folder_path(path, folder)
-        if folder.upper() == "INBOX":
-            folder = "INBOX"
+        self.set_subscribed_many(path, [folder], subscribed)
+
+    def set_subscribed_many(
+        self, path: str, folders: Iterable[str], subscribed: bool
+    ) -> None:
+        """L{set_subscribed} for several folders with one write of the
+        subscriptions file (a first IMAP login subscribes six).
+
+        @raise FolderNameError: for a name that is not allowed (then none
+            is changed).
+        """
+        wanted = []
+        for folder in folders:
+            self.folder_path(path, folder)
+            wanted.append("INBOX" if folder.upper() == "INBOX" else folder)
         ensure_maildir(path)
         with FolderLock(os.path.join(path, _LOCK_NAME)):
             names = self.subscriptions(path)
-            if subscribed and folder not in names:
-                names.append(folder)
-            elif not subscribed and folder in names:
-                names.remove(folder)
-            else:
+            before = list(names)
+            for folder in wanted:
+                if subscribed and folder not in names:
+                    names.append(folder)
+                elif not subscribed and folder in names:
+                    names.remove(folder)
+            if names == before:
                 return
             data = "".join(n + "\n" for n in names).encode()
             write_file_atomic(os.path.join(path, _SUBSCRIPTIONS), data)
@@ -933,6 +1007,143 @@ class Mailbox:
         if i is None:
             raise NoSuchMessageError(f"no message with UID {uid}")
         return self._info_at(i)
+
+    def with_dates(self, infos: Iterable[MessageInfo]) -> list[MessageInfo]:
+        """These messages with their internal dates known (blocking).
+
+        A message found by a listing (a folder's first indexing) has
+        L{UNKNOWN_DATE} until its date is needed: then every message of
+        the snapshot still without one gets its file's mtime (one ``stat``
+        each, once per folder), and the dates are written into the UID
+        list.  What IMAP shows (FETCH INTERNALDATE, SEARCH BEFORE/ON/SINCE)
+        and COPY must come through here.
+
+        @return: the messages in the same order, those with an unknown date
+            replaced by copies with it.
+        """
+        infos = list(infos)
+        if not dates_unknown(infos):
+            return infos
+        with gc_paused():
+            c = self._columns
+            column = self._resolve_dates()
+            # Column by column (passes in C): a FETCH may ask for 100,000.
+            fields = [list(map(operator.itemgetter(k), infos)) for k in range(7)]
+            if fields[0] == c.uids:
+                fields[4] = column  # the whole snapshot, in order
+            else:
+                known = dict(zip(c.bases, column, strict=True))
+                bases = fields[1]
+                dates = fields[4] = list(map(known.get, bases, fields[4]))
+                for i, date in enumerate(dates):
+                    if date == UNKNOWN_DATE and bases[i] not in known:
+                        # Not in the snapshot (gone since the caller's).
+                        dates[i] = self._stat_date(bases[i], fields[2][i])
+            return list(map(_make_info, zip(*fields, strict=True)))
+
+    def _resolve_dates(self) -> list[int]:
+        """The snapshot's dates column with every unknown date taken
+        (L{with_dates}); the snapshot keeps it."""
+        c = self._columns
+        if UNKNOWN_DATE not in c.dates:
+            return c.dates
+        dates = list(c.dates)
+        # Another mailbox of this process may have taken them already.
+        newest = self.store._lists.get(self.path)
+        if newest is not None and newest is not c.source:
+            listed = dict(zip(newest.bases, newest.dates, strict=True))
+            dates = list(map(listed.get, c.bases, dates))
+        stated = False
+        if UNKNOWN_DATE in dates:
+            stated = self._stat_dates(c.bases, dates)
+        columns = _Columns(c.uids, c.bases, dates, c.sizes, c.source)
+        columns.cur = c.cur
+        columns.in_new = c.in_new
+        self._columns = columns
+        self._infos = None
+        if stated:
+            self._persist_dates(columns)
+        return dates
+
+    def _stat_dates(self, bases: list[str], dates: list[int]) -> bool:
+        """Fill in C{dates} where unknown with each file's mtime (a file
+        renamed meanwhile is looked up again); whether a date other than
+        the epoch was found (worth writing down)."""
+        files = self._files
+        folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            stat = functools.partial(os.stat, dir_fd=folder)
+            if not any(dates):
+                # The usual case (a first indexing): all of them, in C.
+                try:
+                    dates[:] = map(int, map(_st_mtime, map(stat, files)))
+                    return any(dates)
+                except FileNotFoundError:
+                    pass
+            positions = [i for i, d in enumerate(dates) if d == UNKNOWN_DATE]
+            missing: list[int] = []
+            for i in positions:
+                try:
+                    dates[i] = int(stat(files[i]).st_mtime)
+                except FileNotFoundError:
+                    missing.append(i)
+            if missing:
+                # Renamed since the snapshot (flag changes): list once.
+                now = self._scan(cached=False)
+                for i in missing:
+                    dates[i] = self._stat_date(bases[i], now.get(bases[i]))
+        finally:
+            os.close(folder)
+        return any(dates[i] for i in positions)
+
+    def _stat_date(self, base: str, filename: str | None) -> int:
+        """One message's file's mtime; a message whose file is gone
+        (expunged) gets the time in its name (its delivery time)."""
+        if filename is not None:
+            try:
+                return int(os.stat(os.path.join(self.path, filename)).st_mtime)
+            except FileNotFoundError:
+                pass
+        return delivery_order(base, UNKNOWN_DATE)[0]
+
+    def _persist_dates(self, columns: _Columns) -> None:
+        """Write the snapshot's dates (just taken by ``stat``) into the UID
+        list, rewritten whole under the lock, unless the list is gone or
+        broken meanwhile (a later listing makes a new one).  When the list
+        holds just the snapshot's messages, the snapshot takes the new list
+        as its own: the rewrite is no change on disk for this mailbox."""
+        with self._lock():
+            try:
+                ul = self._read_list()
+            except UIDListError:
+                return
+            if ul is None or UNKNOWN_DATE not in ul.dates:
+                return
+            same = ul.uids == columns.uids and ul.bases == columns.bases
+            if same:
+                dates = list(columns.dates)
+            else:
+                found = dict(zip(columns.bases, columns.dates, strict=True))
+                dates = list(map(found.get, ul.bases, ul.dates))
+            if dates == ul.dates:
+                return
+            ul = ul.copy()
+            ul.dates = dates
+            self._save(ul, True)
+            written = self._list_stat()
+        if not same or self._columns is not columns:
+            return
+        adopted = _Columns(ul.uids, ul.bases, ul.dates, ul.sizes, ul)
+        adopted.cur = columns.cur
+        adopted.in_new = columns.in_new
+        self._columns = adopted
+        was = self._uidlist_stat
+        self._uidlist = ul
+        self._uidlist_stat = written
+        signature = self._signature
+        if signature is not None and signature[2] == was and written is not None:
+            self._signature = (*signature[:2], written, *signature[3:])
+            self._publish(self._signature)
 
     def keywords(self) -> list[str]:
         """The keyword names this folder has letters for."""
@@ -1140,8 +1351,8 @@ class Mailbox:
                 return self._adopt(shared)
         with gc_paused():
             changed = self._refresh(signature, force)
-        if signature is not None:
-            self._publish(signature)
+        if self._signature is not None:
+            self._publish(self._signature)
         return changed
 
     def _refresh(self, signature: tuple[object, ...] | None, force: bool) -> bool:
@@ -1170,6 +1381,11 @@ class Mailbox:
         if ul is None or found is None:
             ul, files = self._sync(files)
             found = list(map(files.get, ul.bases))
+            if signature is not None and self._uidlist_stat is not None:
+                # The list as read or written under the lock (by a first
+                # indexing, say): the snapshot is of that list, so the
+                # signature taken before must not call it a change.
+                signature = (*signature[:2], self._uidlist_stat, *signature[3:])
         keywords = KeywordMap.load(self.path)
         if keywords.names != self._keywords.names:
             self._suffixes = {}
@@ -1316,62 +1532,87 @@ class Mailbox:
         meanwhile (the caller then goes file by file).
 
         What the file-by-file way gives, made by passes in C for 100,000
-        messages: each file's mtime (one ``stat``, relative to the
-        folder's descriptor), its size from ``,S=`` (else the file's), and
-        the order of L{delivery_order}.
+        messages, but with the internal date left unknown
+        (L{UNKNOWN_DATE}: L{with_dates} takes it when it is first needed):
+        each size from ``,S=`` and the order of L{delivery_order} from the
+        name.  Only a file whose name lacks either is ``stat``-ed (relative
+        to the folder's descriptor); its date is then known too.
         """
         # Sorted as text first: names of one form then sort in delivery
-        # order already, and the sort by key below finds one run.
-        bases = sorted(files.keys() - listed)
+        # order already, and the sort by key below is not needed.
+        bases = sorted(files.keys() - listed if listed else files)
         if not bases:
             return [], [], []
+        joined = "\n".join(bases)
+        common = _COMMON.findall(joined)
+        if len(common) == len(bases):
+            # Every name has the usual form: one expression gives it all.
+            size_texts = list(map(_fourth, common))
+            orders = common
+        else:
+            size_texts = _SIZES.findall(joined)
+            orders = _ORDERS.findall(joined)
+        del common
+        if len(size_texts) != len(bases) or len(orders) != len(bases):
+            return None  # cannot happen: one match per line
+        # Columns by item getters: zip(*rows) over 100,000 rows is slower.
+        secs = list(map(_first, orders))
+        usecs = list(map(_second, orders))
+        counters = list(map(_third, orders))
+        del orders
+        dates = [UNKNOWN_DATE] * len(bases)
+        if all(size_texts) and all(secs):
+            sizes = list(map(int, size_texts))
+            firsts = list(map(int, secs))
+        else:
+            stated = self._stat_unnamed(bases, files, size_texts, secs, dates)
+            if stated is None:
+                return None
+            sizes, firsts = stated
+        # The key of delivery_order but for the base name: the names are
+        # in text order, so when the keys are too, so is the whole key.
+        keys = list(zip(firsts, _numbers(usecs), _numbers(counters), strict=True))
+        if all(map(operator.le, keys, itertools.islice(keys, 1, None))):
+            return bases, dates, sizes
+        # Base names are unique: the sort never compares past them.
+        rows = sorted(zip(keys, bases, dates, sizes, strict=True))
+        return (
+            list(map(_second, rows)),
+            list(map(_third, rows)),
+            list(map(_fourth, rows)),
+        )
+
+    def _stat_unnamed(
+        self,
+        bases: list[str],
+        files: dict[str, str],
+        size_texts: list[str],
+        secs: Sequence[str],
+        dates: list[int],
+    ) -> tuple[list[int], list[int]] | None:
+        """Sizes and delivery seconds for L{_fresh_columns} when some names
+        lack them: those files are ``stat``-ed (their dates are set in
+        C{dates}); None when one vanished."""
+        sizes: list[int] = []
+        firsts: list[int] = []
         folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            stats = list(
-                map(
-                    functools.partial(os.stat, dir_fd=folder),
-                    map(files.__getitem__, bases),
-                )
-            )
+            for i, (base, size, sec) in enumerate(
+                zip(bases, size_texts, secs, strict=True)
+            ):
+                if size and sec:
+                    sizes.append(int(size))
+                    firsts.append(int(sec))
+                    continue
+                st = os.stat(files[base], dir_fd=folder)
+                dates[i] = int(st.st_mtime)
+                sizes.append(int(size) if size else st.st_size)
+                firsts.append(int(sec) if sec else dates[i])
         except FileNotFoundError:
             return None
         finally:
             os.close(folder)
-        joined = "\n".join(bases)
-        size_texts = _SIZES.findall(joined)
-        orders = _ORDERS.findall(joined)
-        if len(size_texts) != len(bases) or len(orders) != len(bases):
-            return None  # cannot happen: one match per line
-        dates = list(map(int, map(_st_mtime, stats)))
-        if all(size_texts):
-            sizes = list(map(int, size_texts))
-        else:
-            sizes = [
-                int(t) if t else st
-                for t, st in zip(size_texts, map(_st_size, stats), strict=True)
-            ]
-        del stats
-        secs, usecs, counters = zip(*orders, strict=True)
-        del orders
-        if all(secs):
-            firsts = list(map(int, secs))
-        else:
-            firsts = [int(t) if t else d for t, d in zip(secs, dates, strict=True)]
-        # The key of delivery_order, then the columns (base names are
-        # unique, so the sort never compares past them).
-        rows = sorted(
-            zip(
-                firsts,
-                map(int, map("0".__add__, usecs)),
-                map(int, map("0".__add__, counters)),
-                bases,
-                dates,
-                sizes,
-                strict=True,
-            )
-        )
-        _, _, _, ordered, dates_in_order, sizes_in_order = zip(*rows, strict=True)
-        return list(ordered), list(dates_in_order), list(sizes_in_order)
+        return sizes, firsts
 
     def _rebuild(self, ul: UIDList, found: list[str | None]) -> bool:
         """Make the snapshot from the UID list and each listed message's
@@ -1394,9 +1635,13 @@ class Mailbox:
         columns.cur = None if listed is None else listed[1]
         columns.in_new = _in_new(filenames)
         changed = columns.uids != self._columns.uids or filenames != self._files
+        # Dates found since (L{with_dates}) are no change a client sees.
+        dated = columns.dates is not self._columns.dates and (
+            columns.dates != self._columns.dates
+        )
         self._columns = columns
         self._files = filenames
-        if changed:
+        if changed or dated:
             self._infos = None
             self._generation += 1
         return changed
@@ -1637,11 +1882,10 @@ class Mailbox:
         """
         added: list[tuple[int, str, int, int]] = []
         sub = "new" if recent else "cur"
-        for uid in sorted(set(uids)):
-            i = self._position(uid)
-            if i is None:
-                continue
-            info = self._info_at(i)
+        positions = (self._position(uid) for uid in sorted(set(uids)))
+        chosen = [self._info_at(i) for i in positions if i is not None]
+        for info in self.with_dates(chosen):
+            uid = info.uid
             letters = target._letters(info.keywords)
             base = self.store.new_base(info.size)
             dst = os.path.join(

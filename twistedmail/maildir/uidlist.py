@@ -20,6 +20,17 @@ On-disk format, version 1 (UTF-8 text, ``\\n`` line ends)::
   POSIX seconds, size is octets; the base name is the rest of the line (it
   may contain spaces, never a line break: such files are not served).
 
+Unknown internal dates: a folder's first indexing (and any other listing
+that finds messages no list has) writes L{UNKNOWN_DATE}, ``0``, as the
+internal date instead of ``stat``-ing every file; the date is the file's
+mtime (whole seconds), taken when something first needs it (IMAP FETCH
+INTERNALDATE, SEARCH BEFORE/ON/SINCE, COPY) for every message of the folder
+still without one, and written back by rewriting the list.  A file whose
+mtime really is the epoch keeps ``0`` and is ``stat``-ed again when asked
+for.  ``0`` parses as a date, so older versions of twistedmail read these
+lists unchanged (no new UIDVALIDITY); until a newer version has resolved the
+dates they show such messages as received on 1970-01-01.
+
 Appending: a list is rewritten whole only when messages leave it (or it is
 new, imported or full); new messages are appended as lines at the end (one
 ``write`` and an ``fdatasync``, no rename), so a delivery into a folder of
@@ -67,6 +78,7 @@ __all__ = [
     "UIDListError",
     "UIDLIST_NAME",
     "UIDLIST_VERSION",
+    "UNKNOWN_DATE",
     "format_uidlist",
     "fsync_directory",
     "parse_uidlist",
@@ -80,6 +92,9 @@ __all__ = [
 
 UIDLIST_NAME = "twistedmail-uidlist"
 UIDLIST_VERSION = 1
+#: The internal date of a message not yet ``stat``-ed (see the module's
+#: docstring): its file's mtime is taken when first needed.
+UNKNOWN_DATE = 0
 #: UIDs a rewrite leaves room for appending below ``N``.
 APPEND_RESERVE = 10_000
 _MAGIC = "twistedmail-uidlist"
@@ -94,7 +109,8 @@ class UIDEntry(NamedTuple):
     """One message in the UID list.
 
     @ivar uid: its UID.
-    @ivar internal_date: POSIX seconds (IMAP INTERNALDATE).
+    @ivar internal_date: POSIX seconds (IMAP INTERNALDATE), or
+        L{UNKNOWN_DATE}.
     @ivar size: octets.
     @ivar base: the base name (file name before ``:2,``).
     """
@@ -121,7 +137,8 @@ class UIDList:
     @ivar uidvalidity: the UIDVALIDITY value (RFC 3501 §2.3.1.1).
     @ivar next_uid: the UID the next new message gets.
     @ivar uids: the UIDs.
-    @ivar dates: internal dates, POSIX seconds.
+    @ivar dates: internal dates, POSIX seconds (L{UNKNOWN_DATE} where not
+        known yet).
     @ivar sizes: sizes, octets.
     @ivar bases: base names.
     @ivar token: the ``G`` field of the file this was read from or written
@@ -374,7 +391,13 @@ def _format_rows(ul: UIDList, start: int = 0) -> str:
     columns = (ul.uids, ul.dates, ul.sizes, ul.bases)
     if start:
         columns = tuple(c[start:] for c in columns)  # type: ignore[assignment]
-    # One C-level pass over the columns.
+    uids, dates, sizes, bases = columns
+    # One C-level pass over the columns; a first indexing's dates are all
+    # unknown, and one field fewer to format is a fifth faster.
+    if not any(dates):
+        return "".join(
+            map("%d 0 %d %s\n".__mod__, zip(uids, sizes, bases, strict=True))
+        )
     return "".join(map("%d %d %d %s\n".__mod__, zip(*columns, strict=True)))
 
 
