@@ -882,6 +882,30 @@ class LazyDateTests(StoreCase):
         self.assertEqual(lines[1], b"1 0 1 " + self.NAMES[0].encode())
         self.assertEqual(mailbox.get(1).internal_date, UNKNOWN_DATE)
 
+    def test_few_new_messages_dated_at_once(self) -> None:
+        """Messages another program delivers into a folder already
+        indexed (fewer than a thousand) are stat-ed when listed: their dates
+        are known at once and the UID list is appended to, never rewritten
+        for their dates later."""
+        self.make_folder()
+        mailbox = self.store.open_mailbox(self.path)
+        mailbox.with_dates(mailbox.messages())
+        token = read_uidlist_token(self.path)
+        later = ("1700000100.M100P1Q100.host,S=3", "1700000101.M101P1Q101.host,S=4")
+        for i, base in enumerate(later):
+            write_file(
+                os.path.join(self.path, "cur", f"{base}:2,"),
+                b"y" * (3 + i),
+                1_650_000_000.5 + i,
+            )
+        self.assertTrue(mailbox.refresh(force=True))
+        got = {i.base: i.internal_date for i in mailbox.messages()}
+        self.assertEqual([got[b] for b in later], [1_650_000_000, 1_650_000_001])
+        self.assertFalse(dates_unknown(mailbox.messages()))
+        self.assertEqual(self.listed_dates()[-2:], [1_650_000_000, 1_650_000_001])
+        mailbox.with_dates(mailbox.messages())
+        self.assertEqual(read_uidlist_token(self.path), token)
+
     def test_names_without_time_or_size_are_stated(self) -> None:
         """A name without its delivery time or size is stat-ed as before,
         and its date is known at once."""

@@ -106,6 +106,11 @@ _MTIME_SLACK_NS = 2_000_000_000
 # _settled): far more than the kernel's timestamp tick (at most 10 ms).
 _FINE_SLACK_NS = 100_000_000
 _TMP_MAX_AGE = 36 * 3600
+# New messages found by a listing of a folder already indexed are stat-ed
+# for their dates at once when there are fewer than this many (a delivery, a
+# few moves): leaving them unknown would cost a rewrite of the whole UID
+# list when a client first asks for their dates (L{Mailbox.with_dates}).
+_LAZY_DATES_FROM = 1000
 
 log = Logger()
 
@@ -1529,15 +1534,23 @@ class Mailbox:
     ) -> tuple[list[str], list[int], list[int]] | None:
         """The messages on disk that the UID list lacks, in delivery order,
         as columns: base names, dates, sizes; None when a file vanished
-        meanwhile (the caller then goes file by file).
+        meanwhile or few are new (the caller then goes file by file).
 
         What the file-by-file way gives, made by passes in C for 100,000
         messages, but with the internal date left unknown
         (L{UNKNOWN_DATE}: L{with_dates} takes it when it is first needed):
         each size from ``,S=`` and the order of L{delivery_order} from the
         name.  Only a file whose name lacks either is ``stat``-ed (relative
-        to the folder's descriptor); its date is then known too.
+        to the folder's descriptor); its date is then known too.  This is
+        for a folder's first indexing and for many new messages at once:
+        fewer than L{_LAZY_DATES_FROM} new to a folder with a UID list (a
+        delivery) give None, and the caller ``stat``s them, so that their
+        dates are known and the list is appended to, never rewritten for
+        them later.
         """
+        if listed and len(files) - len(listed) < _LAZY_DATES_FROM:
+            # At most that many new (files also holds the listed ones).
+            return None
         # Sorted as text first: names of one form then sort in delivery
         # order already, and the sort by key below is not needed.
         bases = sorted(files.keys() - listed if listed else files)

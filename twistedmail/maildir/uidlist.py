@@ -21,8 +21,10 @@ On-disk format, version 1 (UTF-8 text, ``\\n`` line ends)::
   may contain spaces, never a line break: such files are not served).
 
 Unknown internal dates: a folder's first indexing (and any other listing
-that finds messages no list has) writes L{UNKNOWN_DATE}, ``0``, as the
-internal date instead of ``stat``-ing every file; the date is the file's
+that finds a thousand or more messages no list has; fewer, such as a
+delivery, are ``stat``-ed at once and appended with their dates) writes
+L{UNKNOWN_DATE}, ``0``, as the internal date instead of ``stat``-ing every
+file; the date is the file's
 mtime (whole seconds), taken when something first needs it (IMAP FETCH
 INTERNALDATE, SEARCH BEFORE/ON/SINCE, COPY) for every message of the folder
 still without one, and written back by rewriting the list.  A file whose
