@@ -67,11 +67,16 @@ def make_message(n: int, subject: str = "", body: bytes = b"") -> bytes:
 
 
 class TLSStringTransport(StringTransport):
-    """A StringTransport that records startTLS calls."""
+    """A StringTransport that records startTLS and setTcpNoDelay calls."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.tls_started: list[object] = []
+        self.no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """Record the TCP_NODELAY setting (as a TCP transport takes it)."""
+        self.no_delay = enabled
 
     def startTLS(self, context: object) -> None:
         """Record the TLS context."""

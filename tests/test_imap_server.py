@@ -33,6 +33,13 @@ class GreetingAndStateTests(SynchronousTestCase):
         self.assertIn(b"AUTH=PLAIN", client.greeting)
         self.assertIn(b"APPENDLIMIT=36700160", client.greeting)
 
+    def test_no_delay(self) -> None:
+        """The connection turns Nagle's algorithm off (TCP_NODELAY), so the
+        tagged line that follows a response's untagged lines is not held
+        back until the client's delayed ACK."""
+        client = self.world.connect()
+        self.assertTrue(client.transport.no_delay)
+
     def test_capability_before_login(self) -> None:
         """Without TLS and with plaintext allowed: AUTH=PLAIN, no STARTTLS."""
         client = self.world.connect()

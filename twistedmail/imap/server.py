@@ -631,6 +631,12 @@ class IMAPServerProtocol(Protocol):
             max_literal=min(limits.max_literal, PRE_AUTH_MAX_LITERAL),
         )
         log_connection_opened(_log, factory.role, self._peer, self.session_id)
+        # A response often goes out in two writes (untagged lines, then the
+        # tagged one after work in a thread); with Nagle's algorithm the
+        # second waits for the client's delayed ACK of the first (40 ms).
+        set_no_delay = getattr(self._transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         if not factory._opened(self, self._ip):
             self._bye("Too many connections, try again later", "too many connections")
             return
