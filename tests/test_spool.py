@@ -372,6 +372,96 @@ class SpareTests(SpoolTestCase):
         with open(self.entry_file(small), "rb") as f:
             self.assertTrue(f.read().endswith(b"END %d\n" % len(MESSAGE)))
 
+    def folders_at_fsync(self) -> list[tuple[list[str], list[str]]]:
+        """Make the spool record, at each file fsync, the names in ``tmp/``
+        and ``spare/``; the list they go into."""
+        seen: list[tuple[list[str], list[str]]] = []
+        spool = self.spool
+
+        class Looking(FsyncRecorder):
+            def __call__(self, fd: int) -> None:
+                if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                    tmp = sorted(os.listdir(os.path.join(spool.path, "tmp")))
+                    spare = sorted(os.listdir(os.path.join(spool.path, "spare")))
+                    seen.append((tmp, spare))
+                super().__call__(fd)
+
+        self.spool = Spool(self.path, self.clock, fsync=Looking())
+        self.spool.prepare()
+        return seen
+
+    def test_spare_overwritten_in_place(self) -> None:
+        """A new entry's spare is written and fsynced where it lies in
+        ``spare/`` (never renamed into ``tmp/``), then renamed into the
+        queue."""
+        first = self.commit()
+        self.successResultOf(self.spool.remove(first))
+        seen = self.folders_at_fsync()
+        inode = os.stat(os.path.join(self.path, "spare", first)).st_ino
+        second = self.commit()
+        self.assertEqual(seen, [([], [first])])
+        self.assertEqual(self.files("spare"), [])
+        self.assertEqual(os.stat(self.entry_file(second)).st_ino, inode)
+        fresh = Spool(self.path, self.clock)
+        self.assertEqual(self.successResultOf(fresh.read_message(second)), MESSAGE)
+
+    def test_status_rewrite_spare_in_place(self) -> None:
+        """A status rewrite's spare is also written in ``spare/`` and
+        renamed straight over the status file."""
+        first = self.commit()
+        second = self.commit()
+        self.successResultOf(self.spool.remove(first))
+        seen = self.folders_at_fsync()
+        record = RecipientRecord("x@example.com", attempts=2)
+        d = self.spool.update_status(second, [record])
+        self.clock.advance(0)
+        self.successResultOf(d)
+        self.assertEqual(seen, [([], [first])])
+        self.assertEqual(self.files("spare"), [])
+        self.assertEqual(self.files("tmp"), [])
+        fresh = Spool(self.path, self.clock)
+        self.assertEqual(
+            self.successResultOf(fresh.read_status(second)), ((record,), False)
+        )
+
+    def test_failed_spare_write_stays_spare(self) -> None:
+        """When the spare's fsync fails, the commit fails, nothing reaches
+        the queue or ``tmp/``, and the spare stays in ``spare/`` (a later
+        run adopts it)."""
+        first = self.commit()
+        self.successResultOf(self.spool.remove(first))
+        failing = Spool(self.path, self.clock, fsync=FsyncRecorder(OSError(5, "EIO")))
+        failing.prepare()
+        d = _commit(failing)
+        self.clock.advance(0)
+        self.failureResultOf(d)
+        self.assertEqual(self.files("queue"), [])
+        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(self.files("spare"), [first])
+        later = Spool(self.path, self.clock, fsync=self.fsync)
+        d = _commit(later)
+        self.clock.advance(0)
+        queue_id = self.successResultOf(d)
+        self.assertEqual(self.files("spare"), [])
+        self.assertEqual(self.successResultOf(later.read_message(queue_id)), MESSAGE)
+
+    def test_spare_that_is_also_an_entry(self) -> None:
+        """A file in ``spare/`` that is also an entry's file (a crash kept
+        both names of a rename) is not adopted: its spare name goes, and the
+        entry keeps its bytes when the next entry is written."""
+        queue_id = self.commit()
+        os.link(self.entry_file(queue_id), os.path.join(self.path, "spare", "old"))
+        with open(self.entry_file(queue_id), "rb") as f:
+            before = f.read()
+        later = Spool(self.path, self.clock, fsync=self.fsync)
+        later.prepare()
+        self.assertEqual(self.files("spare"), [])
+        d = _commit(later, body=(b"other\r\n",))
+        self.clock.advance(0)
+        self.successResultOf(d)
+        with open(self.entry_file(queue_id), "rb") as f:
+            self.assertEqual(f.read(), before)
+
     def test_vanished_spare(self) -> None:
         """A spare someone removed meanwhile: the entry is a new file."""
         first = self.commit()

@@ -66,14 +66,15 @@ directory fsync and one trip to the thread pool, not one each.
 Spare files: a removed entry's file is renamed into ``spare/`` (up to
 L{MAX_SPARES} of them) instead of being unlinked, and the next new entry
 file written whole, or the temporary file of the next status rewrite (the
-relay's attempt record), is a spare renamed into ``tmp/`` and overwritten
-(then cut to its length, fsynced and renamed into place as any new
-file).  Creating a file costs the kernel an inode allocation, and on ext4
+relay's attempt record), is a spare overwritten where it lies in ``spare/``
+(then cut to its length, fsynced and renamed into place as a new file in
+``tmp/`` would be: one rename, not one into ``tmp/`` and one out of it).
+Creating a file costs the kernel an inode allocation, and on ext4
 without a journal that allocation skips every inode freed in the last few
 minutes one by one, which on a busy queue (a file created and one deleted
 per message) cost more CPU than the rest of the file's system calls
 together.  A spare is only ever renamed and overwritten, so the durability
-rules do not change: the new entry is fsynced in ``tmp/`` before its rename
+rules do not change: the new entry is fsynced before its rename
 into ``queue/``.  Spares left by an earlier run are used again.  Status
 rewrites and removals ride in the same batches.  The batch goes step by step
 rather than file by file because each of those system calls hands the GIL
@@ -92,7 +93,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -576,14 +577,17 @@ def _open_new(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
 
 
-def _open_spare(spare: str, path: str) -> int:
-    """Rename a spare file to C{path} and open it for overwriting; a new
-    file at C{path} when the spare cannot be used."""
+def _open_spare(spare: str, path: str) -> tuple[int, str]:
+    """Open a spare file where it is, for overwriting; a new file at
+    C{path} when the spare cannot be used.
+
+    @return: the descriptor and the path of the file opened (the spare's,
+        or C{path}).
+    """
     try:
-        os.rename(spare, path)
+        return os.open(spare, os.O_WRONLY | os.O_CLOEXEC), spare
     except OSError:
-        return _open_new(path)
-    return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        return _open_new(path), path
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -682,8 +686,11 @@ class _GroupCommit:
         the folder; fire after, or fail with the first error (a file that
         was written stays for the caller to remove).
 
-        @param spare: a spent file to rename to the first write's path and
-            overwrite, instead of creating that file.
+        @param spare: a spent file to overwrite where it is instead of
+            creating the first write's file, and to rename instead of it
+            (a rename whose source is that write's path takes the spare).
+            Should the item fail, the spare stays in ``spare/`` for a later
+            run to adopt.
         """
         d: Deferred[None] = Deferred()
         self._waiting.append(_Batched(prepare, renames, sync, d, writes, spare))
@@ -730,7 +737,7 @@ class _GroupCommit:
                 if item.prepare is not None:
                     item.prepare()
                 for source, target in item.renames:
-                    os.rename(source, target)
+                    os.rename(item.moved.get(source, source), target)
             except Exception as e:
                 errors[n] = e
             else:
@@ -758,7 +765,9 @@ class _GroupCommit:
                         if spare is None:
                             fd = _open_new(path)
                         else:
-                            fd = _open_spare(spare, path)
+                            fd, at = _open_spare(spare, path)
+                            if at != path:
+                                batch[n].moved[path] = at
                     except Exception as e:
                         errors[n] = e
                         break
@@ -807,6 +816,9 @@ class _Batched:
     done: Deferred[None]
     writes: Sequence[tuple[str, bytes]] = ()
     spare: str | None = None
+    #: A write's path -> the spare overwritten in its place (renamed to
+    #: that write's rename target instead).
+    moved: dict[str, str] = field(default_factory=dict)
 
 
 class _ReadBatch:
@@ -935,7 +947,13 @@ class Spool:
             path = os.path.join(spare, name)
             if path in known:
                 continue
-            if len(self._spares) + self._spares_coming < MAX_SPARES:
+            # A spare with a second name (after a crash lost spare/'s side
+            # of its rename into the queue) is that entry: never overwrite
+            # it, just drop the spare name.
+            if (
+                len(self._spares) + self._spares_coming < MAX_SPARES
+                and os.stat(path).st_nlink == 1
+            ):
                 self._spares.append(path)
             else:
                 os.unlink(path)
