@@ -18,6 +18,7 @@ from twistedmail.imap._search import (
     format_search,
     highest_modseq,
     search_cost,
+    uses_internal_date,
     uses_modseq,
 )
 from twistedmail.imap._types import (
@@ -479,6 +480,14 @@ class ModSeqTests(SearchTestCase):
         self.assertFalse(uses_modseq(key("OR SEEN NOT DRAFT")))
         self.assertEqual(highest_modseq([20, 30], self.modseqs.__getitem__), 9)
         self.assertIsNone(highest_modseq([], self.modseqs.__getitem__))
+
+    def test_uses_internal_date(self) -> None:
+        """The server learns when a SEARCH needs the messages' internal
+        dates known: a date key anywhere inside AND, OR and NOT."""
+        self.assertTrue(uses_internal_date(key("OR SEEN NOT BEFORE 1-Jan-2020")))
+        self.assertTrue(uses_internal_date(key("SEEN (DRAFT SENTSINCE 1-Jan-2020)")))
+        self.assertTrue(uses_internal_date(key("ON 1-Feb-2021")))
+        self.assertFalse(uses_internal_date(key("OR SEEN NOT (DRAFT LARGER 5)")))
 
 
 class NestingTests(SearchTestCase):

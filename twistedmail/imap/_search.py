@@ -252,33 +252,30 @@ def search_cost(key: SearchKey) -> int:
     return _META
 
 
+def _has_key(key: SearchKey, kind: type | tuple[type, ...]) -> bool:
+    """Whether the key or any key inside it (AND, OR, NOT) is of C{kind}."""
+    if isinstance(key, kind):
+        return True
+    if isinstance(key, SearchAnd):
+        return any(_has_key(k, kind) for k in key.keys)
+    if isinstance(key, SearchOr):
+        return _has_key(key.left, kind) or _has_key(key.right, kind)
+    if isinstance(key, SearchNot):
+        return _has_key(key.key, kind)
+    return False
+
+
 def uses_modseq(key: SearchKey) -> bool:
     """Whether the key has a MODSEQ criterion (then the response carries
     the highest mod-sequence of the matches, RFC 7162 §3.1.5)."""
-    if isinstance(key, SearchModSeq):
-        return True
-    if isinstance(key, SearchAnd):
-        return any(uses_modseq(k) for k in key.keys)
-    if isinstance(key, SearchOr):
-        return uses_modseq(key.left) or uses_modseq(key.right)
-    if isinstance(key, SearchNot):
-        return uses_modseq(key.key)
-    return False
+    return _has_key(key, SearchModSeq)
 
 
 def uses_internal_date(key: SearchKey) -> bool:
     """Whether the key may compare internal dates (BEFORE, ON, SINCE, and
     the SENT ones, which fall back to it without a Date field): the
     messages then need theirs known (L{Mailbox.with_dates})."""
-    if isinstance(key, SearchDate):
-        return True
-    if isinstance(key, SearchAnd):
-        return any(uses_internal_date(k) for k in key.keys)
-    if isinstance(key, SearchOr):
-        return uses_internal_date(key.left) or uses_internal_date(key.right)
-    if isinstance(key, SearchNot):
-        return uses_internal_date(key.key)
-    return False
+    return _has_key(key, SearchDate)
 
 
 class _Compiler:
