@@ -370,6 +370,31 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(second[0], first[0])
         self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 2)
 
+    def test_journal_read_once_per_batch(self) -> None:
+        """A batch reads the journal once, under the lock (not once per item
+        and again before appending), and still finds a delivery another
+        process journaled and linked before it."""
+        reads: list[int] = []
+
+        class Counting(DeliveryJournal):
+            def _catch_up(self) -> None:
+                reads.append(1)
+                super()._catch_up()
+
+        first = self.batch(Delivery(b"one\r\n", "Q1.a"))
+        self.journal = Counting(self.path)
+        results = self.batch(
+            Delivery(b"one\r\n", "Q1.a"),
+            Delivery(b"two\r\n", "Q2.a"),
+            Delivery(b"three\r\n", "Q3.a"),
+        )
+        self.assertEqual(len(reads), 1)
+        self.assertEqual(results[0], first[0])
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 3)
+        again = DeliveryJournal(self.path)
+        for item, base in zip(("Q1.a", "Q2.a", "Q3.a"), results, strict=True):
+            self.assertEqual(again.lookup(token_hash(item)), base)
+
     def test_same_token_twice(self) -> None:
         """The same delivery twice in one batch is one message."""
         results = self.batch(Delivery(b"one\r\n", "Q1.a"), Delivery(b"one\r\n", "Q1.a"))

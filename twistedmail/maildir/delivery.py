@@ -176,19 +176,32 @@ class DeliveryJournal:
                 self._records[token] = base
         self._offset += end
 
-    def lookup(self, token: str) -> str | None:
-        """The base name recorded for a token hash, or None."""
-        self._catch_up()
+    def lookup(self, token: str, *, read: bool = True) -> str | None:
+        """The base name recorded for a token hash, or None.
+
+        @param read: read what was appended since the last look first; a
+            later lookup under the same hold of the lock may skip that (no
+            one else can append meanwhile).
+        """
+        if read:
+            self._catch_up()
         return self._records.get(token)
 
     def record(self, token: str, base: str, now: float) -> None:
         """Append a record and fsync it (compacting first when large)."""
         self.record_many([(token, base)], now)
 
-    def record_many(self, records: list[tuple[str, str]], now: float) -> None:
+    def record_many(
+        self, records: list[tuple[str, str]], now: float, *, read: bool = True
+    ) -> None:
         """Append records with one write and one fsync (compacting first
-        when large)."""
-        self._catch_up()
+        when large).
+
+        @param read: read what was appended since the last look first
+            (False: a lookup under the same hold of the lock just did).
+        """
+        if read:
+            self._catch_up()
         if self._offset > self._compact_at:
             self._compact(now)
         created = self._inode is None
@@ -401,9 +414,10 @@ def _claim_names(
             token = token_hash(item.unique)
             if token in tokens:
                 continue  # resolved from the first item with this token
+            # The journal is read once per batch: the lock keeps others out.
+            base = journal.lookup(token, read=not tokens)
             tokens.add(token)
             size = len(item.message)
-            base = journal.lookup(token)
             if base is not None and find_delivered(path, base) is not None:
                 results[i] = base
                 continue
@@ -429,7 +443,7 @@ def _claim_names(
                 records.append((token, base))
             todo.append((i, base, token[:8]))
         if records:
-            journal.record_many(records, max(item.now for item in items))
+            journal.record_many(records, max(item.now for item in items), read=False)
     return todo
 
 
