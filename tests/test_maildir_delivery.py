@@ -4,6 +4,7 @@ and L{twistedmail.maildir.delivery}."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -394,6 +395,52 @@ class BatchTests(SynchronousTestCase):
         again = DeliveryJournal(self.path)
         for item, base in zip(("Q1.a", "Q2.a", "Q3.a"), results, strict=True):
             self.assertEqual(again.lookup(token_hash(item)), base)
+
+    def test_folders_looked_for_once(self) -> None:
+        """The first batch makes the Maildir and marks the journal so; later
+        batches do not look for its folders again."""
+        self.assertFalse(self.journal.made)
+        self.batch(Delivery(b"one\r\n", "Q1.a"))
+        self.assertTrue(self.journal.made)
+        self.batch(Delivery(b"two\r\n", "Q2.a"))
+        self.assertTrue(self.journal.made)
+        self.assertEqual(len(os.listdir(os.path.join(self.path, "new"))), 2)
+
+    def test_maildir_removed_between_batches(self) -> None:
+        """A Maildir removed after an earlier batch is made again and the
+        next batch is delivered, each message once."""
+        self.batch(Delivery(b"one\r\n", "Q1.a"))
+        shutil.rmtree(self.path)
+        results = self.batch(
+            Delivery(b"two\r\n", "Q2.a"), Delivery(b"three\r\n", "Q3.a")
+        )
+        new = os.path.join(self.path, "new")
+        self.assertEqual(sorted(os.listdir(new)), sorted(results))
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
+        for sub in ("cur", "new", "tmp"):
+            self.assertTrue(os.path.isdir(os.path.join(self.path, sub)))
+
+    def test_tmp_removed_between_batches(self) -> None:
+        """With ``tmp/`` (or ``new/``) gone after an earlier batch, the
+        items go once more after the folders are made: one copy each, under
+        the name the journal holds."""
+        first = self.batch(Delivery(b"one\r\n", "Q1.a"))
+        shutil.rmtree(os.path.join(self.path, "tmp"))
+        shutil.rmtree(os.path.join(self.path, "new"))
+        results = self.batch(
+            Delivery(b"two\r\n", "Q2.a"), Delivery(b"three\r\n", "Q3.a")
+        )
+        self.assertNotIn(first[0], results)
+        new = os.path.join(self.path, "new")
+        self.assertEqual(sorted(os.listdir(new)), sorted(results))
+        for base, data in zip(results, (b"two\r\n", b"three\r\n"), strict=True):
+            assert isinstance(base, str)
+            with open(os.path.join(new, base), "rb") as f:
+                self.assertEqual(f.read(), data)
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
+        again = DeliveryJournal(self.path)
+        self.assertEqual(again.lookup(token_hash("Q2.a")), results[0])
+        self.assertEqual(again.lookup(token_hash("Q3.a")), results[1])
 
     def test_same_token_twice(self) -> None:
         """The same delivery twice in one batch is one message."""

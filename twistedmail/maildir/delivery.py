@@ -150,6 +150,9 @@ class DeliveryJournal:
         self._torn = False
         self._records: dict[str, str] = {}
         self._compact_at = _COMPACT_SIZE
+        #: The Maildir's folders were found or made for an earlier batch
+        #: (L{deliver_batch} then skips looking for them).
+        self.made = False
 
     def lock(self) -> FolderLock:
         """A new (unlocked) lock object for this journal."""
@@ -285,9 +288,42 @@ def deliver_batch(
         L{OSError} from the file system).  When the journal cannot be
         written nothing is delivered and every item gets that error.
     """
+    if not journal.made:
+        return _deliver_batch(path, items, journal, new_base, mailbox_size, added)
+    # The Maildir was there for an earlier batch: no stat of its three
+    # folders unless something is missing now (then they are made again and
+    # the items that failed for it go once more; the journal keeps that to
+    # one copy each).
+    done = _deliver_batch(
+        path, items, journal, new_base, mailbox_size, added, ensure=False
+    )
+    missing = [i for i, r in enumerate(done) if isinstance(r, FileNotFoundError)]
+    if missing:
+        journal.made = False
+        again = _deliver_batch(
+            path, [items[i] for i in missing], journal, new_base, mailbox_size, added
+        )
+        for i, result in zip(missing, again, strict=True):
+            done[i] = result
+    return done
+
+
+def _deliver_batch(
+    path: str,
+    items: Sequence[Delivery],
+    journal: DeliveryJournal,
+    new_base: Callable[[int, str, float], str],
+    mailbox_size: Callable[[str], int],
+    added: Callable[[str, int], None] | None = None,
+    ensure: bool = True,
+) -> list[str | Exception]:
+    """L{deliver_batch}; with C{ensure}, making the Maildir's folders first
+    when missing (and marking the journal's Maildir as made)."""
     results: list[str | Exception | None] = [None] * len(items)
     try:
-        ensure_maildir(path)
+        if ensure:
+            ensure_maildir(path)
+            journal.made = True
         todo = _claim_names(path, items, journal, new_base, mailbox_size, results)
     except OSError as e:
         return [e] * len(items)
