@@ -34,7 +34,7 @@ import json
 import math
 import secrets
 import sys
-from _string import formatter_parser
+from string import Formatter
 from time import time
 from typing import IO, Any
 
@@ -127,6 +127,9 @@ def make_observer(format: str, out: IO[str]) -> ILogObserver:
 
 #: Each log level, for an O(1) check of the level an event is emitted at.
 _LEVELS = frozenset(LogLevel.iterconstants())
+
+#: Parses format strings (the public face of CPython's C parser).
+_FORMATTER = Formatter()
 
 #: Parsed format strings with fields (see L{TextLogObserver}) kept at most.
 _MAX_FORMATS = 512
@@ -292,7 +295,7 @@ def _parse_format(log_format: str) -> _Parts | None:
     is more than a plain name (attributes, indexes, calls, conversions,
     format specifications) or the format is malformed."""
     try:
-        parsed = list(formatter_parser(log_format))
+        parsed = list(_FORMATTER.parse(log_format))
     except ValueError:
         return None
     parts = []
